@@ -1,0 +1,149 @@
+//! The [`InferenceBackend`] trait and the types it speaks.
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures::Stream;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// How to pick the next token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// Nucleus sampling; 1.0 disables it.
+    pub top_p: f32,
+    /// Keep only the `top_k` most likely tokens; `None` or 0 disables it.
+    pub top_k: Option<u32>,
+    /// Makes sampling reproducible: the same seed, prompt and parameters give the same tokens.
+    pub seed: Option<u64>,
+}
+
+impl SamplingParams {
+    /// Greedy decoding.
+    pub fn greedy() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: None,
+            seed: None,
+        }
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0 || self.top_k == Some(1)
+    }
+}
+
+/// A validated generation request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// For logs and tracing only.
+    pub request_id: String,
+    pub prompt: Vec<u32>,
+    pub sampling: SamplingParams,
+    /// Generation stops after emitting one of these (for gpt-oss: `<|return|>`,
+    /// `<|call|>` and the model's eos ids).
+    pub stop_token_ids: Vec<u32>,
+    pub max_new_tokens: u32,
+    /// Cancelled when the client goes away: the backend stops generating and frees its slot.
+    pub cancel: CancellationToken,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// A stop token was sampled; it is the last [`TokenEvent::Token`] of the stream.
+    StopToken(u32),
+    /// `max_new_tokens` was reached, or the context is full.
+    Length,
+    /// The request's cancellation token fired.
+    Cancelled,
+}
+
+/// Token accounting for one generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct GenerationUsage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// One item of a generation stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenEvent {
+    /// A sampled token id.
+    Token(u32),
+    /// The last event of every stream.
+    Finish {
+        reason: StopReason,
+        usage: GenerationUsage,
+    },
+    /// The engine failed mid-generation; the stream ends after this event.
+    Error(String),
+}
+
+/// The stream a backend returns for one request.
+pub type TokenStream = Pin<Box<dyn Stream<Item = TokenEvent> + Send>>;
+
+/// What a backend serves.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Capabilities {
+    pub model_name: String,
+    /// Prompt plus completion tokens, at most.
+    pub context_length: u32,
+    /// Where it runs, e.g. `cpu`, `cuda:0`, or an upstream URL.
+    pub device: String,
+    /// End-of-sequence ids from the model's configuration.
+    pub eos_token_ids: Vec<u32>,
+    pub vocab_size: u32,
+    /// How many sequences it decodes at once.
+    pub max_concurrent_sequences: u32,
+}
+
+/// Whether a backend can serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Health {
+    Ready,
+    Loading,
+    Failed { reason: String },
+}
+
+/// Errors a backend can return before any token is produced.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("the prompt has {prompt_tokens} tokens, more than the context length of {context_length} allows with room for one more token")]
+    PromptTooLong {
+        prompt_tokens: u32,
+        context_length: u32,
+    },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("token id {0} is outside the vocabulary")]
+    InvalidToken(u32),
+    #[error("the backend is not ready: {0}")]
+    Unavailable(String),
+    #[error("backend failure: {0}")]
+    Internal(String),
+}
+
+/// A runtime that turns prompt token ids into generated token ids.
+///
+/// Object-safe: the server holds an `Arc<dyn InferenceBackend>`. Implementations
+/// run their engine on their own threads and never block the async executor.
+#[async_trait]
+pub trait InferenceBackend: Send + Sync + 'static {
+    /// Static facts about the model and the device.
+    fn capabilities(&self) -> &Capabilities;
+
+    /// Whether the backend can take requests now.
+    async fn health(&self) -> Health;
+
+    /// Starts a generation. The stream yields the sampled tokens (a stop token is
+    /// included as the last token) and ends with exactly one [`TokenEvent::Finish`]
+    /// or [`TokenEvent::Error`]. Dropping the stream, or firing `request.cancel`,
+    /// stops the generation and frees its slot.
+    async fn generate(&self, request: GenerateRequest) -> Result<TokenStream, BackendError>;
+}
