@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""Writes benches/RESULTS.md from what the parts of benches/run left in benches/out/.
+
+    python3 benches/report.py --out benches/RESULTS.md
+    python3 benches/report.py --machine-only      # only records benches/out/machine.json
+
+Standard library only. A part that did not run, failed, or left no figures is named in the file
+with the reason; the script never prints a figure that is not in a part's output. Exits 1 when
+some part is missing or failed.
+"""
+import argparse
+import glob
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+OUT = os.path.join(HERE, "out")
+PARTS = ("machine", "proxy", "harmony", "runtime", "server")
+
+
+def cmd(argv):
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        return (r.stdout or r.stderr).strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def load(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- machine
+
+
+def machine():
+    lscpu = dict(line.split(":", 1) for line in cmd(["lscpu"]).splitlines() if ":" in line)
+    lscpu = {k.strip(): v.strip() for k, v in lscpu.items()}
+    mem = ""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    return {
+        "recorded": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "cpu": lscpu.get("Model name", platform.processor()),
+        "cpus": lscpu.get("CPU(s)", str(os.cpu_count())),
+        "threads_per_core": lscpu.get("Thread(s) per core", ""),
+        "hypervisor": lscpu.get("Hypervisor vendor", "none"),
+        "caches": ", ".join(f"{k} {lscpu[k]}" for k in ("L1d cache", "L2 cache", "L3 cache") if k in lscpu),
+        "memory": mem,
+        "uname": cmd(["uname", "-srvmo"]),
+        "os": next((l.split("=", 1)[1].strip('"') for l in cmd(["cat", "/etc/os-release"]).splitlines()
+                    if l.startswith("PRETTY_NAME=")), ""),
+        "loadavg_at_start": open("/proc/loadavg", encoding="ascii").read().split()[:3],
+        "rustc": cmd(["rustc", "--version"]),
+        "nginx": cmd(["nginx", "-v"]),
+        "wrk": cmd(["wrk", "--version"]).splitlines()[0] if cmd(["wrk", "--version"]) else "",
+        "git": cmd(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]) +
+               (" (with uncommitted changes)" if cmd(["git", "-C", ROOT, "status", "--porcelain"]) else ""),
+    }
+
+
+def machine_md(m):
+    if not m:
+        return ["_machine description not recorded (run `benches/run machine`)._"]
+    return [
+        "| | |", "|---|---|",
+        f"| CPU | {m['cpu']}, {m['cpus']} CPUs, {m['threads_per_core']} thread(s) per core, hypervisor: {m['hypervisor']} |",
+        f"| caches | {m['caches']} |",
+        f"| memory | {m['memory']} |",
+        f"| kernel | `{m['uname']}` |",
+        f"| OS | {m['os']} |",
+        f"| toolchain | {m['rustc']} |",
+        f"| peers | {m['nginx']}; {m['wrk']} |",
+        f"| load average at start | {' '.join(m['loadavg_at_start'])} (anything above 0 is other work sharing the CPUs) |",
+        f"| commit | `{m['git']}` |",
+        f"| recorded | {m['recorded']} |",
+    ]
+
+
+# ---------------------------------------------------------------- proxy
+
+
+def ms(v):
+    return f"{v:.2f}" if v is not None else "–"
+
+
+def proxy_md(r):
+    if not r:
+        return ["**MISSING:** no `benches/out/proxy/results.json` (the proxy part did not run or crashed; "
+                "see `benches/out/logs/proxy.log`)."]
+    s = r["settings"]
+    out = [
+        f"Upstream: nginx serving canned bodies as static files (JSON {s['bodies']['json']} B; "
+        f"SSE of 64 chunks {s['bodies']['sse']} B; raw-harmony SSE of 64 chunks {s['bodies']['harmony']} B). "
+        f"Load: wrk, closed loop, {s['duration_s']} s per point after {s['warmup_s']} s of warm-up, loopback. "
+        f"Placement: {s['placement']}. nginx proxy: {s['proxy_workers']} worker; gpt-oss-lb: {s['lb_threads']}; "
+        f"gpt-oss-lb log level `{s['lb_log']}` (nginx access log off).",
+        "",
+        "Latency is wrk's, to the last byte of the response. CPU is utime+stime of the proxy process "
+        "(all its threads or workers) over the run, per 1,000 requests (the direct path has no proxy).",
+        "",
+    ]
+    out += ["| path | body | conns | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 1k req | upstream CPU s / 1k req | errors |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for x in r["runs"]:
+        cpu = x["proxy_cpu_s_per_1k"]
+        out.append(
+            f"| {r['paths'][x['path']]} | {x['body']} | {x['connections']} | {x['rps']:,.0f} | {ms(x['p50_ms'])} | "
+            f"{ms(x['p99_ms'])} | {ms(x['p99_9_ms'])} | "
+            f"{cpu if cpu is not None else '–'} | "
+            f"{x['upstream_cpu_s_per_1k']} | {x['error_count'] or 0} |")
+    if r["ratios"]:
+        out += ["", "Ratios gpt-oss-lb / nginx (same body, same connections), and latency added over the direct path:", "",
+                "| body | conns | req/s ratio | p99 ratio | CPU/req ratio | added p99 gpt-oss-lb ms | added p99 nginx ms |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
+        for x in r["ratios"]:
+            out.append(f"| {x['body']} | {x['connections']} | {x['rps_lb_over_nginx']:.2f}x | "
+                       f"{x['p99_lb_over_nginx']}x | {x['cpu_lb_over_nginx']}x | "
+                       f"{ms(x['added_p99_ms_lb'])} | {ms(x['added_p99_ms_nginx'])} |")
+    if r["rewrite"]:
+        out += ["", "Harmony rewriting (d) against pass-through (b), same 64-chunk SSE framing: " +
+                ", ".join(f"{x['rps_rewrite_over_passthrough']:.2f}x at {x['connections']} connections" for x in r["rewrite"]) + "."]
+    out += ["", "Goals:", ""]
+    for g in r["goals"]:
+        verdict = "**NOT MEASURED**" if g["met"] is None else ("**met**" if g["met"] else "**MISSED**")
+        out.append(f"- {verdict}: {g['goal']}: {g['figure']}")
+    for m in r["missing"]:
+        out.append(f"- **MISSING path `{m['path']}`**: {m['reason'].splitlines()[0]}")
+    if os.path.exists(os.path.join(HERE, "proxy_latency.png")):
+        out += ["", "![latency against offered load, proxy paths](proxy_latency.png)"]
+    return out
+
+
+# ---------------------------------------------------------------- other parts
+
+
+def criterion_md(since):
+    """Criterion's own estimates for the benchmarks that ran in this run (mtime >= since)."""
+    rows = []
+    for est in sorted(glob.glob(os.path.join(ROOT, "target", "criterion", "**", "new", "estimates.json"), recursive=True)):
+        if os.path.getmtime(est) < since:
+            continue
+        meta = load(os.path.join(os.path.dirname(est), "benchmark.json")) or {}
+        e = load(est) or {}
+        mean = (e.get("mean") or {}).get("point_estimate")
+        if mean is None:
+            continue
+        thr = meta.get("throughput") or {}
+        rate = ""
+        if "Bytes" in thr:
+            rate = f"{thr['Bytes'] / (mean / 1e9) / 1e6:,.0f} MB/s"
+        elif "Elements" in thr:
+            rate = f"{thr['Elements'] / (mean / 1e9) / 1e6:,.2f} M elem/s"
+        rows.append((meta.get("full_id") or os.path.relpath(os.path.dirname(os.path.dirname(est))), mean, rate))
+    return rows
+
+
+def part_log_lines(name, keywords):
+    path = os.path.join(OUT, "logs", f"{name}.log")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [l.rstrip() for l in f if any(k in l.lower() for k in keywords)]
+    except OSError:
+        return []
+
+
+def status(name):
+    try:
+        with open(os.path.join(OUT, "status", name), encoding="utf-8") as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    if text.startswith("missing="):
+        return ("missing", text[len("missing="):])
+    fields = dict(kv.split("=", 1) for kv in text.split())
+    return ("ok" if fields.get("rc") == "0" else "failed", fields)
+
+
+def status_md(name):
+    st = status(name)
+    if st is None:
+        return [f"_not run in this invocation of `benches/run`._"]
+    if st[0] == "missing":
+        return [f"**MISSING:** {st[1]}"]
+    if st[0] == "failed":
+        return [f"**FAILED** (exit {st[1].get('rc')}), see `benches/out/logs/{name}.log`."]
+    return []
+
+
+def harmony_md(since):
+    out = status_md("harmony")
+    rows = criterion_md(since) if status("harmony") and status("harmony")[0] != "missing" else []
+    if rows:
+        out += ["| benchmark | mean time | throughput |", "|---|---:|---:|"]
+        for bid, mean, rate in rows:
+            out.append(f"| {bid} | {mean / 1e3:,.1f} µs | {rate} |")
+    ratio_lines = part_log_lines("harmony", ("ratio",))
+    if ratio_lines:
+        out += ["", "Ratios printed by the benchmark:", "", "```"] + ratio_lines + ["```"]
+    return out
+
+
+def generic_md(name):
+    out = status_md(name)
+    summary = os.path.join(OUT, name, "summary.md")
+    if os.path.exists(summary):
+        with open(summary, encoding="utf-8") as f:
+            out += [f.read().rstrip()]
+    elif status(name) and status(name)[0] == "ok":
+        out += [f"**MISSING:** the {name} part ran but left no `benches/out/{name}/summary.md`."]
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--machine-only", action="store_true")
+    args = ap.parse_args()
+    os.makedirs(OUT, exist_ok=True)
+    if args.machine_only:
+        m = machine()
+        with open(os.path.join(OUT, "machine.json"), "w", encoding="utf-8") as f:
+            json.dump(m, f, indent=1)
+        print("\n".join(machine_md(m)))
+        return 0
+
+    started = os.environ.get("BENCH_STARTED", "")
+    h = status("harmony")
+    since = float(h[1].get("start", 0)) if h and isinstance(h[1], dict) else 0.0
+    proxy = load(os.path.join(OUT, "proxy", "results.json"))
+    lines = [
+        "# Benchmark results",
+        "",
+        "Regenerate with `benches/run` (from a fresh clone; it installs nginx-light and wrk from Debian, "
+        "matplotlib from PyPI, and builds the release binaries). "
+        f"This file was written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        + (f" by a run started {started}" if started else "") + ".",
+        "",
+        "## Machine", "",
+    ]
+    lines += machine_md(load(os.path.join(OUT, "machine.json")))
+    lines += ["", "## Proxy: gpt-oss-lb against nginx", ""] + status_md("proxy") + proxy_md(proxy)
+    lines += ["", "## harmony: ours against openai-harmony", ""] + harmony_md(since)
+    lines += ["", "## Runtime: ours against onnxruntime-genai", ""] + generic_md("runtime")
+    if os.path.exists(os.path.join(HERE, "runtime_throughput.png")) and status("runtime") and status("runtime")[0] == "ok":
+        lines += ["", "![runtime throughput against concurrency](runtime_throughput.png)"]
+    lines += ["", "## gpt-oss-server: HTTP overhead", ""] + generic_md("server")
+    bad = [p for p in PARTS if (status(p) or ("ok",))[0] != "ok"]
+    lines += ["", "## Parts not measured in this run", ""]
+    lines += [f"- `{p}`: {status(p)[0]}" for p in bad] or ["none"]
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"report: wrote {args.out}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
