@@ -1,0 +1,76 @@
+//! Command-line flags of `gpt-oss-server`. The first six keep the seed prototype's
+//! names and defaults; the rest are what production needs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "gpt-oss-server",
+    version,
+    about = "OpenAI-compatible model server for gpt-oss"
+)]
+pub struct Args {
+    /// Address to bind.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: String,
+
+    /// Port to bind (0 picks a free port; the chosen address is logged).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+
+    /// Folder of the ONNX export (genai_config.json, model.onnx, tokenizer.json).
+    #[arg(long)]
+    pub model_path: Option<PathBuf>,
+
+    /// The model name the API serves (`model` in requests and `/v1/models`).
+    #[arg(long, default_value = "gpt-oss-20b")]
+    pub model_name: String,
+
+    /// Where the model runs: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto")]
+    pub device_map: String,
+
+    /// Requests generating at the same time; others wait first in, first out.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent: u32,
+
+    /// Requests allowed to wait for a slot; one more gets 429 with `Retry-After`.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: u32,
+
+    /// When set, requests must send `Authorization: Bearer <key>`; `/health` and
+    /// `/metrics` stay open.
+    #[arg(long, env = "GPT_OSS_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Return the unparsed harmony text (special tokens as literal text) in `content`,
+    /// as the seed prototype did, for clients or proxies that parse it themselves.
+    #[arg(long)]
+    pub raw_output: bool,
+
+    /// On SIGTERM/SIGINT: stop accepting, then give in-flight requests this many
+    /// seconds to finish before exiting.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+
+    /// `max_tokens` when a request sets none (capped by the context length).
+    #[arg(long, default_value_t = 4096)]
+    pub default_max_tokens: u32,
+
+    /// Seconds a client is told to wait in `Retry-After` on 429.
+    #[arg(long, default_value_t = 1)]
+    pub retry_after_secs: u64,
+}
+
+impl Args {
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+}

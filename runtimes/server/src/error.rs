@@ -1,0 +1,150 @@
+//! One error type for the HTTP layer, mapped to OpenAI's error JSON with the right
+//! status, both as a JSON response and as an SSE `error` event.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use gpt_oss_runtimes::BackendError;
+use openai_types::{ErrorKind, ErrorResponse};
+
+/// Everything that can go wrong with a request before or while it is served.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: a field is missing, of the wrong type or out of range. `param` is the field path.
+    #[error("{message}")]
+    InvalidField { message: String, param: String },
+    /// 400: the body is not JSON, or not an object.
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("The model `{0}` does not exist")]
+    ModelNotFound(String),
+    #[error("{0}")]
+    RouteNotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("the server is busy: {waiting} requests are already waiting; retry later")]
+    QueueFull { waiting: u32, retry_after_secs: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: a failure of the engine itself, never something the model emitted.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// 400 naming `param` (a dotted field path) in the message and in `param`.
+    pub fn field(param: impl Into<String>, what: impl std::fmt::Display) -> Self {
+        let param = param.into();
+        ApiError::InvalidField {
+            message: format!("`{param}`: {what}"),
+            param,
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ApiError::InvalidField { .. } | ApiError::InvalidJson(_) => ErrorKind::InvalidRequest,
+            ApiError::Unauthorized(_) => ErrorKind::Authentication,
+            ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => ErrorKind::NotFound,
+            ApiError::MethodNotAllowed(_) => ErrorKind::InvalidRequest,
+            ApiError::BodyTooLarge { .. } => ErrorKind::RequestTooLarge,
+            ApiError::QueueFull { .. } => ErrorKind::RateLimit,
+            ApiError::Unavailable(_) => ErrorKind::Unavailable,
+            ApiError::Internal(_) => ErrorKind::Server,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            other => StatusCode::from_u16(other.kind().status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+
+    fn code(&self) -> Option<&'static str> {
+        match self {
+            ApiError::InvalidField { .. } => Some("invalid_value"),
+            ApiError::InvalidJson(_) => Some("invalid_json"),
+            ApiError::Unauthorized(_) => Some("invalid_api_key"),
+            ApiError::ModelNotFound(_) => Some("model_not_found"),
+            ApiError::RouteNotFound(_) => Some("not_found"),
+            ApiError::MethodNotAllowed(_) => Some("method_not_allowed"),
+            ApiError::BodyTooLarge { .. } => Some("request_too_large"),
+            ApiError::QueueFull { .. } => Some("queue_full"),
+            ApiError::Unavailable(_) => Some("model_not_loaded"),
+            ApiError::Internal(_) => None,
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            ApiError::InvalidField { param, .. } => Some(param),
+            ApiError::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI error body.
+    pub fn body(&self) -> ErrorResponse {
+        ErrorResponse::new(self.kind(), self.to_string(), self.param(), self.code())
+    }
+
+    /// A short label for the `errors_total` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ApiError::InvalidField { .. } | ApiError::InvalidJson(_) => "invalid_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::QueueFull { .. } => "queue_full",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::PromptTooLong { .. } => ApiError::field("messages", e),
+            BackendError::EmptyPrompt => ApiError::field("messages", e),
+            BackendError::InvalidToken(_) => ApiError::field("prompt", e),
+            BackendError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            BackendError::Internal(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), error = %self, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
+        }
+        let mut resp = (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            self.body().to_json(),
+        )
+            .into_response();
+        if let ApiError::QueueFull {
+            retry_after_secs, ..
+        } = self
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        if let ApiError::Unauthorized(_) = self {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}

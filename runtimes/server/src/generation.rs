@@ -1,0 +1,221 @@
+//! One admitted generation as a stream of [`GenEvent`]s.
+//!
+//! The stream owns the concurrency [`Permit`], the backend's token stream and a
+//! guard that fires the request's cancellation token: dropping the stream (the
+//! client went away, or the response finished) frees the slot and stops the engine.
+//! Streaming and non-streaming responses consume the same events, so they carry
+//! the same text.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::stream::{self, Stream, StreamExt};
+use gpt_oss_runtimes::{StopReason, TokenEvent, TokenStream};
+use openai_types::{ChatDelta, FinishReason, Usage};
+use tokio_util::sync::DropGuard;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::queue::Permit;
+use crate::stop::StopMatcher;
+
+/// Turns generated token ids into message deltas.
+pub trait DeltaParser: Send {
+    /// Feeds one generated token.
+    fn push(&mut self, token: u32, out: &mut Vec<ChatDelta>);
+    /// The generation ended; emit whatever is still buffered.
+    fn finish(&mut self, out: &mut Vec<ChatDelta>);
+    /// Generated tokens that belonged to the analysis channel so far.
+    fn reasoning_tokens(&self) -> u32;
+}
+
+/// One item of a generation.
+#[derive(Debug)]
+pub enum GenEvent {
+    Delta(ChatDelta),
+    Done {
+        finish_reason: FinishReason,
+        usage: Usage,
+    },
+    /// The engine failed; nothing follows.
+    Failed(ApiError),
+}
+
+/// What a generation needs besides the backend's stream.
+pub struct GenerationParts {
+    pub tokens: TokenStream,
+    pub parser: Box<dyn DeltaParser>,
+    /// Applied to `content` deltas.
+    pub stop: StopMatcher,
+    /// Raw harmony output: a `<|call|>` stop token means the model called a tool.
+    pub call_ends_with_tool_calls: bool,
+    pub permit: Permit,
+    pub cancel: DropGuard,
+    pub metrics: Arc<Metrics>,
+    /// When the request arrived, for time to first token.
+    pub arrived: Instant,
+    pub prompt_tokens: u32,
+}
+
+struct Run {
+    parts: GenerationParts,
+    first_token: Option<Instant>,
+    completion_tokens: u32,
+    saw_tool_call: bool,
+    finished: bool,
+    scratch: Vec<ChatDelta>,
+}
+
+impl Run {
+    /// Runs `content` through the stop matcher and drops deltas that became empty.
+    fn filter(&mut self, deltas: &mut Vec<GenEvent>) {
+        for mut d in self.scratch.drain(..) {
+            if d.tool_calls.is_some() {
+                self.saw_tool_call = true;
+            }
+            if self.parts.stop.is_active() {
+                if let Some(c) = d.content.take() {
+                    if !self.parts.stop.matched() {
+                        let kept = self.parts.stop.push(&c);
+                        if !kept.is_empty() {
+                            d.content = Some(kept);
+                        }
+                    }
+                }
+            }
+            if !d.is_empty() {
+                deltas.push(GenEvent::Delta(d));
+            }
+        }
+    }
+
+    fn done(&mut self, reason: FinishReason, out: &mut Vec<GenEvent>) {
+        self.parts.parser.finish(&mut self.scratch);
+        self.filter(out);
+        let rest = self.parts.stop.finish();
+        if !rest.is_empty() {
+            out.push(GenEvent::Delta(ChatDelta {
+                content: Some(rest),
+                ..ChatDelta::default()
+            }));
+        }
+        let reason = match reason {
+            FinishReason::Stop if self.saw_tool_call => FinishReason::ToolCalls,
+            other => other,
+        };
+        let decode = self
+            .first_token
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        self.parts
+            .metrics
+            .generation(self.parts.prompt_tokens, self.completion_tokens, decode);
+        out.push(GenEvent::Done {
+            finish_reason: reason,
+            usage: Usage::new(
+                self.parts.prompt_tokens,
+                self.completion_tokens,
+                self.parts.parser.reasoning_tokens(),
+            ),
+        });
+        self.finished = true;
+    }
+
+    async fn next_events(&mut self) -> Option<Vec<GenEvent>> {
+        if self.finished {
+            return None;
+        }
+        let mut out = Vec::new();
+        while out.is_empty() {
+            match self.parts.tokens.next().await {
+                Some(TokenEvent::Token(id)) => {
+                    if self.first_token.is_none() {
+                        let now = Instant::now();
+                        self.parts.metrics.time_to_first_token(
+                            now.duration_since(self.parts.arrived).as_secs_f64(),
+                        );
+                        self.first_token = Some(now);
+                    }
+                    self.completion_tokens += 1;
+                    self.parts.parser.push(id, &mut self.scratch);
+                    self.filter(&mut out);
+                    if self.parts.stop.matched() {
+                        tracing::debug!("stop string matched; ending generation");
+                        self.done(FinishReason::Stop, &mut out);
+                    }
+                }
+                Some(TokenEvent::Finish { reason, usage }) => {
+                    if usage.prompt_tokens > 0 {
+                        self.parts.prompt_tokens = usage.prompt_tokens;
+                    }
+                    let reason = match reason {
+                        StopReason::StopToken(id)
+                            if self.parts.call_ends_with_tool_calls
+                                && id == harmony::tokens::CALL =>
+                        {
+                            FinishReason::ToolCalls
+                        }
+                        StopReason::StopToken(_) => FinishReason::Stop,
+                        StopReason::Length => FinishReason::Length,
+                        StopReason::Cancelled => {
+                            self.parts.metrics.cancelled();
+                            self.finished = true;
+                            return Some(vec![GenEvent::Failed(ApiError::Unavailable(
+                                "the generation was cancelled".to_string(),
+                            ))]);
+                        }
+                    };
+                    self.done(reason, &mut out);
+                }
+                Some(TokenEvent::Error(e)) => {
+                    self.finished = true;
+                    tracing::error!(error = %e, "backend failed mid-generation");
+                    return Some(vec![GenEvent::Failed(ApiError::Internal(format!(
+                        "the inference engine failed: {e}"
+                    )))]);
+                }
+                None => {
+                    self.finished = true;
+                    return Some(vec![GenEvent::Failed(ApiError::Internal(
+                        "the inference engine ended the generation without finishing it"
+                            .to_string(),
+                    ))]);
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if !self.finished {
+            tracing::info!("client went away; cancelling its generation");
+            self.parts.metrics.cancelled();
+        }
+    }
+}
+
+/// The events of one generation. Dropping the stream cancels it and frees its slot.
+pub fn run(parts: GenerationParts) -> impl Stream<Item = GenEvent> + Send {
+    let run = Run {
+        parts,
+        first_token: None,
+        completion_tokens: 0,
+        saw_tool_call: false,
+        finished: false,
+        scratch: Vec::new(),
+    };
+    stream::unfold(run, |mut run| async move {
+        let events = run.next_events().await?;
+        Some((stream::iter(events), run))
+    })
+    .flatten()
+}
+
+/// Merges a delta into an accumulated message text field.
+pub fn append(field: &mut Option<String>, piece: Option<String>) {
+    if let Some(p) = piece {
+        field.get_or_insert_with(String::new).push_str(&p);
+    }
+}

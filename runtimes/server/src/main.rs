@@ -1,0 +1,95 @@
+//! The `gpt-oss-server` binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use gpt_oss_server::{serve, shutdown_signal, spawn_model_load, AppState, Args, ServerConfig};
+use tracing_subscriber::EnvFilter;
+
+/// Where the weights come from.
+enum ModelSource {
+    /// An ONNX export folder given with `--model-path`.
+    Folder(PathBuf),
+    /// No `--model-path`: the model embedded in the binary (gpt-oss-nano, issue 6).
+    Embedded,
+}
+
+fn model_source(args: &Args) -> ModelSource {
+    match &args.model_path {
+        Some(p) => ModelSource::Folder(p.clone()),
+        None => ModelSource::Embedded,
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let folder = match model_source(&args) {
+        ModelSource::Folder(p) => p,
+        ModelSource::Embedded => {
+            tracing::error!(
+                "no --model-path given, and this build has no embedded model yet: \
+                 pass --model-path DIR with an ONNX export (genai_config.json, model.onnx, tokenizer.json)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if !folder.is_dir() {
+        tracing::error!(path = %folder.display(), "--model-path is not a folder");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, folder)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, folder: PathBuf) -> anyhow::Result<()> {
+    let state = AppState::new(
+        ServerConfig::from(&args),
+        args.max_concurrent,
+        args.max_queue,
+    );
+    let device = args.device_map.clone();
+    let max_concurrent = args.max_concurrent;
+    let model_name = args.model_name.clone();
+    spawn_model_load(state.clone(), move || {
+        gpt_oss_server::loader::load_onnx(&folder, &model_name, &device, max_concurrent)
+    });
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .or_else(|_| {
+            std::net::ToSocketAddrs::to_socket_addrs(&(args.host.as_str(), args.port))
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| anyhow::anyhow!("cannot resolve --host {}", args.host))
+        })?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, model = %args.model_name, "gpt-oss-server listening");
+    // Tests and scripts read this line to find the port when --port 0 is used.
+    println!("listening on http://{local}");
+    serve(listener, state, shutdown_signal(), args.shutdown_timeout()).await?;
+    tracing::info!("gpt-oss-server stopped");
+    Ok(())
+}
