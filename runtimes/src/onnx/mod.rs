@@ -1,0 +1,231 @@
+//! The ONNX Runtime backend: runs an onnxruntime-genai export of gpt-oss (`genai_config.json`,
+//! `model.onnx` + `model.onnx.data`) on the CPU or the CUDA execution provider.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use gpt_oss_runtimes::{InferenceBackend, LibrarySearch, OnnxBackend, OnnxBackendConfig, DeviceMap};
+//! let config = OnnxBackendConfig::new("models/gpt-oss-20b", DeviceMap::Auto, 4, LibrarySearch::from_process());
+//! let backend: Arc<dyn InferenceBackend> =
+//!     Arc::new(tokio::task::spawn_blocking(move || OnnxBackend::load(config)).await??);
+//! # Ok(()) }
+//! ```
+
+mod engine;
+pub mod genai_config;
+pub mod library;
+pub mod model;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use async_trait::async_trait;
+
+use crate::device::DeviceMap;
+use crate::{
+    BackendError, Capabilities, GenerateRequest, Health, InferenceBackend, TokenEvent, TokenStream,
+};
+pub use library::{LibraryError, LibraryLocation, LibrarySearch};
+pub use model::{ModelOptions, OnnxModel, SequenceCache};
+
+/// Why a model could not be loaded or run. Every variant names the file or the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Library(#[from] LibraryError),
+    #[error("cannot read {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("invalid {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("ONNX Runtime cannot load {path}: {reason}")]
+    Onnx { path: PathBuf, reason: String },
+    #[error("{config} does not match {model}: {reason}")]
+    Mismatch {
+        config: PathBuf,
+        model: PathBuf,
+        reason: String,
+    },
+    #[error("the CUDA execution provider cannot run on cuda:{device}: {reason} (use --device-map cpu or auto)")]
+    Cuda { device: u32, reason: String },
+    #[error("{0}")]
+    Runtime(String),
+    #[error("the engine thread could not start: {0}")]
+    Thread(String),
+}
+
+/// How to build an [`OnnxBackend`].
+#[derive(Debug, Clone)]
+pub struct OnnxBackendConfig {
+    /// The onnxruntime-genai folder.
+    pub model_dir: PathBuf,
+    pub device: DeviceMap,
+    /// Sequences generated at once; more requests wait in FIFO order.
+    pub max_concurrent: u32,
+    /// Where the ONNX Runtime library is.
+    pub library: LibrarySearch,
+    /// Reported in [`Capabilities::model_name`]; the folder's name when `None`.
+    pub model_name: Option<String>,
+    /// ONNX Runtime intra-op threads; `None` lets ONNX Runtime choose.
+    pub intra_threads: Option<usize>,
+}
+
+impl OnnxBackendConfig {
+    pub fn new(
+        model_dir: impl Into<PathBuf>,
+        device: DeviceMap,
+        max_concurrent: u32,
+        library: LibrarySearch,
+    ) -> Self {
+        OnnxBackendConfig {
+            model_dir: model_dir.into(),
+            device,
+            max_concurrent,
+            library,
+            model_name: None,
+            intra_threads: None,
+        }
+    }
+}
+
+/// The ONNX Runtime backend. Its engine runs on its own thread; [`InferenceBackend::generate`]
+/// only queues the request and returns the stream.
+pub struct OnnxBackend {
+    capabilities: Capabilities,
+    commands: Mutex<mpsc::Sender<engine::Command>>,
+    alive: Arc<AtomicBool>,
+    counters: Arc<engine::Counters>,
+}
+
+/// What the engine is doing, as of its latest round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineLoad {
+    /// Sequences being generated (at most `max_concurrent`).
+    pub active: usize,
+    /// Requests queued inside the engine, waiting for a slot.
+    pub waiting: usize,
+}
+
+impl std::fmt::Debug for OnnxBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxBackend")
+            .field("capabilities", &self.capabilities)
+            .finish()
+    }
+}
+
+impl OnnxBackend {
+    /// Loads the library and the model and starts the engine thread. Blocking (seconds for a big
+    /// model): call it from `spawn_blocking` or before the runtime starts.
+    pub fn load(config: OnnxBackendConfig) -> Result<Self, ModelError> {
+        let env = library::environment(&config.library)?;
+        let options = ModelOptions {
+            device: config.device,
+            intra_threads: config.intra_threads,
+        };
+        let model = OnnxModel::load(&env, &config.model_dir, &options)?;
+        let model_name = config
+            .model_name
+            .clone()
+            .unwrap_or_else(|| folder_name(&config.model_dir));
+        let capabilities = Capabilities {
+            model_name,
+            context_length: model.spec.context_length as u32,
+            device: model.device.to_string(),
+            eos_token_ids: model.spec.eos_token_ids.clone(),
+            vocab_size: model.spec.vocab_size as u32,
+            max_concurrent_sequences: config.max_concurrent.max(1),
+        };
+        let (tx, rx) = mpsc::channel();
+        let alive = Arc::new(AtomicBool::new(true));
+        let engine_alive = Arc::clone(&alive);
+        let counters = Arc::new(engine::Counters::default());
+        let engine_counters = Arc::clone(&counters);
+        let max_concurrent = config.max_concurrent.max(1) as usize;
+        std::thread::Builder::new()
+            .name("onnx-engine".into())
+            .spawn(move || engine::run(model, rx, max_concurrent, engine_alive, engine_counters))
+            .map_err(|e| ModelError::Thread(e.to_string()))?;
+        Ok(OnnxBackend {
+            capabilities,
+            commands: Mutex::new(tx),
+            alive,
+            counters,
+        })
+    }
+
+    /// Sequences in flight and requests waiting inside the engine.
+    pub fn load_now(&self) -> EngineLoad {
+        EngineLoad {
+            active: self.counters.active.load(Ordering::SeqCst),
+            waiting: self.counters.waiting.load(Ordering::SeqCst),
+        }
+    }
+
+    fn validate(&self, request: &GenerateRequest) -> Result<(), BackendError> {
+        let caps = &self.capabilities;
+        if request.prompt.is_empty() {
+            return Err(BackendError::EmptyPrompt);
+        }
+        if request.prompt.len() as u64 + 1 > u64::from(caps.context_length) {
+            return Err(BackendError::PromptTooLong {
+                prompt_tokens: request.prompt.len().min(u32::MAX as usize) as u32,
+                context_length: caps.context_length,
+            });
+        }
+        if let Some(&bad) = request.prompt.iter().find(|&&t| t >= caps.vocab_size) {
+            return Err(BackendError::InvalidToken(bad));
+        }
+        Ok(())
+    }
+}
+
+fn folder_name(dir: &Path) -> String {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "gpt-oss".to_string())
+}
+
+#[async_trait]
+impl InferenceBackend for OnnxBackend {
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    async fn health(&self) -> Health {
+        if self.alive.load(Ordering::SeqCst) {
+            Health::Ready
+        } else {
+            Health::Failed {
+                reason: "the ONNX engine thread stopped".into(),
+            }
+        }
+    }
+
+    async fn generate(&self, request: GenerateRequest) -> Result<TokenStream, BackendError> {
+        self.validate(&request)?;
+        let (events, mut rx) = tokio::sync::mpsc::unbounded_channel::<TokenEvent>();
+        let request_id = request.request_id.clone();
+        {
+            let commands = self
+                .commands
+                .lock()
+                .map_err(|_| BackendError::Internal("the engine queue lock is poisoned".into()))?;
+            commands
+                .send(engine::Command::Submit(engine::Job { request, events }))
+                .map_err(|_| BackendError::Unavailable("the ONNX engine thread stopped".into()))?;
+        }
+        tracing::debug!(%request_id, "queued");
+        let stream = async_stream(move |cx| rx.poll_recv(cx));
+        Ok(Box::pin(stream))
+    }
+}
+
+/// A stream from a poll function (no extra dependency for one adapter).
+fn async_stream<F>(poll: F) -> futures::stream::PollFn<F>
+where
+    F: FnMut(&mut std::task::Context<'_>) -> std::task::Poll<Option<TokenEvent>>,
+{
+    futures::stream::poll_fn(poll)
+}

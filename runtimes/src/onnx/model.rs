@@ -1,0 +1,597 @@
+//! One decoder session and the per-sequence KV cache it runs on.
+//!
+//! The KV cache mirrors onnxruntime-genai's `past_present_share_buffer`: each sequence allocates,
+//! once, one `[1, kv_heads, capacity, head_size]` buffer per layer for keys and one for values, on
+//! the session's device, and binds the same buffer as `past_key_values.N.*` input and `present.N.*`
+//! output through an [`IoBinding`]. GroupQueryAttention writes the new positions in place, so no
+//! step copies the cache. The inputs are the ones onnxruntime-genai feeds a gpt-oss export:
+//! `input_ids [1, S]` and `attention_mask [1, past + S]` of ones (the graph derives GQA's
+//! `seqlens_k` and `total_sequence_length` from it), plus `position_ids`, `past_sequence_length`
+//! and `total_sequence_length` when the config and the graph name them.
+//!
+//! The capacity is at least the sliding window plus its slack: GroupQueryAttention on windowed
+//! layers refuses a shorter buffer.
+
+use std::path::{Path, PathBuf};
+
+use ort::environment::Environment;
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{IoBinding, Session};
+use ort::value::{DynTensor, Tensor, TensorElementType, ValueType};
+
+use super::genai_config::{layer_name, GenaiConfig};
+use super::ModelError;
+use crate::device::{Device, DeviceMap};
+
+/// An integer graph input and its element type.
+#[derive(Debug, Clone)]
+struct IntInput {
+    name: String,
+    ty: TensorElementType,
+}
+
+/// Names, types and sizes, from `genai_config.json` checked against the graph.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    input_ids: IntInput,
+    attention_mask: Option<IntInput>,
+    position_ids: Option<IntInput>,
+    seqlens_k: Option<IntInput>,
+    total_sequence_length: Option<IntInput>,
+    /// Per layer: (past key, past value, present key, present value).
+    kv_names: Vec<[String; 4]>,
+    kv_type: TensorElementType,
+    logits: String,
+    logits_type: TensorElementType,
+    pub num_kv_heads: usize,
+    pub head_size: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    /// The smallest KV buffer the graph accepts (sliding window plus slack).
+    pub min_kv_capacity: usize,
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// A loaded decoder.
+pub struct OnnxModel {
+    session: Session,
+    pub spec: ModelSpec,
+    pub device: Device,
+    kv_allocator: Allocator,
+    cpu_memory: MemoryInfo<'static>,
+}
+
+/// The state of one sequence: its KV cache, bound in place, and how much of it is used.
+pub struct SequenceCache {
+    binding: IoBinding,
+    /// Kept alive for the binding; two per layer (key, value).
+    _kv: Vec<DynTensor>,
+    /// `[1, 1, vocab]` on the CPU, bound as the logits output of decode steps.
+    decode_logits: DynTensor,
+    decode_logits_bound: bool,
+    capacity: usize,
+    len: usize,
+    /// The last position's logits of the latest step, as f32.
+    logits: Vec<f32>,
+}
+
+impl SequenceCache {
+    /// Tokens held in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Tokens the cache can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Logits of the last position of the latest step.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+}
+
+/// Model loading options.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    pub device: DeviceMap,
+    /// ONNX Runtime intra-op threads; `None` lets ONNX Runtime choose (one per core).
+    pub intra_threads: Option<usize>,
+}
+
+fn onnx_err(path: &Path) -> impl Fn(ort::Error) -> ModelError + '_ {
+    move |e| ModelError::Onnx {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+fn internal(what: &'static str) -> impl Fn(ort::Error) -> ModelError {
+    move |e| ModelError::Runtime(format!("{what}: {e}"))
+}
+
+impl OnnxModel {
+    /// Loads `dir` (an onnxruntime-genai folder) into a session on the requested device.
+    pub fn load(env: &Environment, dir: &Path, options: &ModelOptions) -> Result<Self, ModelError> {
+        if !dir.is_dir() {
+            return Err(ModelError::Io {
+                path: dir.to_path_buf(),
+                reason: "not a directory".into(),
+            });
+        }
+        let config = GenaiConfig::load(dir)?;
+        let model_path = dir.join(&config.model.decoder.filename);
+        if !model_path.is_file() {
+            return Err(ModelError::Io {
+                path: model_path,
+                reason:
+                    "the model file named by genai_config.json model.decoder.filename is missing"
+                        .into(),
+            });
+        }
+        let (session, device) = build_session(env, &model_path, options)?;
+        let spec = ModelSpec::new(&config, &session, &model_path)?;
+        let kv_allocator = match device {
+            Device::Cpu => Allocator::default(),
+            Device::Cuda(id) => {
+                let info = MemoryInfo::new(
+                    AllocationDevice::CUDA,
+                    id as i32,
+                    AllocatorType::Device,
+                    MemoryType::Default,
+                )
+                .map_err(internal("CUDA memory info"))?;
+                Allocator::new(&session, info).map_err(internal("CUDA allocator"))?
+            }
+        };
+        let cpu_memory = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(internal("CPU memory info"))?;
+        tracing::info!(
+            model = %model_path.display(),
+            device = %device,
+            layers = spec.kv_names.len(),
+            kv_heads = spec.num_kv_heads,
+            head_size = spec.head_size,
+            context_length = spec.context_length,
+            min_kv_capacity = spec.min_kv_capacity,
+            "loaded ONNX model"
+        );
+        Ok(OnnxModel {
+            session,
+            spec,
+            device,
+            kv_allocator,
+            cpu_memory,
+        })
+    }
+
+    /// The KV capacity a request needs: its prompt plus the tokens it may generate, within the
+    /// context, and never below what the windowed layers require.
+    pub fn capacity_for(&self, prompt_len: usize, max_new_tokens: usize) -> usize {
+        prompt_len
+            .saturating_add(max_new_tokens)
+            .min(self.spec.context_length)
+            .max(self.spec.min_kv_capacity)
+            .max(1)
+    }
+
+    /// Allocates a sequence's KV buffers (once; they are reused for every step).
+    pub fn new_sequence(&self, capacity: usize) -> Result<SequenceCache, ModelError> {
+        let spec = &self.spec;
+        let mut binding = self
+            .session
+            .create_binding()
+            .map_err(internal("IoBinding"))?;
+        let shape = [1usize, spec.num_kv_heads, capacity, spec.head_size];
+        let mut kv = Vec::with_capacity(spec.kv_names.len() * 2);
+        for [past_k, past_v, present_k, present_v] in &spec.kv_names {
+            for (past, present) in [(past_k, present_k), (past_v, present_v)] {
+                let mut buffer = DynTensor::new(&self.kv_allocator, spec.kv_type, shape).map_err(|e| {
+                    ModelError::Runtime(format!(
+                        "could not allocate the KV cache [1, {}, {capacity}, {}] for {} layers: {e}",
+                        spec.num_kv_heads,
+                        spec.head_size,
+                        spec.kv_names.len()
+                    ))
+                })?;
+                binding
+                    .bind_input(past.as_str(), &buffer)
+                    .map_err(internal("binding past KV"))?;
+                binding
+                    .bind_output(present.as_str(), &mut buffer)
+                    .map_err(internal("binding present KV"))?;
+                kv.push(buffer);
+            }
+        }
+        let decode_logits = DynTensor::new(
+            &Allocator::default(),
+            spec.logits_type,
+            [1usize, 1, spec.vocab_size],
+        )
+        .map_err(internal("logits buffer"))?;
+        Ok(SequenceCache {
+            binding,
+            _kv: kv,
+            decode_logits,
+            decode_logits_bound: false,
+            capacity,
+            len: 0,
+            logits: Vec::with_capacity(spec.vocab_size),
+        })
+    }
+
+    /// Feeds `tokens` after what the cache holds and leaves the last position's logits in
+    /// [`SequenceCache::logits`].
+    pub fn forward(&mut self, seq: &mut SequenceCache, tokens: &[u32]) -> Result<(), ModelError> {
+        let spec = &self.spec;
+        let s = tokens.len();
+        if s == 0 {
+            return Err(ModelError::Runtime("forward with no tokens".into()));
+        }
+        let total = seq.len + s;
+        if total > seq.capacity {
+            return Err(ModelError::Runtime(format!(
+                "the KV cache holds {} tokens; {total} do not fit",
+                seq.capacity
+            )));
+        }
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        bind_ints(&mut seq.binding, &spec.input_ids, vec![1, s as i64], ids)?;
+        if let Some(mask) = &spec.attention_mask {
+            bind_ints(
+                &mut seq.binding,
+                mask,
+                vec![1, total as i64],
+                vec![1; total],
+            )?;
+        }
+        if let Some(pos) = &spec.position_ids {
+            let positions = (seq.len as i64..total as i64).collect();
+            bind_ints(&mut seq.binding, pos, vec![1, s as i64], positions)?;
+        }
+        if let Some(k) = &spec.seqlens_k {
+            bind_ints(&mut seq.binding, k, vec![1], vec![total as i64 - 1])?;
+        }
+        if let Some(t) = &spec.total_sequence_length {
+            bind_ints(&mut seq.binding, t, vec![], vec![total as i64])?;
+        }
+        // Decode steps write into a preallocated [1, 1, vocab] buffer; a prefill's [1, S, vocab]
+        // is allocated by ONNX Runtime on the CPU.
+        if s == 1 {
+            if !seq.decode_logits_bound {
+                seq.binding
+                    .bind_output(spec.logits.as_str(), &mut seq.decode_logits)
+                    .map_err(internal("binding logits"))?;
+                seq.decode_logits_bound = true;
+            }
+        } else {
+            seq.binding
+                .bind_output_to_device(spec.logits.as_str(), &self.cpu_memory)
+                .map_err(internal("binding logits"))?;
+            seq.decode_logits_bound = false;
+        }
+
+        let outputs = self
+            .session
+            .run_binding(&seq.binding)
+            .map_err(|e| ModelError::Runtime(format!("ONNX Runtime run failed: {e}")))?;
+        let logits = outputs.get(spec.logits.as_str()).ok_or_else(|| {
+            ModelError::Runtime(format!("the run returned no `{}` output", spec.logits))
+        })?;
+        let v = spec.vocab_size;
+        seq.logits.clear();
+        match spec.logits_type {
+            TensorElementType::Float32 => {
+                let (_, data) = logits
+                    .try_extract_tensor::<f32>()
+                    .map_err(internal("reading logits"))?;
+                let last = data.len().checked_sub(v).ok_or_else(|| {
+                    ModelError::Runtime(format!(
+                        "logits hold {} values, fewer than the vocabulary",
+                        data.len()
+                    ))
+                })?;
+                seq.logits.extend_from_slice(&data[last..]);
+            }
+            TensorElementType::Float16 => {
+                let (_, data) = logits
+                    .try_extract_tensor::<half::f16>()
+                    .map_err(internal("reading logits"))?;
+                let last = data.len().checked_sub(v).ok_or_else(|| {
+                    ModelError::Runtime(format!(
+                        "logits hold {} values, fewer than the vocabulary",
+                        data.len()
+                    ))
+                })?;
+                seq.logits.extend(data[last..].iter().map(|x| x.to_f32()));
+            }
+            other => {
+                return Err(ModelError::Runtime(format!(
+                    "unsupported logits type {other:?}"
+                )))
+            }
+        }
+        drop(outputs);
+        seq.len = total;
+        Ok(())
+    }
+}
+
+/// Binds an integer input, converting to the graph's element type.
+fn bind_ints(
+    binding: &mut IoBinding,
+    input: &IntInput,
+    shape: Vec<i64>,
+    values: Vec<i64>,
+) -> Result<(), ModelError> {
+    let result = match input.ty {
+        TensorElementType::Int32 => {
+            let values: Vec<i32> = values.into_iter().map(|v| v as i32).collect();
+            Tensor::from_array((shape, values))
+                .and_then(|t| binding.bind_input(input.name.as_str(), &t))
+        }
+        _ => Tensor::from_array((shape, values))
+            .and_then(|t| binding.bind_input(input.name.as_str(), &t)),
+    };
+    result.map_err(|e| ModelError::Runtime(format!("binding `{}`: {e}", input.name)))
+}
+
+/// Creates the session on the requested device; `auto` falls back to the CPU with a log line.
+fn build_session(
+    env: &Environment,
+    model_path: &Path,
+    options: &ModelOptions,
+) -> Result<(Session, Device), ModelError> {
+    let to_err = onnx_err(model_path);
+    let mut builder = Session::builder(env)
+        .map_err(&to_err)?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| to_err(e.into()))?;
+    if let Some(n) = options.intra_threads {
+        builder = builder
+            .with_intra_threads(n)
+            .map_err(|e| to_err(e.into()))?;
+    }
+    let (mut builder, device) = match options.device {
+        DeviceMap::Cpu => (builder, Device::Cpu),
+        DeviceMap::Cuda(id) => match cuda_provider(id) {
+            Some(ep) => {
+                let b = builder
+                    .with_execution_providers([ep])
+                    .map_err(|e| ModelError::Cuda {
+                        device: id,
+                        reason: e.to_string(),
+                    })?;
+                (b, Device::Cuda(id))
+            }
+            None => {
+                return Err(ModelError::Cuda {
+                    device: id,
+                    reason: "this build of gpt-oss-runtimes has no CUDA support (feature `cuda`)"
+                        .into(),
+                })
+            }
+        },
+        DeviceMap::Auto => match cuda_provider(0) {
+            Some(ep) => match builder.with_execution_providers([ep]) {
+                Ok(b) => {
+                    tracing::info!(
+                        "device auto: the CUDA execution provider loaded; running on cuda:0"
+                    );
+                    (b, Device::Cuda(0))
+                }
+                Err(e) => {
+                    tracing::warn!(reason = %e, "device auto: the CUDA execution provider is not available; running on the CPU");
+                    (e.recover(), Device::Cpu)
+                }
+            },
+            None => {
+                tracing::warn!("device auto: built without CUDA support; running on the CPU");
+                (builder, Device::Cpu)
+            }
+        },
+    };
+    let session = builder.commit_from_file(model_path).map_err(&to_err)?;
+    Ok((session, device))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_provider(id: u32) -> Option<ort::ep::ExecutionProviderDispatch> {
+    Some(
+        ort::ep::CUDA::default()
+            .with_device_id(id as i32)
+            .build()
+            .error_on_failure(),
+    )
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_provider(_id: u32) -> Option<ort::ep::ExecutionProviderDispatch> {
+    None
+}
+
+impl ModelSpec {
+    fn new(config: &GenaiConfig, session: &Session, model_path: &Path) -> Result<Self, ModelError> {
+        let d = &config.model.decoder;
+        let config_path = model_path.with_file_name("genai_config.json");
+        let mismatch = |reason: String| ModelError::Mismatch {
+            config: config_path.clone(),
+            model: model_path.to_path_buf(),
+            reason,
+        };
+        let input_type = |name: &str| -> Result<(TensorElementType, Vec<i64>), ModelError> {
+            let outlet = session
+                .inputs()
+                .iter()
+                .find(|i| i.name() == name)
+                .ok_or_else(|| {
+                    mismatch(format!(
+                    "the config names input `{name}`, which the graph does not have (it has: {})",
+                    names(session.inputs().iter().map(|i| i.name()))
+                ))
+                })?;
+            tensor_info(outlet.dtype())
+                .ok_or_else(|| mismatch(format!("input `{name}` is not a tensor")))
+        };
+        let output_type = |name: &str| -> Result<(TensorElementType, Vec<i64>), ModelError> {
+            let outlet = session
+                .outputs()
+                .iter()
+                .find(|o| o.name() == name)
+                .ok_or_else(|| {
+                    mismatch(format!(
+                    "the config names output `{name}`, which the graph does not have (it has: {})",
+                    names(session.outputs().iter().map(|o| o.name()))
+                ))
+                })?;
+            tensor_info(outlet.dtype())
+                .ok_or_else(|| mismatch(format!("output `{name}` is not a tensor")))
+        };
+        let int_input = |name: &str| -> Result<IntInput, ModelError> {
+            let (ty, _) = input_type(name)?;
+            match ty {
+                TensorElementType::Int64 | TensorElementType::Int32 => Ok(IntInput {
+                    name: name.to_string(),
+                    ty,
+                }),
+                other => Err(mismatch(format!(
+                    "input `{name}` has type {other:?}; expected int32 or int64"
+                ))),
+            }
+        };
+        // Optional inputs count only when the graph has them.
+        let optional = |name: &Option<String>| -> Result<Option<IntInput>, ModelError> {
+            match name {
+                Some(n) if session.inputs().iter().any(|i| i.name() == n) => int_input(n).map(Some),
+                _ => Ok(None),
+            }
+        };
+
+        let input_ids = int_input(&d.inputs.input_ids)?;
+        let attention_mask = optional(&d.inputs.attention_mask)?;
+        let position_ids = optional(&d.inputs.position_ids)?;
+        let seqlens_k = optional(&d.inputs.past_sequence_length)?;
+        let total_sequence_length = optional(&d.inputs.total_sequence_length)?;
+
+        let layers = d.num_hidden_layers;
+        let mut kv_names = Vec::with_capacity(layers as usize);
+        let mut kv_type = None;
+        for layer in 0..layers {
+            let names4 = [
+                layer_name(&d.inputs.past_key_names, layer),
+                layer_name(&d.inputs.past_value_names, layer),
+                layer_name(&d.outputs.present_key_names, layer),
+                layer_name(&d.outputs.present_value_names, layer),
+            ];
+            for (i, name) in names4.iter().enumerate() {
+                let (ty, shape) = if i < 2 {
+                    input_type(name)?
+                } else {
+                    output_type(name)?
+                };
+                if *kv_type.get_or_insert(ty) != ty {
+                    return Err(mismatch(format!(
+                        "KV tensor `{name}` has type {ty:?}, unlike layer 0"
+                    )));
+                }
+                if shape.len() != 4 {
+                    return Err(mismatch(format!(
+                        "KV tensor `{name}` has rank {}, expected 4",
+                        shape.len()
+                    )));
+                }
+                for (axis, expected) in [(1usize, d.num_key_value_heads), (3, d.head_size)] {
+                    if shape[axis] > 0 && shape[axis] != i64::from(expected) {
+                        return Err(mismatch(format!(
+                            "KV tensor `{name}` has {} on axis {axis}; the config says {expected}",
+                            shape[axis]
+                        )));
+                    }
+                }
+            }
+            kv_names.push(names4);
+        }
+        let kv_type = kv_type.ok_or_else(|| mismatch("the model has no layers".into()))?;
+
+        let (logits_type, logits_shape) = output_type(&d.outputs.logits)?;
+        if !matches!(
+            logits_type,
+            TensorElementType::Float32 | TensorElementType::Float16
+        ) {
+            return Err(mismatch(format!(
+                "logits have type {logits_type:?}; expected float32 or float16"
+            )));
+        }
+        let vocab = config.model.vocab_size as usize;
+        if let Some(&last) = logits_shape.last() {
+            if last > 0 && last as usize != vocab {
+                return Err(mismatch(format!(
+                    "the graph's logits have {last} entries; the config's vocab_size is {vocab}"
+                )));
+            }
+        }
+        let known: Vec<&str> = [
+            Some(&input_ids),
+            attention_mask.as_ref(),
+            position_ids.as_ref(),
+            seqlens_k.as_ref(),
+            total_sequence_length.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|i| i.name.as_str())
+        .chain(kv_names.iter().flat_map(|n| [n[0].as_str(), n[1].as_str()]))
+        .collect();
+        if let Some(unknown) = session.inputs().iter().find(|i| !known.contains(&i.name())) {
+            return Err(mismatch(format!(
+                "the graph takes input `{}`, which genai_config.json does not describe",
+                unknown.name()
+            )));
+        }
+
+        Ok(ModelSpec {
+            input_ids,
+            attention_mask,
+            position_ids,
+            seqlens_k,
+            total_sequence_length,
+            kv_names,
+            kv_type,
+            logits: d.outputs.logits.clone(),
+            logits_type,
+            num_kv_heads: d.num_key_value_heads as usize,
+            head_size: d.head_size as usize,
+            vocab_size: vocab,
+            context_length: config.model.context_length as usize,
+            min_kv_capacity: config.min_kv_capacity() as usize,
+            eos_token_ids: config.eos_token_ids(),
+        })
+    }
+}
+
+fn tensor_info(t: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
+    match t {
+        ValueType::Tensor { ty, shape, .. } => Some((*ty, shape.iter().copied().collect())),
+        _ => None,
+    }
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
+    it.map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// For error messages: the folder a model was loaded from.
+pub fn describe(dir: &Path) -> PathBuf {
+    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
+}

@@ -1,0 +1,230 @@
+//! Choosing the next token from logits: greedy, temperature, top-k, top-p, with a seeded RNG.
+//!
+//! The same seed, parameters and logits give the same token on every run: each request owns a
+//! [`Sampler`] whose RNG is seeded from the request's seed (or from the OS when it has none).
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::SamplingParams;
+
+/// Candidates examined first when looking for the top-p nucleus; doubled until the nucleus fits.
+const FIRST_NUCLEUS_GUESS: usize = 64;
+
+/// Picks tokens for one request.
+#[derive(Debug)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    /// Reused between steps: (logit, token id) candidates.
+    scratch: Vec<(f32, u32)>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        let rng = match params.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Sampler {
+            params,
+            rng,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The next token for these logits (one row, one value per vocabulary entry).
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.params.is_greedy() || logits.len() <= 1 {
+            return argmax(logits);
+        }
+        let temperature = self.params.temperature.max(1e-6);
+        let top_k = match self.params.top_k {
+            Some(k) if k > 0 => (k as usize).min(logits.len()),
+            _ => logits.len(),
+        };
+        let top_p = if self.params.top_p > 0.0 && self.params.top_p < 1.0 {
+            self.params.top_p
+        } else {
+            1.0
+        };
+
+        let max = logits[argmax(logits) as usize];
+        // Softmax normaliser over the whole top-k set, computed without sorting it.
+        let scratch = &mut self.scratch;
+        scratch.clear();
+        scratch.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.is_nan())
+                .map(|(i, &l)| (l, i as u32)),
+        );
+        if scratch.is_empty() {
+            return argmax(logits);
+        }
+        let top_k = top_k.min(scratch.len());
+        if top_k < scratch.len() {
+            scratch.select_nth_unstable_by(top_k - 1, |a, b| desc(a.0, b.0));
+            scratch.truncate(top_k);
+        }
+        let weight = |l: f32| ((l - max) / temperature).exp();
+        let total: f64 = scratch.iter().map(|&(l, _)| weight(l) as f64).sum();
+
+        // The nucleus: the fewest most likely tokens whose probability reaches top_p. Sort only a
+        // prefix, growing it until it holds the nucleus.
+        let mut n = if top_p < 1.0 {
+            FIRST_NUCLEUS_GUESS.min(scratch.len())
+        } else {
+            scratch.len()
+        };
+        let kept = loop {
+            if n < scratch.len() {
+                scratch.select_nth_unstable_by(n - 1, |a, b| desc(a.0, b.0));
+            }
+            scratch[..n].sort_unstable_by(|a, b| desc(a.0, b.0).then(a.1.cmp(&b.1)));
+            if top_p >= 1.0 {
+                break n;
+            }
+            let mut cumulative = 0.0f64;
+            let mut found = None;
+            for (i, &(l, _)) in scratch[..n].iter().enumerate() {
+                cumulative += weight(l) as f64 / total;
+                if cumulative >= top_p as f64 {
+                    found = Some(i + 1);
+                    break;
+                }
+            }
+            match found {
+                Some(k) => break k,
+                None if n == scratch.len() => break n,
+                None => n = (n * 2).min(scratch.len()),
+            }
+        };
+
+        let kept = &scratch[..kept];
+        let mass: f64 = kept.iter().map(|&(l, _)| weight(l) as f64).sum();
+        let mut target = self.rng.random::<f64>() * mass;
+        for &(l, id) in kept {
+            target -= weight(l) as f64;
+            if target <= 0.0 {
+                return id;
+            }
+        }
+        kept.last().map_or_else(|| argmax(logits), |&(_, id)| id)
+    }
+}
+
+/// Descending order for floats (NaNs were filtered out).
+fn desc(a: f32, b: f32) -> std::cmp::Ordering {
+    b.partial_cmp(&a).unwrap_or(std::cmp::Ordering::Equal)
+}
+
+/// The index of the largest logit; the first one on ties, as `torch.argmax` does. NaNs never win.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_value = f32::NEG_INFINITY;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > best_value {
+            best = i;
+            best_value = v;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(
+        temperature: f32,
+        top_p: f32,
+        top_k: Option<u32>,
+        seed: Option<u64>,
+    ) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+            seed,
+        }
+    }
+
+    fn logits() -> Vec<f32> {
+        (0..1000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
+            .collect()
+    }
+
+    #[test]
+    fn greedy_takes_the_first_maximum() {
+        let mut s = Sampler::new(SamplingParams::greedy());
+        assert_eq!(s.sample(&[0.0, 3.0, 1.0, 3.0]), 1);
+        assert_eq!(s.sample(&[f32::NAN, -1.0, -2.0]), 1);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_tokens() {
+        let l = logits();
+        let run = |seed| {
+            let mut s = Sampler::new(params(1.0, 0.9, None, Some(seed)));
+            (0..50).map(|_| s.sample(&l)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7), "a seed must reproduce its tokens");
+        assert_ne!(run(7), run(8), "different seeds should differ on 50 draws");
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_top_k_limits_the_choice() {
+        let l = logits();
+        let best = argmax(&l);
+        let mut s = Sampler::new(params(5.0, 1.0, Some(1), Some(1)));
+        assert!((0..20).all(|_| s.sample(&l) == best));
+        let mut top3: Vec<(f32, u32)> = l.iter().enumerate().map(|(i, &v)| (v, i as u32)).collect();
+        top3.sort_by(|a, b| desc(a.0, b.0));
+        let allowed: Vec<u32> = top3[..3].iter().map(|x| x.1).collect();
+        let mut s = Sampler::new(params(100.0, 1.0, Some(3), Some(2)));
+        for _ in 0..200 {
+            let t = s.sample(&l);
+            assert!(
+                allowed.contains(&t),
+                "token {t} is outside the top 3 {allowed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        // Token 0 has ~88% of the mass, token 1 ~12%, the rest almost nothing.
+        let mut l = vec![-30.0f32; 500];
+        l[0] = 2.0;
+        l[1] = 0.0;
+        let mut s = Sampler::new(params(1.0, 0.5, None, Some(3)));
+        assert!(
+            (0..100).all(|_| s.sample(&l) == 0),
+            "top_p 0.5 keeps only token 0"
+        );
+        let mut s = Sampler::new(params(1.0, 0.95, None, Some(3)));
+        let draws: Vec<u32> = (0..400).map(|_| s.sample(&l)).collect();
+        assert!(
+            draws.iter().all(|&t| t <= 1),
+            "top_p 0.95 keeps tokens 0 and 1"
+        );
+        assert!(
+            draws.contains(&1),
+            "token 1 is in the nucleus and must be drawn sometimes"
+        );
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution() {
+        let l = [0.0f32, (3.0f32).ln()]; // probabilities 1/4 and 3/4
+        let mut s = Sampler::new(params(1.0, 1.0, None, Some(11)));
+        let ones = (0..4000).filter(|_| s.sample(&l) == 1).count();
+        assert!(
+            (2800..3200).contains(&ones),
+            "expected about 3000 of 4000, got {ones}"
+        );
+    }
+}
