@@ -29,3 +29,6 @@ pub use args::Args;
 pub use error::ApiError;
 pub use server::{router, serve, shutdown_signal, spawn_model_load};
 pub use state::{AppState, LoadedModel, ModelState, ServerConfig};
+
+#[cfg(test)]
+mod tests;

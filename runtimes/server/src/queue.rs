@@ -143,10 +143,10 @@ mod tests {
         let first = adm.acquire().await.expect("a free slot is granted at once");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for i in 0..2 {
-            let adm = Arc::clone(&adm);
+            let adm2 = Arc::clone(&adm);
             let tx = tx.clone();
             tokio::spawn(async move {
-                let p = adm.acquire().await;
+                let p = adm2.acquire().await;
                 tx.send((i, p.is_ok())).ok();
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 drop(p);

@@ -1,0 +1,480 @@
+//! Tests of the HTTP layer over a scripted backend: a real [`InferenceBackend`]
+//! implementation that "generates" a fixed token sequence at a set pace, so the
+//! queue, cancellation and the JSON/SSE shapes can be checked exactly. The
+//! end-to-end tests in `tests/` run the same scenarios on the real ONNX model.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use futures::StreamExt;
+use gpt_oss_runtimes::{
+    BackendError, Capabilities, GenerateRequest, GenerationUsage, Health, InferenceBackend,
+    StopReason, TokenEvent, TokenStream,
+};
+use harmony::Tokenizer;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::state::{AppState, LoadedModel, ModelState, ServerConfig};
+
+struct Script {
+    caps: Capabilities,
+    tokens: Vec<u32>,
+    pace: Duration,
+    /// Generations running right now.
+    active: Arc<AtomicU32>,
+}
+
+#[async_trait]
+impl InferenceBackend for Script {
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+    async fn health(&self) -> Health {
+        Health::Ready
+    }
+    async fn generate(&self, req: GenerateRequest) -> Result<TokenStream, BackendError> {
+        let tokens = self.tokens.clone();
+        let pace = self.pace;
+        let active = Arc::clone(&self.active);
+        active.fetch_add(1, Ordering::SeqCst);
+        let prompt_tokens = req.prompt.len() as u32;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut n = 0;
+            let mut reason = StopReason::Length;
+            for t in tokens.into_iter().take(req.max_new_tokens as usize) {
+                tokio::select! {
+                    _ = req.cancel.cancelled() => { reason = StopReason::Cancelled; break; }
+                    _ = tokio::time::sleep(pace) => {}
+                }
+                n += 1;
+                if tx.send(TokenEvent::Token(t)).await.is_err() {
+                    reason = StopReason::Cancelled;
+                    break;
+                }
+                if req.stop_token_ids.contains(&t) {
+                    reason = StopReason::StopToken(t);
+                    break;
+                }
+            }
+            let _ = tx
+                .send(TokenEvent::Finish {
+                    reason,
+                    usage: GenerationUsage {
+                        prompt_tokens,
+                        completion_tokens: n,
+                    },
+                })
+                .await;
+            active.fetch_sub(1, Ordering::SeqCst);
+        });
+        Ok(Box::pin(tokio_stream_from(rx)))
+    }
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<TokenEvent>,
+) -> impl futures::Stream<Item = TokenEvent> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn tokenizer() -> Tokenizer {
+    Tokenizer::o200k_harmony().expect("built-in tokenizer")
+}
+
+struct Setup {
+    state: Arc<AppState>,
+    active: Arc<AtomicU32>,
+}
+
+fn setup(
+    output: &str,
+    pace_ms: u64,
+    max_concurrent: u32,
+    max_queue: u32,
+    api_key: Option<&str>,
+) -> Setup {
+    let tok = tokenizer();
+    let tokens = tok.encode_with_special_tokens(output).expect("encodes");
+    let active = Arc::new(AtomicU32::new(0));
+    let backend = Script {
+        caps: Capabilities {
+            model_name: "m".into(),
+            context_length: 4096,
+            device: "cpu".into(),
+            eos_token_ids: vec![harmony::tokens::ENDOFTEXT],
+            vocab_size: harmony::tokens::VOCAB_SIZE,
+            max_concurrent_sequences: max_concurrent,
+        },
+        tokens,
+        pace: Duration::from_millis(pace_ms),
+        active: Arc::clone(&active),
+    };
+    let state = AppState::new(
+        ServerConfig {
+            model_name: "m".into(),
+            api_key: api_key.map(str::to_string),
+            max_body_bytes: 64 * 1024,
+            raw_output: false,
+            default_max_tokens: 1000,
+            retry_after_secs: 2,
+        },
+        max_concurrent,
+        max_queue,
+    );
+    state.set_model(ModelState::Ready(Arc::new(LoadedModel {
+        backend: Arc::new(backend),
+        tokenizer: tok,
+    })));
+    Setup { state, active }
+}
+
+const ANSWER: &str = "<|channel|>analysis<|message|>User asks capital. Easy.<|end|><|start|>assistant<|channel|>final<|message|>Washington, D.C.<|return|>";
+
+async fn call(
+    state: &Arc<AppState>,
+    method: &str,
+    path: &str,
+    body: Value,
+) -> (StatusCode, Value, axum::http::HeaderMap) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(if body.is_null() {
+            Body::empty()
+        } else {
+            Body::from(body.to_string())
+        })
+        .expect("request");
+    let resp = crate::router(Arc::clone(state))
+        .oneshot(req)
+        .await
+        .expect("infallible");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, v, headers)
+}
+
+fn sse_payloads(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+        .map(str::to_string)
+        .collect()
+}
+
+fn chat_body(extra: Value) -> Value {
+    let mut b = json!({
+        "messages": [
+            {"role": "system", "content": "Always answer in just single word."},
+            {"role": "user", "content": "What is the capital of the US?"}
+        ],
+        "max_tokens": 1000,
+        "temperature": 0.7,
+        "separate_thinking": true
+    });
+    if let (Some(b), Some(e)) = (b.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    b
+}
+
+#[tokio::test]
+async fn chat_response_separates_reasoning_and_carries_the_seed_fields() {
+    let s = setup(ANSWER, 0, 2, 4, None);
+    let (status, v, _) = call(
+        &s.state,
+        "POST",
+        "/v1/chat/completions",
+        chat_body(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let msg = &v["choices"][0]["message"];
+    assert_eq!(msg["content"], "Washington, D.C.");
+    assert_eq!(msg["reasoning_content"], "User asks capital. Easy.");
+    assert_eq!(msg["reasoning"], "User asks capital. Easy.");
+    assert_eq!(msg["thinking"]["analysis"], "User asks capital. Easy.");
+    assert_eq!(msg["parsed"]["final"], "Washington, D.C.");
+    assert_eq!(
+        msg["parsed"]["developer_instructions"],
+        "Always answer in just single word."
+    );
+    assert_eq!(msg["parsed"]["history"][0]["role"], "user");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let u = &v["usage"];
+    assert_eq!(
+        u["total_tokens"],
+        u["prompt_tokens"].as_u64().unwrap_or(0) + u["completion_tokens"].as_u64().unwrap_or(0)
+    );
+    assert!(u["thinking_tokens"].as_u64().unwrap_or(0) > 0, "{u}");
+    assert_eq!(
+        u["thinking_tokens"],
+        u["completion_tokens_details"]["reasoning_tokens"]
+    );
+}
+
+#[tokio::test]
+async fn streaming_carries_the_same_message_as_json() {
+    let s = setup(ANSWER, 0, 2, 4, None);
+    let (_, whole, _) = call(
+        &s.state,
+        "POST",
+        "/v1/chat/completions",
+        chat_body(json!({})),
+    )
+    .await;
+    let (status, text, headers) = call(
+        &s.state,
+        "POST",
+        "/v1/chat/completions",
+        chat_body(json!({"stream": true, "stream_options": {"include_usage": true}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .starts_with("text/event-stream"));
+    let payloads = sse_payloads(text.as_str().unwrap_or(""));
+    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).expect("chunk JSON"))
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let mut content = String::new();
+    let mut reasoning = String::new();
+    let mut finish = Value::Null;
+    for c in &chunks {
+        if let Some(ch) = c["choices"].get(0) {
+            content.push_str(ch["delta"]["content"].as_str().unwrap_or(""));
+            reasoning.push_str(ch["delta"]["reasoning_content"].as_str().unwrap_or(""));
+            if !ch["finish_reason"].is_null() {
+                finish = ch["finish_reason"].clone();
+            }
+        }
+    }
+    let msg = &whole["choices"][0]["message"];
+    assert_eq!(content, msg["content"].as_str().unwrap_or("-"));
+    assert_eq!(reasoning, msg["reasoning_content"].as_str().unwrap_or("-"));
+    assert_eq!(finish, "stop");
+    let last = chunks.last().expect("usage chunk");
+    assert_eq!(last["choices"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        last["usage"]["completion_tokens"],
+        whole["usage"]["completion_tokens"]
+    );
+}
+
+#[tokio::test]
+async fn stop_strings_end_the_answer_without_leaking() {
+    let s = setup(ANSWER, 0, 2, 4, None);
+    let (status, v, _) = call(
+        &s.state,
+        "POST",
+        "/v1/chat/completions",
+        chat_body(json!({"stop": [", D"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "Washington");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn named_tool_choice_forces_a_call_and_finishes_with_tool_calls() {
+    let s = setup(r#"{"city":"Paris"}<|call|>"#, 0, 2, 4, None);
+    let body = json!({
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}}
+    });
+    let (status, v, _) = call(&s.state, "POST", "/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{v}");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    let call0 = &choice["message"]["tool_calls"][0];
+    assert_eq!(call0["function"]["name"], "get_weather");
+    assert_eq!(call0["function"]["arguments"], r#"{"city":"Paris"}"#);
+    assert!(call0["id"].as_str().unwrap_or("").starts_with("call_"));
+    assert!(choice["message"]["content"].is_null());
+}
+
+#[tokio::test]
+async fn error_statuses_are_openai_errors() {
+    let s = setup(ANSWER, 0, 1, 0, Some("sekret"));
+    let st = &s.state;
+    // 401 without the key.
+    let (status, v, _) = call(st, "POST", "/v1/chat/completions", chat_body(json!({}))).await;
+    assert_eq!(status, 401, "{v}");
+    assert_eq!(v["error"]["type"], "authentication_error");
+    let open = setup(ANSWER, 0, 1, 0, None);
+    let st = &open.state;
+    let cases = [
+        (
+            "POST",
+            "/v1/chat/completions",
+            json!({"messages": "nope"}),
+            400,
+            Some("messages"),
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            chat_body(json!({"model": "gpt-5"})),
+            404,
+            Some("model"),
+        ),
+        ("GET", "/v1/models/gpt-5", Value::Null, 404, None),
+        ("GET", "/v1/nothing-here", Value::Null, 404, None),
+        ("GET", "/v1/chat/completions", Value::Null, 405, None),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json!({"messages": [{"role":"user","content": "x".repeat(70_000)}]}),
+            413,
+            None,
+        ),
+    ];
+    for (method, path, body, want, param) in cases {
+        let (status, v, _) = call(st, method, path, body).await;
+        assert_eq!(status.as_u16(), want, "{method} {path}: {v}");
+        for k in ["message", "type", "param", "code"] {
+            assert!(
+                v["error"].get(k).is_some(),
+                "{method} {path}: `{k}` missing in {v}"
+            );
+        }
+        if let Some(p) = param {
+            assert_eq!(v["error"]["param"], p, "{v}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn model_not_loaded_is_503() {
+    let s = setup(ANSWER, 0, 1, 0, None);
+    s.state.set_model(ModelState::Failed("corrupt".into()));
+    let (status, v, _) = call(
+        &s.state,
+        "POST",
+        "/v1/chat/completions",
+        chat_body(json!({})),
+    )
+    .await;
+    assert_eq!(status, 503, "{v}");
+    let (status, v, _) = call(&s.state, "GET", "/health", Value::Null).await;
+    assert_eq!(status, 503);
+    assert_eq!(v["status"], "failed");
+}
+
+#[tokio::test]
+async fn full_queue_is_429_with_retry_after_and_the_slot_returns() {
+    let s = setup(ANSWER, 50, 1, 0, None);
+    let st = Arc::clone(&s.state);
+    let busy = tokio::spawn(async move {
+        call(&st, "POST", "/v1/chat/completions", chat_body(json!({}))).await
+    });
+    while s.state.admission.status().running == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, v, headers) = call(
+        &s.state,
+        "POST",
+        "/v1/chat/completions",
+        chat_body(json!({})),
+    )
+    .await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(headers["retry-after"], "2");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    let (status, _, _) = busy.await.expect("join");
+    assert_eq!(status, 200);
+    assert_eq!(
+        s.state.admission.status().running,
+        0,
+        "the permit must be released with the response"
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_stream_cancels_generation_and_frees_the_slot() {
+    let s = setup(&"word ".repeat(400), 20, 1, 0, None);
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .body(Body::from(chat_body(json!({"stream": true})).to_string()))
+        .expect("request");
+    let resp = crate::router(Arc::clone(&s.state))
+        .oneshot(req)
+        .await
+        .expect("infallible");
+    let mut body = resp.into_body().into_data_stream();
+    let first = body.next().await;
+    assert!(first.is_some());
+    assert_eq!(s.state.admission.status().running, 1);
+    assert_eq!(s.active.load(Ordering::SeqCst), 1);
+    drop(body);
+    for _ in 0..100 {
+        if s.active.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        s.state.admission.status().running,
+        0,
+        "dropping the stream frees the slot"
+    );
+    assert_eq!(
+        s.active.load(Ordering::SeqCst),
+        0,
+        "dropping the stream stops the generation"
+    );
+}
+
+#[tokio::test]
+async fn completions_returns_raw_text_with_special_tokens_literal() {
+    let s = setup(ANSWER, 0, 1, 0, None);
+    let (status, v, _) = call(
+        &s.state,
+        "POST",
+        "/v1/completions",
+        json!({"prompt": "<|start|>user<|message|>hi<|end|><|start|>assistant", "max_tokens": 100}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], ANSWER);
+    assert_eq!(v["object"], "text_completion");
+}
+
+#[tokio::test]
+async fn health_reports_the_queue() {
+    let s = setup(ANSWER, 0, 3, 7, None);
+    let (status, v, _) = call(&s.state, "GET", "/health", Value::Null).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["queue"]["max_concurrent"], 3);
+    assert_eq!(v["queue"]["running"], 0);
+    assert_eq!(v["queue"]["waiting"], 0);
+    let (_, m, _) = call(&s.state, "GET", "/v1/models", Value::Null).await;
+    assert_eq!(m["data"][0]["id"], "m");
+    let (status, text, _) = call(&s.state, "GET", "/metrics", Value::Null).await;
+    assert_eq!(status, 200);
+    assert!(text
+        .as_str()
+        .unwrap_or("")
+        .contains("gpt_oss_queue_max_concurrent 3"));
+}
