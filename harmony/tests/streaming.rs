@@ -1,0 +1,206 @@
+//! Streaming: the text parser gives the same events however its input is split, and the same
+//! events as the token parser on the same output.
+
+use harmony::parser::{coalesce, OwnedEvent, TextParser, TokenParser};
+use harmony::{Role, Tokenizer};
+use proptest::prelude::*;
+
+fn tok() -> Tokenizer {
+    Tokenizer::o200k_harmony().expect("built-in tokenizer")
+}
+
+fn text_events(pieces: &[&[u8]], role: Option<Role>) -> Vec<OwnedEvent> {
+    let mut p = TextParser::new(role);
+    let mut out = Vec::new();
+    for piece in pieces {
+        p.push(piece, &mut |e| {
+            if let harmony::parser::Event::ContentDelta(d) = e {
+                assert!(!d.is_empty(), "empty delta");
+            }
+            out.push(e.to_owned())
+        });
+    }
+    p.finish(&mut |e| out.push(e.to_owned()));
+    coalesce(out)
+}
+
+fn token_events(t: &Tokenizer, ids: &[u32], role: Option<Role>) -> Vec<OwnedEvent> {
+    let mut p = TokenParser::new(t, role);
+    let mut out = Vec::new();
+    for &id in ids {
+        p.push(id, &mut |e| out.push(e.to_owned()));
+    }
+    p.finish(&mut |e| out.push(e.to_owned()));
+    coalesce(out)
+}
+
+/// Every fixture of the reference (ids fixtures decoded first), both role settings: every
+/// split point, byte-by-byte feeding, and the token parser, all give the same events.
+#[test]
+fn every_split_point_of_every_fixture_gives_the_same_events() {
+    let t = tok();
+    let dir = format!("{}/tests/data", env!("CARGO_MANIFEST_DIR"));
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("fixtures") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("txt") {
+            continue;
+        }
+        let raw = std::fs::read_to_string(&path).expect("read");
+        let text = if raw.split_whitespace().all(|w| w.parse::<u32>().is_ok()) {
+            let ids: Vec<u32> = raw
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            t.decode(&ids)
+        } else {
+            raw
+        };
+        let bytes = text.as_bytes();
+        let ids = t.encode_with_special_tokens(&text).expect("encode");
+        for role in [None, Some(Role::Assistant)] {
+            let whole = text_events(&[bytes], role);
+            assert!(!whole.is_empty(), "{path:?}: no events");
+            assert_eq!(
+                token_events(&t, &ids, role),
+                whole,
+                "{path:?}: token parser differs"
+            );
+            for i in 0..=bytes.len() {
+                let split = text_events(&[&bytes[..i], &bytes[i..]], role);
+                assert_eq!(split, whole, "{path:?} split at byte {i}");
+            }
+            let bytewise: Vec<&[u8]> = bytes.chunks(1).collect();
+            assert_eq!(text_events(&bytewise, role), whole, "{path:?} byte by byte");
+        }
+        n += 1;
+    }
+    assert_eq!(n, 23, "all reference fixtures are vendored");
+}
+
+const FRAGMENTS: &[&str] = &[
+    "<|start|>",
+    "<|end|>",
+    "<|message|>",
+    "<|channel|>",
+    "<|call|>",
+    "<|return|>",
+    "<|constrain|>",
+    "<|endoftext|>",
+    "<|reserved_200013|>",
+    "<|reserved_201087|>",
+    "<|",
+    "|>",
+    "<",
+    "|",
+    "<|chan",
+    "<|notspecial|>",
+    "<|reserved_201088|>",
+    "<<|end|>",
+    "assistant",
+    "user",
+    "functions.get_weather",
+    " to=functions.lookup",
+    "analysis",
+    "commentary",
+    "final",
+    "json",
+    " ",
+    "\n",
+    "Hello",
+    " world",
+    "日本語",
+    "👋🏽",
+    "é",
+    "{\"a\": 1}",
+    "x",
+    "🤖",
+    "\u{FFFD}",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// Any output (well-formed or not) split anywhere, and the token parser on its encoding,
+    /// give the same events; a stream cut inside a UTF-8 character too.
+    #[test]
+    fn any_output_split_anywhere_gives_the_same_events(
+        frags in prop::collection::vec(prop::sample::select(FRAGMENTS), 0..40),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        trim in 0usize..3,
+        role in prop::option::of(Just(Role::Assistant)),
+    ) {
+        let t = tok();
+        let text = frags.concat();
+        let mut bytes = text.as_bytes().to_vec();
+        bytes.truncate(bytes.len().saturating_sub(trim));
+        let whole = text_events(&[&bytes], role);
+        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+        points.sort_unstable();
+        let mut pieces: Vec<&[u8]> = Vec::new();
+        let mut last = 0;
+        for p in points {
+            pieces.push(&bytes[last..p]);
+            last = p;
+        }
+        pieces.push(&bytes[last..]);
+        prop_assert_eq!(&text_events(&pieces, role), &whole);
+        if trim == 0 {
+            let ids = t.encode_with_special_tokens(&text).expect("encode");
+            prop_assert_eq!(&token_events(&t, &ids, role), &whole);
+        }
+    }
+}
+
+/// Text before the first header, no channel, unknown channels, stray special tokens: the
+/// content is kept (as content without a channel, which maps to final content).
+#[test]
+fn malformed_output_degrades_to_content() {
+    use harmony::parser::parse_text;
+    let m = parse_text("Just an answer.", Some(Role::Assistant));
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].content, "Just an answer.");
+    assert_eq!(m[0].header.channel, None);
+
+    let m = parse_text(
+        "Preamble<|start|>assistant<|channel|>final<|message|>Hi<|return|>",
+        None,
+    );
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert_eq!(m[0].content, "Preamble");
+    assert_eq!(m[1].content, "Hi");
+
+    let m = parse_text(
+        "<|channel|>weird<|message|>Hi<|end|>",
+        Some(Role::Assistant),
+    );
+    assert_eq!(m[0].header.channel.as_deref(), Some("weird"));
+    assert_eq!(m[0].content, "Hi");
+
+    let m = parse_text(
+        "<|channel|>final<|message|>A<|constrain|>B<|endoftext|>C<|reserved_200100|>D",
+        Some(Role::Assistant),
+    );
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].content, "ABCD");
+
+    // analysis then final without <|end|><|start|>assistant
+    let m = parse_text(
+        "<|channel|>analysis<|message|>think<|channel|>final<|message|>answer",
+        Some(Role::Assistant),
+    );
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[1].header.channel.as_deref(), Some("final"));
+    assert_eq!(m[1].content, "answer");
+
+    // a header that never ends is content, cut at the first newline
+    let m = parse_text(
+        "assistant I think the answer is 4.\nYes.",
+        Some(Role::Assistant),
+    );
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].content, "I think the answer is 4.\nYes.");
+
+    // cut off inside a header: nothing to place, no message
+    assert!(parse_text("<|channel|>fin", Some(Role::Assistant)).len() <= 1);
+}
