@@ -1,1 +1,394 @@
-//! placeholder
+//! The YAML configuration of `gpt-oss-lb`.
+//!
+//! [`Config::from_yaml`] parses the file into raw serde structs ([`raw`]) and then validates
+//! them once into the typed [`Config`]. Every validation error names the dotted field path,
+//! for example `routes[1].policy: unknown value 'fastest'`.
+//!
+//! Reading environment variables is left to the binary: the config only names them.
+
+mod duration;
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+pub use duration::parse_duration;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Address to listen on, `host:port`. The CLI's `--host`/`--port` override it.
+    pub listen: Option<String>,
+    pub admin: AdminConfig,
+    /// Where the registry of runtime-registered backends is persisted.
+    pub state_file: Option<String>,
+    /// Backends declared in the file (not persisted in the state file).
+    pub backends: Vec<BackendConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// Policy for models that have no route.
+    pub default_policy: Policy,
+    pub health_check: HealthCheckConfig,
+    pub retries: RetryConfig,
+    pub timeouts: TimeoutConfig,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+    /// When non-empty, clients must send `Authorization: Bearer <one of these>`.
+    pub client_api_keys: Vec<String>,
+}
+
+/// The admin API's protection.
+#[derive(Clone, PartialEq, Default)]
+pub struct AdminConfig {
+    /// Bearer token for register/unregister. `None`: only loopback clients are accepted.
+    pub token: Option<String>,
+    /// Allow registering backends on link-local or cloud-metadata addresses
+    /// (169.254.0.0/16, fe80::/10, fd00:ec2::254). Off by default.
+    pub allow_link_local: bool,
+}
+
+impl fmt::Debug for AdminConfig {
+    // The token is a secret: it never reaches logs through Debug.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("allow_link_local", &self.allow_link_local)
+            .finish()
+    }
+}
+
+/// What kind of responses a backend produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelType {
+    /// Responses may carry raw harmony text; the LB rewrites them into the OpenAI shape.
+    GptOss,
+    /// Plain OpenAI-compatible responses, passed through untouched.
+    OpenAi,
+}
+
+impl ModelType {
+    pub const NAMES: &'static [&'static str] = &["gpt-oss", "openai"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "gpt-oss" => Some(ModelType::GptOss),
+            "openai" => Some(ModelType::OpenAi),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelType::GptOss => "gpt-oss",
+            ModelType::OpenAi => "openai",
+        }
+    }
+}
+
+/// A backend declared in the config file.
+#[derive(Clone, PartialEq)]
+pub struct BackendConfig {
+    pub name: String,
+    pub url: String,
+    pub model_type: ModelType,
+    pub models: Vec<String>,
+    pub weight: u32,
+    /// Sent to the backend as `Authorization: Bearer ...`.
+    pub api_key: Option<String>,
+}
+
+impl fmt::Debug for BackendConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("model_type", &self.model_type)
+            .field("models", &self.models)
+            .field("weight", &self.weight)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A routing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Policy {
+    RoundRobin,
+    #[default]
+    LeastOutstanding,
+    QueueAware,
+    ConsistentHash,
+}
+
+impl Policy {
+    pub const NAMES: &'static [&'static str] = &[
+        "round_robin",
+        "least_outstanding",
+        "queue_aware",
+        "consistent_hash",
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "round_robin" => Some(Policy::RoundRobin),
+            "least_outstanding" => Some(Policy::LeastOutstanding),
+            "queue_aware" => Some(Policy::QueueAware),
+            "consistent_hash" => Some(Policy::ConsistentHash),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round_robin",
+            Policy::LeastOutstanding => "least_outstanding",
+            Policy::QueueAware => "queue_aware",
+            Policy::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
+/// What `consistent_hash` hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum HashKey {
+    /// The request body's `user` field.
+    #[default]
+    User,
+    /// A request header (lower-cased name).
+    Header(String),
+}
+
+/// A route: a model name (and its aliases) to a group of backends with a policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub model: String,
+    pub aliases: Vec<String>,
+    /// Backend names. Empty: every backend that lists `model`.
+    pub backends: Vec<String>,
+    pub policy: Policy,
+    pub hash_key: HashKey,
+    /// Model name sent to the backend; defaults to `model`.
+    pub upstream_model: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive good checks for an ejected backend to return (after its half-open probe).
+    pub healthy_threshold: u32,
+    /// Consecutive failed checks that mark a backend unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Consecutive failed requests that eject a backend (passive check).
+    pub passive_failures: u32,
+    /// How long an ejected backend waits before its half-open probe.
+    pub ejection_cooldown: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Total attempts per request, the first one included.
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubles each time up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimeoutConfig {
+    pub connect: Duration,
+    /// Until the response header arrives.
+    pub first_byte: Duration,
+    /// Between two chunks of a response body (streams included).
+    pub idle: Duration,
+}
+
+/// A configuration error; `path` is the dotted field path (`routes[1].policy`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("{0}")]
+    Yaml(String),
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // An empty document is a valid config: every field has a default.
+        match Config::from_yaml("{}") {
+            Ok(c) => c,
+            Err(e) => unreachable!("the empty config must validate: {e}"),
+        }
+    }
+}
+
+impl Config {
+    /// Parse and validate YAML text.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = if text.trim().is_empty() {
+            raw::RawConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?
+        };
+        validate::validate(raw)
+    }
+
+    /// Read, parse and validate a file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Config::from_yaml(&text)
+    }
+
+    /// The route whose model or alias is `name`.
+    pub fn route_for(&self, name: &str) -> Option<&RouteConfig> {
+        self.routes
+            .iter()
+            .find(|r| r.model == name || r.aliases.iter().any(|a| a == name))
+    }
+}
+
+/// Checks shared by the config and the admin API's registration.
+pub mod check {
+    /// Backend names: 1 to 64 characters of `[A-Za-z0-9._-]`, starting with a letter or digit.
+    pub fn backend_name(name: &str) -> Result<(), String> {
+        if name.is_empty() || name.len() > 64 {
+            return Err("must be 1 to 64 characters".into());
+        }
+        let first_ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+        if !first_ok
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(format!(
+                "invalid name '{name}': use letters, digits, '.', '_' and '-', starting with a letter or digit"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Model ids: 1 to 256 printable characters without whitespace.
+    pub fn model_id(id: &str) -> Result<(), String> {
+        if id.is_empty() || id.len() > 256 {
+            return Err("must be 1 to 256 characters".into());
+        }
+        if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "invalid model id '{id}': no whitespace or control characters"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A parsed backend URL: `http` or `https`, a host, an optional port, an optional path prefix.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct BackendUrl {
+        pub tls: bool,
+        pub host: String,
+        pub port: u16,
+        /// Path prefix without a trailing slash ("" for none).
+        pub prefix: String,
+    }
+
+    impl BackendUrl {
+        /// `host:port`, with IPv6 hosts in brackets.
+        pub fn authority(&self) -> String {
+            if self.host.contains(':') {
+                format!("[{}]:{}", self.host, self.port)
+            } else {
+                format!("{}:{}", self.host, self.port)
+            }
+        }
+    }
+
+    /// Parse a backend URL. Only `http://` and `https://`; no user info, query or fragment.
+    pub fn backend_url(url: &str) -> Result<BackendUrl, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else {
+            return Err(format!(
+                "unsupported URL '{url}': only http:// and https:// are allowed"
+            ));
+        };
+        if rest.contains(['?', '#', '@']) || rest.chars().any(|c| c.is_whitespace()) {
+            return Err(format!(
+                "invalid URL '{url}': no user info, query, fragment or whitespace"
+            ));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("invalid URL '{url}': unclosed '['"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => parse_port(p, url)?,
+                None if after.is_empty() => default_port,
+                None => return Err(format!("invalid URL '{url}'")),
+            };
+            (h.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), parse_port(p, url)?),
+                None => (authority.to_string(), default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("invalid URL '{url}': missing host"));
+        }
+        Ok(BackendUrl {
+            tls,
+            host: host.to_ascii_lowercase(),
+            port,
+            prefix: path.trim_end_matches('/').to_string(),
+        })
+    }
+
+    fn parse_port(p: &str, url: &str) -> Result<u16, String> {
+        match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("invalid port in URL '{url}'")),
+            Ok(n) => Ok(n),
+        }
+    }
+
+    /// Link-local and cloud metadata addresses, refused for backends by default.
+    pub fn is_link_local_or_metadata(ip: &std::net::IpAddr) -> bool {
+        match ip {
+            std::net::IpAddr::V4(v4) => v4.is_link_local(),
+            std::net::IpAddr::V6(v6) => {
+                let seg = v6.segments();
+                // fe80::/10 link-local, fd00:ec2::254 the AWS IMDS IPv6 address.
+                (seg[0] & 0xffc0) == 0xfe80
+                    || *v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                    || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,93 @@
+//! The file as written: every field optional, enums as strings, so that validation can
+//! name the field path of any mistake.
+
+use serde::Deserialize;
+
+/// A scalar that may be written as a number or a string (`5s`, `65536`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Int(u64),
+    Float(f64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub admin: Option<RawAdmin>,
+    pub state_file: Option<String>,
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    pub default_policy: Option<String>,
+    pub health_check: Option<RawHealth>,
+    pub retries: Option<RawRetries>,
+    pub timeouts: Option<RawTimeouts>,
+    pub body_limit: Option<Scalar>,
+    #[serde(default)]
+    pub client_api_keys: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub token: Option<String>,
+    #[serde(default)]
+    pub allow_link_local: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub model_type: Option<String>,
+    #[serde(default)]
+    pub models: Vec<String>,
+    pub weight: Option<i64>,
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub model: Option<String>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub backends: Vec<String>,
+    pub policy: Option<String>,
+    pub hash_header: Option<String>,
+    pub upstream_model: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: Option<String>,
+    pub interval: Option<Scalar>,
+    pub timeout: Option<Scalar>,
+    pub healthy_threshold: Option<i64>,
+    pub unhealthy_threshold: Option<i64>,
+    pub passive_failures: Option<i64>,
+    pub ejection_cooldown: Option<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    pub max_attempts: Option<i64>,
+    pub backoff: Option<Scalar>,
+    pub max_backoff: Option<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<Scalar>,
+    pub first_byte: Option<Scalar>,
+    pub idle: Option<Scalar>,
+}

@@ -1,0 +1,138 @@
+use super::*;
+use std::time::Duration;
+
+fn err(yaml: &str) -> String {
+    match Config::from_yaml(yaml) {
+        Ok(c) => panic!("expected an error for {yaml:?}, got {c:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    let c = Config::from_yaml("").expect("empty config is valid");
+    assert_eq!(c.default_policy, Policy::LeastOutstanding);
+    assert_eq!(c.health_check.path, "/health");
+    assert_eq!(c.retries.max_attempts, 3);
+    assert_eq!(c.body_limit, 64 * 1024);
+    assert_eq!(c, Config::default());
+}
+
+#[test]
+fn unknown_policy_names_the_route_index() {
+    let e = err("routes:\n  - model: a\n  - model: b\n    policy: fastest\n");
+    assert!(
+        e.starts_with("routes[1].policy: unknown value 'fastest'"),
+        "got {e}"
+    );
+}
+
+#[test]
+fn backend_fields_are_checked_with_paths() {
+    let e = err("backends:\n  - name: ok\n    url: ftp://x\n    models: [m]\n");
+    assert!(e.starts_with("backends[0].url: unsupported URL"), "got {e}");
+    let e = err("backends:\n  - name: 'bad name'\n    url: http://x\n    models: [m]\n");
+    assert!(e.starts_with("backends[0].name: invalid name"), "got {e}");
+    let e = err("backends:\n  - name: a\n    url: http://x\n    models: []\n");
+    assert!(e.starts_with("backends[0].models:"), "got {e}");
+    let e = err("backends:\n  - {name: a, url: 'http://x', models: [m]}\n  - {name: a, url: 'http://y', models: [m]}\n");
+    assert!(e.starts_with("backends[1].name: duplicate"), "got {e}");
+    let e = err("backends:\n  - {name: a, url: 'http://x', models: [m], model_type: llama}\n");
+    assert!(
+        e.starts_with("backends[0].model_type: unknown value 'llama'"),
+        "got {e}"
+    );
+    let e = err("backends:\n  - {name: a, url: 'http://x', models: [m], weight: 0}\n");
+    assert!(e.starts_with("backends[0].weight:"), "got {e}");
+}
+
+#[test]
+fn durations_and_limits_are_checked() {
+    let e = err("health_check:\n  interval: soon\n");
+    assert!(
+        e.starts_with("health_check.interval: invalid duration"),
+        "got {e}"
+    );
+    let e = err("timeouts:\n  idle: 0ms\n");
+    assert!(e.starts_with("timeouts.idle:"), "got {e}");
+    let e = err("body_limit: 10000000\n");
+    assert!(e.starts_with("body_limit:"), "got {e}");
+    let e = err("retries:\n  max_attempts: 0\n");
+    assert!(e.starts_with("retries.max_attempts:"), "got {e}");
+    let c = Config::from_yaml("timeouts:\n  connect: 250ms\n  first_byte: 3s\n  idle: 1500\n")
+        .expect("valid timeouts");
+    assert_eq!(c.timeouts.connect, Duration::from_millis(250));
+    assert_eq!(c.timeouts.first_byte, Duration::from_secs(3));
+    assert_eq!(c.timeouts.idle, Duration::from_millis(1500));
+}
+
+#[test]
+fn unknown_fields_are_rejected() {
+    let e = err("retries:\n  attempts: 3\n");
+    assert!(e.contains("unknown field `attempts`"), "got {e}");
+}
+
+#[test]
+fn routes_resolve_aliases_and_hash_headers() {
+    let c = Config::from_yaml(
+        "routes:\n  - model: gpt-oss-20b\n    aliases: [gpt-oss]\n    policy: consistent_hash\n    hash_header: X-Session-Id\n",
+    )
+    .expect("valid route");
+    let r = c.route_for("gpt-oss").expect("alias resolves");
+    assert_eq!(r.model, "gpt-oss-20b");
+    assert_eq!(r.hash_key, HashKey::Header("x-session-id".into()));
+    let e = err("routes:\n  - model: a\n    hash_header: x-k\n");
+    assert!(
+        e.starts_with("routes[0].hash_header: only applies"),
+        "got {e}"
+    );
+    let e = err("routes:\n  - model: a\n  - model: b\n    aliases: [a]\n");
+    assert!(e.starts_with("routes[1].aliases[0]:"), "got {e}");
+}
+
+#[test]
+fn secrets_are_redacted_in_debug() {
+    let c = Config::from_yaml(
+        "admin:\n  token: supersecret-token\nbackends:\n  - {name: a, url: 'http://x', models: [m], api_key: backend-secret-key}\n",
+    )
+    .expect("valid");
+    let dbg = format!("{c:?}");
+    assert!(
+        !dbg.contains("supersecret-token"),
+        "admin token leaked: {dbg}"
+    );
+    assert!(!dbg.contains("backend-secret-key"), "api key leaked: {dbg}");
+}
+
+#[test]
+fn urls_parse_and_metadata_addresses_are_recognised() {
+    let u = check::backend_url("http://LocalHost:8001/v1/").expect("valid");
+    assert_eq!(
+        (u.host.as_str(), u.port, u.prefix.as_str()),
+        ("localhost", 8001, "/v1")
+    );
+    let u = check::backend_url("https://[::1]").expect("valid");
+    assert_eq!((u.host.as_str(), u.port, u.tls), ("::1", 443, true));
+    assert!(check::backend_url("http://user@host").is_err());
+    assert!(check::backend_url("file:///etc/passwd").is_err());
+    assert!(check::backend_url("http://h:0").is_err());
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+    assert!(check::is_link_local_or_metadata(&ip("169.254.169.254")));
+    assert!(check::is_link_local_or_metadata(&ip("fd00:ec2::254")));
+    assert!(check::is_link_local_or_metadata(&ip("fe80::1")));
+    assert!(!check::is_link_local_or_metadata(&ip("127.0.0.1")));
+}
+
+#[test]
+fn example_files_validate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("config/examples exists") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            Config::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "expected at least two example files, found {n}");
+}

@@ -1,0 +1,317 @@
+//! Raw file -> validated [`Config`]. Every error names the dotted field path.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::raw::{RawConfig, Scalar};
+use crate::{
+    check, AdminConfig, BackendConfig, Config, ConfigError, HashKey, HealthCheckConfig, ModelType,
+    Policy, RetryConfig, RouteConfig, TimeoutConfig,
+};
+
+/// The most a request body may be. Failover replays the body from Pingora's retry buffer,
+/// which holds 64 KiB, so a larger body could not be replayed.
+pub const MAX_BODY_LIMIT: usize = 64 * 1024;
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+fn duration(path: &str, v: Option<Scalar>, default: Duration, min: Duration) -> Result<Duration> {
+    let d = match v {
+        None => default,
+        Some(Scalar::Int(ms)) => Duration::from_millis(ms),
+        Some(Scalar::Float(f)) => {
+            crate::parse_duration(&f.to_string()).map_err(|e| ConfigError::invalid(path, e))?
+        }
+        Some(Scalar::Text(t)) => {
+            crate::parse_duration(&t).map_err(|e| ConfigError::invalid(path, e))?
+        }
+    };
+    if d < min {
+        return Err(ConfigError::invalid(
+            path,
+            format!("must be at least {}ms", min.as_millis()),
+        ));
+    }
+    Ok(d)
+}
+
+fn count(path: &str, v: Option<i64>, default: u32, min: u32, max: u32) -> Result<u32> {
+    let n = v.unwrap_or(i64::from(default));
+    if n < i64::from(min) || n > i64::from(max) {
+        return Err(ConfigError::invalid(
+            path,
+            format!("must be between {min} and {max}, got {n}"),
+        ));
+    }
+    Ok(n as u32)
+}
+
+fn policy(path: &str, v: Option<&str>) -> Result<Option<Policy>> {
+    match v {
+        None => Ok(None),
+        Some(s) => Policy::parse(s).map(Some).ok_or_else(|| {
+            ConfigError::invalid(
+                path,
+                format!(
+                    "unknown value '{s}' (expected one of {})",
+                    Policy::NAMES.join(", ")
+                ),
+            )
+        }),
+    }
+}
+
+pub fn validate(raw: RawConfig) -> Result<Config> {
+    if let Some(listen) = &raw.listen {
+        let ok = listen
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !ok {
+            return Err(ConfigError::invalid(
+                "listen",
+                format!("invalid address '{listen}', expected host:port"),
+            ));
+        }
+    }
+
+    let admin = match raw.admin {
+        None => AdminConfig::default(),
+        Some(a) => {
+            if a.token.as_deref().is_some_and(|t| t.trim().len() < 8) {
+                return Err(ConfigError::invalid(
+                    "admin.token",
+                    "must be at least 8 characters",
+                ));
+            }
+            AdminConfig {
+                token: a.token,
+                allow_link_local: a.allow_link_local,
+            }
+        }
+    };
+
+    if raw.state_file.as_deref().is_some_and(str::is_empty) {
+        return Err(ConfigError::invalid("state_file", "must not be empty"));
+    }
+
+    let mut names = HashSet::new();
+    let mut backends = Vec::with_capacity(raw.backends.len());
+    for (i, b) in raw.backends.into_iter().enumerate() {
+        let p = |f: &str| format!("backends[{i}].{f}");
+        let name = b
+            .name
+            .ok_or_else(|| ConfigError::invalid(p("name"), "is required"))?;
+        check::backend_name(&name).map_err(|e| ConfigError::invalid(p("name"), e))?;
+        if !names.insert(name.clone()) {
+            return Err(ConfigError::invalid(
+                p("name"),
+                format!("duplicate backend name '{name}'"),
+            ));
+        }
+        let url = b
+            .url
+            .ok_or_else(|| ConfigError::invalid(p("url"), "is required"))?;
+        check::backend_url(&url).map_err(|e| ConfigError::invalid(p("url"), e))?;
+        let model_type = match b.model_type.as_deref() {
+            None => ModelType::GptOss,
+            Some(s) => ModelType::parse(s).ok_or_else(|| {
+                ConfigError::invalid(
+                    p("model_type"),
+                    format!(
+                        "unknown value '{s}' (expected one of {})",
+                        ModelType::NAMES.join(", ")
+                    ),
+                )
+            })?,
+        };
+        if b.models.is_empty() {
+            return Err(ConfigError::invalid(
+                p("models"),
+                "must list at least one model",
+            ));
+        }
+        for (j, m) in b.models.iter().enumerate() {
+            check::model_id(m)
+                .map_err(|e| ConfigError::invalid(format!("{}[{j}]", p("models")), e))?;
+        }
+        let weight = count(&p("weight"), b.weight, 1, 1, 1000)?;
+        backends.push(BackendConfig {
+            name,
+            url,
+            model_type,
+            models: b.models,
+            weight,
+            api_key: b.api_key,
+        });
+    }
+
+    let default_policy =
+        policy("default_policy", raw.default_policy.as_deref())?.unwrap_or_default();
+
+    let mut seen_models = HashSet::new();
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let p = |f: &str| format!("routes[{i}].{f}");
+        let model = r
+            .model
+            .ok_or_else(|| ConfigError::invalid(p("model"), "is required"))?;
+        check::model_id(&model).map_err(|e| ConfigError::invalid(p("model"), e))?;
+        if !seen_models.insert(model.clone()) {
+            return Err(ConfigError::invalid(
+                p("model"),
+                format!("model or alias '{model}' is routed twice"),
+            ));
+        }
+        for (j, a) in r.aliases.iter().enumerate() {
+            let ap = format!("{}[{j}]", p("aliases"));
+            check::model_id(a).map_err(|e| ConfigError::invalid(&ap, e))?;
+            if !seen_models.insert(a.clone()) {
+                return Err(ConfigError::invalid(
+                    ap,
+                    format!("model or alias '{a}' is routed twice"),
+                ));
+            }
+        }
+        for (j, b) in r.backends.iter().enumerate() {
+            check::backend_name(b)
+                .map_err(|e| ConfigError::invalid(format!("{}[{j}]", p("backends")), e))?;
+        }
+        let pol = policy(&p("policy"), r.policy.as_deref())?.unwrap_or(default_policy);
+        let hash_key = match r.hash_header {
+            Some(h) => {
+                let valid = !h.is_empty()
+                    && h.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                if !valid {
+                    return Err(ConfigError::invalid(
+                        p("hash_header"),
+                        format!("invalid header name '{h}'"),
+                    ));
+                }
+                if pol != Policy::ConsistentHash {
+                    return Err(ConfigError::invalid(
+                        p("hash_header"),
+                        "only applies to policy consistent_hash",
+                    ));
+                }
+                HashKey::Header(h.to_ascii_lowercase())
+            }
+            None => HashKey::User,
+        };
+        if let Some(m) = &r.upstream_model {
+            check::model_id(m).map_err(|e| ConfigError::invalid(p("upstream_model"), e))?;
+        }
+        routes.push(RouteConfig {
+            model,
+            aliases: r.aliases,
+            backends: r.backends,
+            policy: pol,
+            hash_key,
+            upstream_model: r.upstream_model,
+        });
+    }
+
+    let h = raw.health_check.unwrap_or_default();
+    let ms = Duration::from_millis;
+    let path = h.path.unwrap_or_else(|| "/health".to_string());
+    if !path.starts_with('/') || path.contains(char::is_whitespace) {
+        return Err(ConfigError::invalid(
+            "health_check.path",
+            format!("invalid path '{path}': must start with '/'"),
+        ));
+    }
+    let interval = duration("health_check.interval", h.interval, ms(5000), ms(50))?;
+    let timeout = duration("health_check.timeout", h.timeout, ms(2000), ms(10))?;
+    if timeout > interval {
+        return Err(ConfigError::invalid(
+            "health_check.timeout",
+            "must not exceed health_check.interval",
+        ));
+    }
+    let health_check = HealthCheckConfig {
+        path,
+        interval,
+        timeout,
+        healthy_threshold: count(
+            "health_check.healthy_threshold",
+            h.healthy_threshold,
+            1,
+            1,
+            100,
+        )?,
+        unhealthy_threshold: count(
+            "health_check.unhealthy_threshold",
+            h.unhealthy_threshold,
+            2,
+            1,
+            100,
+        )?,
+        passive_failures: count(
+            "health_check.passive_failures",
+            h.passive_failures,
+            3,
+            1,
+            1000,
+        )?,
+        ejection_cooldown: duration(
+            "health_check.ejection_cooldown",
+            h.ejection_cooldown,
+            ms(10_000),
+            ms(0),
+        )?,
+    };
+
+    let r = raw.retries.unwrap_or_default();
+    let retries = RetryConfig {
+        max_attempts: count("retries.max_attempts", r.max_attempts, 3, 1, 10)?,
+        backoff: duration("retries.backoff", r.backoff, ms(50), ms(0))?,
+        max_backoff: duration("retries.max_backoff", r.max_backoff, ms(1000), ms(0))?,
+    };
+
+    let t = raw.timeouts.unwrap_or_default();
+    let timeouts = TimeoutConfig {
+        connect: duration("timeouts.connect", t.connect, ms(2000), ms(1))?,
+        first_byte: duration("timeouts.first_byte", t.first_byte, ms(120_000), ms(1))?,
+        idle: duration("timeouts.idle", t.idle, ms(60_000), ms(1))?,
+    };
+
+    let body_limit = match raw.body_limit {
+        None => MAX_BODY_LIMIT,
+        Some(Scalar::Int(n)) => n as usize,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "body_limit",
+                format!("must be an integer number of bytes, got {other:?}"),
+            ))
+        }
+    };
+    if body_limit == 0 || body_limit > MAX_BODY_LIMIT {
+        return Err(ConfigError::invalid(
+            "body_limit",
+            format!("must be between 1 and {MAX_BODY_LIMIT} bytes (the retry buffer that replays bodies on failover)"),
+        ));
+    }
+
+    for (i, k) in raw.client_api_keys.iter().enumerate() {
+        if k.trim().len() < 8 {
+            return Err(ConfigError::invalid(
+                format!("client_api_keys[{i}]"),
+                "must be at least 8 characters",
+            ));
+        }
+    }
+
+    Ok(Config {
+        listen: raw.listen,
+        admin,
+        state_file: raw.state_file,
+        backends,
+        routes,
+        default_policy,
+        health_check,
+        retries,
+        timeouts,
+        body_limit,
+        client_api_keys: raw.client_api_keys,
+    })
+}

@@ -1,0 +1,129 @@
+//! The control plane, run as a Pingora background service: active health checks, config
+//! hot reload (file mtime poll and SIGHUP).
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::state::Shared;
+
+pub struct ControlPlane {
+    pub shared: Arc<Shared>,
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Re-read the config file; on success publish a new snapshot, on failure keep the old one.
+pub async fn reload(shared: &Shared) -> bool {
+    let Some(path) = shared.config_path.clone() else {
+        return false;
+    };
+    let parsed = tokio::task::spawn_blocking(move || config::Config::from_file(&path)).await;
+    match parsed {
+        Ok(Ok(cfg)) => {
+            let reg = shared.registry.lock().await;
+            shared.rebuild(Arc::new(cfg), &reg).await;
+            shared
+                .metrics
+                .config_reloads
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!("config reloaded");
+            true
+        }
+        Ok(Err(e)) => {
+            shared
+                .metrics
+                .config_reload_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "config reload rejected; keeping the previous config");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config reload task failed");
+            false
+        }
+    }
+}
+
+async fn health_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
+    let connector = Arc::new(Connector::new(None));
+    loop {
+        let snap = shared.load();
+        let cfg = snap.config.health_check.clone();
+        let mut set = tokio::task::JoinSet::new();
+        for b in snap.backends.iter().cloned() {
+            let cfg = cfg.clone();
+            let conn = connector.clone();
+            set.spawn(async move { crate::health::check_one(&conn, b, &cfg).await });
+        }
+        while set.join_next().await.is_some() {}
+        let delay = crate::health::next_delay(&snap.backends, &cfg);
+        drop(snap);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shared.health_wake.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn reload_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
+    let Some(path) = shared.config_path.clone() else {
+        return;
+    };
+    let mut last = mtime(&path);
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; reload by file change only");
+            None
+        }
+    };
+    loop {
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                let now = mtime(&path);
+                if now != last {
+                    last = now;
+                    tracing::info!(path = %path.display(), "config file changed");
+                    reload(&shared).await;
+                }
+            }
+            _ = hup_recv => {
+                tracing::info!("SIGHUP: reloading config");
+                last = mtime(&path);
+                reload(&shared).await;
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ControlPlane {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let h = tokio::spawn(health_loop(self.shared.clone(), shutdown.clone()));
+        let r = tokio::spawn(reload_loop(self.shared.clone(), shutdown.clone()));
+        for (name, j) in [("health", h), ("reload", r)] {
+            if let Err(e) = j.await {
+                tracing::error!(task = name, error = %e, "control task ended abnormally");
+            }
+        }
+    }
+}

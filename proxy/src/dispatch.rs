@@ -1,0 +1,292 @@
+//! `request_filter`'s work: answer local endpoints, or validate and route a completion request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use openai_types::ErrorKind;
+use pingora::proxy::Session;
+use serde_json::Value;
+
+use crate::error::{ApiError, Reply};
+use crate::state::{Route, Shared, Snapshot};
+use crate::{admin, api};
+
+/// What the endpoint is, for metrics.
+pub fn endpoint_name(method: &http::Method, path: &str) -> &'static str {
+    match (method.as_str(), path) {
+        (_, "/health") => "health",
+        (_, "/status") => "status",
+        (_, "/metrics") => "metrics",
+        (_, "/v1/models") => "models",
+        (_, p) if p.starts_with("/v1/models/") => "model",
+        (_, "/v1/chat/completions") => "chat_completions",
+        (_, "/v1/completions") => "completions",
+        (_, "/backends/register") => "register",
+        (_, p) if p.starts_with("/backends/") => "unregister",
+        _ => "other",
+    }
+}
+
+/// A completion request, validated and routed.
+pub struct Routed {
+    pub route: Arc<Route>,
+    /// The body sent upstream (replayed on failover).
+    pub body: Bytes,
+    pub model: String,
+    pub stream: bool,
+    pub separate_thinking: bool,
+    pub hash_key: Option<Vec<u8>>,
+    pub chat: bool,
+}
+
+pub enum Outcome {
+    /// Answer locally with this reply.
+    Reply(Reply),
+    /// Proxy it.
+    Proxy(Box<Routed>),
+}
+
+fn method_not_allowed(allowed: &str) -> Reply {
+    Reply::error(&ApiError::new(
+        ErrorKind::InvalidRequest,
+        format!("method not allowed; use {allowed}"),
+        None,
+        Some("method_not_allowed"),
+    ))
+    .with_header("allow", allowed)
+    .into_status(405)
+}
+
+impl Reply {
+    fn into_status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+}
+
+/// Read the whole request body, at most `limit` bytes (413 beyond).
+async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::RequestTooLarge,
+            format!("request body is larger than the limit of {limit} bytes"),
+            None,
+            Some("request_too_large"),
+        )
+    };
+    if let Some(cl) = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    {
+        if cl > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    // Keep the body for replay on failover (Pingora's retry buffer holds up to 64 KiB,
+    // which is why `body_limit` is capped there).
+    session.as_downstream_mut().enable_retry_buffering();
+    session.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("could not read the request body: {}", e.etype().as_str()),
+                    None,
+                    Some("body_read_error"),
+                ))
+            }
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Validate and route a completion body.
+pub fn route_completion(
+    snap: &Snapshot,
+    headers: &http::HeaderMap,
+    body: Bytes,
+    chat: bool,
+) -> Result<Routed, ApiError> {
+    let mut v: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("We could not parse the JSON body of your request: {e}"),
+            None,
+            Some("invalid_json"),
+        )
+    })?;
+    let obj = v.as_object().ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::InvalidRequest,
+            "the request body must be a JSON object",
+            None,
+            Some("invalid_json"),
+        )
+    })?;
+    let model = match obj.get("model") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid(
+                "you must provide a `model` parameter",
+                "model",
+            ))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "`model` must be a non-empty string",
+                "model",
+            ))
+        }
+    };
+    let stream = match obj.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("`stream` must be a boolean", "stream")),
+    };
+    let separate_thinking = matches!(obj.get("separate_thinking"), Some(Value::Bool(true)));
+    let user = obj.get("user").and_then(Value::as_str).map(str::to_string);
+
+    let route = snap
+        .routes
+        .get(&model)
+        .cloned()
+        .ok_or_else(|| api::unknown_model(snap, &model))?;
+    if !route.has_healthy() {
+        return Err(ApiError::new(
+            ErrorKind::Unavailable,
+            format!("no healthy backend for model `{model}`; retry later"),
+            Some("model"),
+            Some("no_healthy_backend"),
+        ));
+    }
+    let hash_key = match &route.hash_key {
+        config::HashKey::User => user.map(String::into_bytes),
+        config::HashKey::Header(h) => headers.get(h.as_str()).map(|v| v.as_bytes().to_vec()),
+    };
+    // Send the route's upstream name when it differs from what the client asked for
+    // (aliases resolve to the canonical model).
+    let upstream_name = route
+        .upstream_model
+        .clone()
+        .unwrap_or_else(|| route.model.clone());
+    let body = if upstream_name != model {
+        if let Some(o) = v.as_object_mut() {
+            o.insert("model".into(), Value::String(upstream_name));
+        }
+        Bytes::from(serde_json::to_vec(&v).map_err(|_| {
+            ApiError::new(
+                ErrorKind::Server,
+                "could not re-encode the request",
+                None,
+                None,
+            )
+        })?)
+    } else {
+        body
+    };
+    Ok(Routed {
+        route,
+        body,
+        model,
+        stream,
+        separate_thinking,
+        hash_key,
+        chat,
+    })
+}
+
+/// Decide what to do with a request.
+pub async fn handle(shared: &Shared, snap: &Snapshot, session: &mut Session) -> Outcome {
+    let method = session.req_header().method.clone();
+    let path = session.req_header().uri.path().to_string();
+    let client_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let is_get = method == http::Method::GET || method == http::Method::HEAD;
+
+    let reply = match path.as_str() {
+        "/health" if is_get => api::health(snap),
+        "/status" if is_get => api::status(shared, snap),
+        "/metrics" if is_get => api::metrics(shared, snap),
+        "/health" | "/status" | "/metrics" => method_not_allowed("GET"),
+        "/v1/models" if is_get => {
+            match admin::authorize_client(snap, &session.req_header().headers) {
+                Ok(()) => api::models(snap),
+                Err(e) => e.into(),
+            }
+        }
+        p if p.starts_with("/v1/models/") && is_get => {
+            match admin::authorize_client(snap, &session.req_header().headers) {
+                Ok(()) => api::model(snap, &p["/v1/models/".len()..]),
+                Err(e) => e.into(),
+            }
+        }
+        "/v1/models" => method_not_allowed("GET"),
+        "/v1/chat/completions" | "/v1/completions" if method == http::Method::POST => {
+            if let Err(e) = admin::authorize_client(snap, &session.req_header().headers) {
+                return Outcome::Reply(e.into());
+            }
+            let body = match read_body(session, snap.config.body_limit).await {
+                Ok(b) => b,
+                Err(e) => {
+                    session.set_keepalive(None);
+                    return Outcome::Reply(e.into());
+                }
+            };
+            let chat = path == "/v1/chat/completions";
+            return match route_completion(snap, &session.req_header().headers, body, chat) {
+                Ok(r) => Outcome::Proxy(Box::new(r)),
+                Err(e) => Outcome::Reply(e.into()),
+            };
+        }
+        "/v1/chat/completions" | "/v1/completions" => method_not_allowed("POST"),
+        "/backends/register" if method == http::Method::POST => {
+            if let Err(e) = admin::authorize(snap, &session.req_header().headers, client_ip) {
+                return Outcome::Reply(e.into());
+            }
+            match read_body(session, 64 * 1024).await {
+                Ok(body) => match admin::register(shared, &body).await {
+                    Ok(r) => r,
+                    Err(e) => e.into(),
+                },
+                Err(e) => {
+                    session.set_keepalive(None);
+                    e.into()
+                }
+            }
+        }
+        "/backends/register" => method_not_allowed("POST"),
+        p if p.starts_with("/backends/") && method == http::Method::DELETE => {
+            if let Err(e) = admin::authorize(snap, &session.req_header().headers, client_ip) {
+                return Outcome::Reply(e.into());
+            }
+            match admin::unregister(shared, &p["/backends/".len()..]).await {
+                Ok(r) => r,
+                Err(e) => e.into(),
+            }
+        }
+        p if p.starts_with("/backends/") => method_not_allowed("DELETE"),
+        _ => ApiError::new(
+            ErrorKind::NotFound,
+            format!("Unknown endpoint {method} {path}"),
+            None,
+            Some("unknown_url"),
+        )
+        .into(),
+    };
+    Outcome::Reply(reply)
+}

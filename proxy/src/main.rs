@@ -1,0 +1,188 @@
+//! `gpt-oss-lb` binary.
+//!
+//! ```text
+//! gpt-oss-lb --port 8080 --config lb.yaml
+//! curl localhost:8080/health
+//! ```
+//!
+//! Graceful upgrade (a new binary takes over the listening socket, no request dropped):
+//! ```text
+//! gpt-oss-lb --config lb.yaml --upgrade-sock /tmp/lb.sock --upgrade &   # new process waits for the socket
+//! kill -QUIT <old pid>                                                   # old hands it over and drains
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use clap::Parser;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+
+use gpt_oss_lb::control::ControlPlane;
+use gpt_oss_lb::metrics::Metrics;
+use gpt_oss_lb::proxy::Lb;
+use gpt_oss_lb::registry::Registry;
+use gpt_oss_lb::state::{build_snapshot, Shared};
+
+/// The environment variable that holds the admin token (overrides the config's).
+const ADMIN_TOKEN_ENV: &str = "GPT_OSS_LB_ADMIN_TOKEN";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gpt-oss-lb",
+    version,
+    about = "Pingora load balancer for gpt-oss model servers"
+)]
+struct Args {
+    /// Host to bind (overrides the config's `listen`).
+    #[arg(long)]
+    host: Option<String>,
+    /// Port to bind (overrides the config's `listen`).
+    #[arg(long)]
+    port: Option<u16>,
+    /// YAML config file; re-read when it changes or on SIGHUP.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// State file for registered backends (overrides the config's `state_file`).
+    #[arg(long)]
+    state_file: Option<PathBuf>,
+    /// Take over the listening socket from a running instance (graceful upgrade).
+    #[arg(short = 'u', long)]
+    upgrade: bool,
+    /// Run in the background.
+    #[arg(short = 'd', long)]
+    daemon: bool,
+    /// Validate the config and exit.
+    #[arg(short = 't', long)]
+    test: bool,
+    /// Unix socket used to hand the listener over during a graceful upgrade.
+    #[arg(long, default_value = "/tmp/gpt-oss-lb-upgrade.sock")]
+    upgrade_sock: String,
+    /// PID file (used with --daemon).
+    #[arg(long, default_value = "/tmp/gpt-oss-lb.pid")]
+    pid_file: String,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Seconds to keep serving in-flight requests after SIGTERM/SIGQUIT.
+    #[arg(long, default_value_t = 5)]
+    grace_period: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+
+    let config = match &args.config {
+        Some(p) => {
+            config::Config::from_file(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => config::Config::default(),
+    };
+    if args.test {
+        println!("config OK");
+        return Ok(());
+    }
+    let listen = match (&args.host, args.port, &config.listen) {
+        (h, p, Some(l)) if h.is_none() && p.is_none() => l.clone(),
+        (h, p, l) => {
+            let (lh, lp) = l
+                .as_deref()
+                .and_then(|l| l.rsplit_once(':'))
+                .map(|(h, p)| (h.to_string(), p.parse().unwrap_or(8080)))
+                .unwrap_or_else(|| ("0.0.0.0".to_string(), 8080));
+            let host = h.clone().unwrap_or(lh);
+            let port = p.unwrap_or(lp);
+            if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            }
+        }
+    };
+    let state_file = args
+        .state_file
+        .clone()
+        .or_else(|| config.state_file.as_ref().map(PathBuf::from));
+    let registry = Registry::load(state_file.clone()).context("loading the registry")?;
+    let admin_token_override = std::env::var(ADMIN_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty());
+    let config = Arc::new(config);
+
+    // The first snapshot resolves backend hosts; build it before the server starts.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the startup runtime")?;
+    let snapshot = rt.block_on(build_snapshot(
+        config.clone(),
+        &registry,
+        &[],
+        admin_token_override.clone(),
+        1,
+    ));
+    drop(rt);
+    tracing::info!(
+        listen = %listen,
+        backends = snapshot.backends.len(),
+        routes = snapshot.routes.len(),
+        state_file = ?state_file,
+        admin_auth = if snapshot.admin_token.is_some() { "token" } else { "loopback-only" },
+        "starting gpt-oss-lb"
+    );
+
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(snapshot),
+        registry: tokio::sync::Mutex::new(registry),
+        metrics: Metrics::default(),
+        health_wake: tokio::sync::Notify::new(),
+        config_path: args.config.clone(),
+        admin_token_override,
+        started: Instant::now(),
+    });
+
+    let opt = Opt {
+        upgrade: args.upgrade,
+        daemon: args.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let conf = ServerConf {
+        threads: args.threads.max(1),
+        upgrade_sock: args.upgrade_sock.clone(),
+        pid_file: args.pid_file.clone(),
+        grace_period_seconds: Some(args.grace_period),
+        graceful_shutdown_timeout_seconds: Some(args.grace_period + 5),
+        // Attempts are bounded by `retries.max_attempts` (at most 10) in our hooks.
+        max_retries: 16,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        Lb {
+            shared: shared.clone(),
+        },
+    );
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+    server.add_service(pingora::services::background::background_service(
+        "control plane",
+        ControlPlane { shared },
+    ));
+    server.run_forever()
+}

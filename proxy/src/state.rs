@@ -1,0 +1,231 @@
+//! Shared state: an `ArcSwap` snapshot that readers load without locking, rebuilt only when
+//! the config or the registry changes. A request keeps the snapshot it started with.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use config::{Config, HashKey};
+use tokio::sync::Notify;
+
+use crate::backend::{Backend, Definition, Source};
+use crate::metrics::Metrics;
+use crate::policy::{self, Policy};
+use crate::registry::Registry;
+
+/// A route: the backends that may serve a model, and how to choose among them.
+pub struct Route {
+    /// The canonical model name.
+    pub model: String,
+    /// The model name sent upstream, when it differs.
+    pub upstream_model: Option<String>,
+    pub group: Vec<Arc<Backend>>,
+    pub policy: Box<dyn Policy>,
+    pub policy_name: config::Policy,
+    pub hash_key: HashKey,
+}
+
+impl Route {
+    pub fn has_healthy(&self) -> bool {
+        self.group.iter().any(|b| b.health.routable())
+    }
+
+    /// Choose a healthy backend not in `tried`.
+    pub fn select(&self, tried: &[String], key: Option<&[u8]>) -> Option<Arc<Backend>> {
+        let eligible = |i: usize| {
+            let b = &self.group[i];
+            b.health.routable() && !tried.iter().any(|t| t == b.name())
+        };
+        self.policy
+            .pick(&self.group, &eligible, key)
+            .map(|i| self.group[i].clone())
+    }
+}
+
+/// One immutable view of the world.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    /// The admin token in force (environment over config).
+    pub admin_token: Option<String>,
+    pub backends: Vec<Arc<Backend>>,
+    /// Model names and aliases to routes.
+    pub routes: HashMap<String, Arc<Route>>,
+    pub generation: u64,
+}
+
+impl Snapshot {
+    pub fn backend(&self, name: &str) -> Option<&Arc<Backend>> {
+        self.backends.iter().find(|b| b.name() == name)
+    }
+
+    /// Models (and aliases) that have at least one healthy backend, sorted.
+    pub fn available_models(&self) -> Vec<String> {
+        let set: BTreeSet<String> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| r.has_healthy())
+            .map(|(name, _)| name.clone())
+            .collect();
+        set.into_iter().collect()
+    }
+}
+
+/// Everything the proxy phases and the control plane share.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Serializes registry changes and rebuilds.
+    pub registry: tokio::sync::Mutex<Registry>,
+    pub metrics: Metrics,
+    /// Wakes the health checker (a backend was added).
+    pub health_wake: Notify,
+    pub config_path: Option<PathBuf>,
+    /// `GPT_OSS_LB_ADMIN_TOKEN`, read by the binary.
+    pub admin_token_override: Option<String>,
+    pub started: Instant,
+}
+
+/// Resolve `host:port` to the first address.
+pub async fn resolve(url: &config::check::BackendUrl) -> Result<Vec<SocketAddr>, String> {
+    let target = url.authority();
+    let fut = tokio::net::lookup_host(target.clone());
+    match tokio::time::timeout(std::time::Duration::from_secs(5), fut).await {
+        Ok(Ok(addrs)) => {
+            let v: Vec<SocketAddr> = addrs.collect();
+            if v.is_empty() {
+                Err(format!("host '{}' has no address", url.host))
+            } else {
+                Ok(v)
+            }
+        }
+        Ok(Err(e)) => Err(format!("cannot resolve host '{}': {e}", url.host)),
+        Err(_) => Err(format!("resolving host '{}' timed out", url.host)),
+    }
+}
+
+impl Shared {
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Build a new snapshot from `config` and `registry`, reusing backend objects whose
+    /// definition did not change, and publish it. Call with the registry lock held.
+    pub async fn rebuild(&self, config: Arc<Config>, registry: &Registry) {
+        let old = self.load();
+        let snapshot = build_snapshot(
+            config,
+            registry,
+            &old.backends,
+            self.admin_token_override.clone(),
+            old.generation + 1,
+        )
+        .await;
+        let n = snapshot.backends.len();
+        let generation = snapshot.generation;
+        self.snapshot.store(Arc::new(snapshot));
+        self.health_wake.notify_one();
+        tracing::info!(generation, backends = n, "snapshot published");
+    }
+}
+
+pub async fn build_snapshot(
+    config: Arc<Config>,
+    registry: &Registry,
+    previous: &[Arc<Backend>],
+    admin_token_override: Option<String>,
+    generation: u64,
+) -> Snapshot {
+    let mut defs: Vec<(Definition, Source)> = config
+        .backends
+        .iter()
+        .map(|b| (Definition::from(b), Source::Config))
+        .collect();
+    for d in registry.definitions() {
+        if defs.iter().any(|(c, _)| c.name == d.name) {
+            tracing::warn!(backend = %d.name, "registered backend shadowed by the config file's backend of the same name");
+            continue;
+        }
+        defs.push((d.clone(), Source::Registered));
+    }
+
+    let mut backends = Vec::with_capacity(defs.len());
+    for (def, source) in defs {
+        if let Some(prev) = previous.iter().find(|b| b.def == def && b.source == source) {
+            backends.push(prev.clone());
+            continue;
+        }
+        let url = match config::check::backend_url(&def.url) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(backend = %def.name, error = %e, "skipping backend");
+                continue;
+            }
+        };
+        match resolve(&url).await {
+            Ok(addrs) => backends.push(Arc::new(Backend::new(def, source, url, addrs[0]))),
+            Err(e) => tracing::error!(backend = %def.name, error = %e, "skipping backend"),
+        }
+    }
+
+    let mut routes: HashMap<String, Arc<Route>> = HashMap::new();
+    for rc in &config.routes {
+        let group: Vec<Arc<Backend>> = if rc.backends.is_empty() {
+            backends
+                .iter()
+                .filter(|b| b.serves(&rc.model))
+                .cloned()
+                .collect()
+        } else {
+            rc.backends
+                .iter()
+                .filter_map(|n| backends.iter().find(|b| b.name() == n).cloned())
+                .collect()
+        };
+        let route = Arc::new(Route {
+            model: rc.model.clone(),
+            upstream_model: rc.upstream_model.clone(),
+            policy: policy::build(rc.policy, &group),
+            policy_name: rc.policy,
+            group,
+            hash_key: rc.hash_key.clone(),
+        });
+        routes.insert(rc.model.clone(), route.clone());
+        for a in &rc.aliases {
+            routes.insert(a.clone(), route.clone());
+        }
+    }
+    // Models with no explicit route: every backend that lists them, the default policy.
+    let mut implicit: BTreeSet<&str> = BTreeSet::new();
+    for b in &backends {
+        for m in &b.def.models {
+            if !routes.contains_key(m) {
+                implicit.insert(m);
+            }
+        }
+    }
+    for m in implicit {
+        let group: Vec<Arc<Backend>> = backends.iter().filter(|b| b.serves(m)).cloned().collect();
+        routes.insert(
+            m.to_string(),
+            Arc::new(Route {
+                model: m.to_string(),
+                upstream_model: None,
+                policy: policy::build(config.default_policy, &group),
+                policy_name: config.default_policy,
+                group,
+                hash_key: HashKey::User,
+            }),
+        );
+    }
+
+    let admin_token = admin_token_override.or_else(|| config.admin.token.clone());
+    Snapshot {
+        config,
+        admin_token,
+        backends,
+        routes,
+        generation,
+    }
+}
