@@ -1,17 +1,27 @@
 //! Loading a model folder into a [`LoadedModel`].
 
 use std::path::Path;
+use std::sync::Arc;
+
+use gpt_oss_runtimes::{DeviceMap, LibrarySearch, OnnxBackend, OnnxBackendConfig};
 
 use crate::state::LoadedModel;
 
-/// Loads the ONNX export in `folder` on `device` (`auto`, `cpu`, `cuda`, `cuda:N`).
+/// Loads the onnxruntime-genai export in `folder` (genai_config.json, model.onnx,
+/// tokenizer.json) on `device`. Blocking: call it from a blocking thread.
 pub fn load_onnx(
     folder: &Path,
     model_name: &str,
-    device: &str,
+    device: DeviceMap,
     max_concurrent: u32,
 ) -> Result<LoadedModel, String> {
-    let _ = (model_name, device, max_concurrent);
-    let _tokenizer = harmony::Tokenizer::from_dir(folder).map_err(|e| e.to_string())?;
-    Err("the ONNX backend is not wired in yet".to_string())
+    let tokenizer = harmony::Tokenizer::from_dir(folder).map_err(|e| e.to_string())?;
+    let mut config =
+        OnnxBackendConfig::new(folder, device, max_concurrent, LibrarySearch::from_process());
+    config.model_name = Some(model_name.to_string());
+    let backend = OnnxBackend::load(config).map_err(|e| e.to_string())?;
+    Ok(LoadedModel {
+        backend: Arc::new(backend),
+        tokenizer,
+    })
 }

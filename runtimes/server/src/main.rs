@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use gpt_oss_runtimes::DeviceMap;
 use gpt_oss_server::{serve, shutdown_signal, spawn_model_load, AppState, Args, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -45,6 +46,13 @@ fn main() -> ExitCode {
         tracing::error!(path = %folder.display(), "--model-path is not a folder");
         return ExitCode::from(2);
     }
+    let device: DeviceMap = match args.device_map.parse() {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid --device-map");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -55,7 +63,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, folder)) {
+    match runtime.block_on(run(args, folder, device)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");
@@ -64,17 +72,16 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args, folder: PathBuf) -> anyhow::Result<()> {
+async fn run(args: Args, folder: PathBuf, device: DeviceMap) -> anyhow::Result<()> {
     let state = AppState::new(
         ServerConfig::from(&args),
         args.max_concurrent,
         args.max_queue,
     );
-    let device = args.device_map.clone();
     let max_concurrent = args.max_concurrent;
     let model_name = args.model_name.clone();
     spawn_model_load(state.clone(), move || {
-        gpt_oss_server::loader::load_onnx(&folder, &model_name, &device, max_concurrent)
+        gpt_oss_server::loader::load_onnx(&folder, &model_name, device, max_concurrent)
     });
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()

@@ -189,7 +189,7 @@ impl Metrics {
         );
         self.ttft.lock().render(
             "gpt_oss_time_to_first_token_seconds",
-            "Time from admission to the first generated token.",
+            "Time from request arrival (queueing included) to the first generated token.",
             &mut out,
         );
         self.tokens_per_second.lock().render(
