@@ -1,0 +1,243 @@
+//! A real HTTP/1.1 server on loopback that misbehaves on purpose, for faults that a real
+//! `gpt-oss-server` cannot produce: invalid JSON, truncated SSE, a wrong content type, a 200
+//! with an HTML body, a slow drip of bytes. `/health` always answers 200 so that only the
+//! LB's passive checks can eject it. It also records request headers (hop-by-hop and
+//! `X-Forwarded-For` checks) and can answer correctly (`Mode::Good`).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A valid completion (JSON, or SSE ending with `[DONE]` when the request streams).
+    Good,
+    /// 200 `application/json` with a body that is not JSON.
+    InvalidJson,
+    /// 200 `text/event-stream`: one chunk, then the connection closes without `[DONE]`.
+    TruncatedSse,
+    /// 200 with `content-type: application/octet-stream` and a binary body.
+    WrongContentType,
+    /// 200 `text/html` with an HTML page.
+    Html200,
+    /// The status line arrives one byte every `drip`.
+    SlowDrip,
+}
+
+impl Mode {
+    pub const GARBAGE: [Mode; 5] = [
+        Mode::InvalidJson,
+        Mode::TruncatedSse,
+        Mode::WrongContentType,
+        Mode::Html200,
+        Mode::SlowDrip,
+    ];
+}
+
+pub struct FaultyBackend {
+    pub addr: SocketAddr,
+    pub mode: Arc<Mutex<Mode>>,
+    /// Header blocks of the completion requests received (lowercased names).
+    pub seen: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    pub drip: Duration,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultyBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultyBackend {
+    pub async fn start(mode: Mode, drip: Duration) -> FaultyBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mode = Arc::new(Mutex::new(mode));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (m, s) = (mode.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (m, s) = (m.clone(), s.clone());
+                tokio::spawn(async move {
+                    let _ = serve(sock, m, s, drip).await;
+                });
+            }
+        });
+        FaultyBackend {
+            addr,
+            mode,
+            seen,
+            drip,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_mode(&self, m: Mode) {
+        *self.mode.lock().expect("mode") = m;
+    }
+
+    pub fn completions_seen(&self) -> usize {
+        self.seen.lock().expect("seen").len()
+    }
+}
+
+async fn read_request(sock: &mut TcpStream) -> std::io::Result<Option<(String, Vec<(String, String)>, Vec<u8>)>> {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        let n = sock.read(&mut tmp).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default().to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < len {
+        let n = sock.read(&mut tmp).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&tmp[..n]);
+    }
+    Ok(Some((request_line, headers, body)))
+}
+
+fn completion_json() -> String {
+    serde_json::json!({
+        "id": "chatcmpl-faulty",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    })
+    .to_string()
+}
+
+fn chunk_json(content: &str) -> String {
+    serde_json::json!({
+        "id": "chatcmpl-faulty",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]
+    })
+    .to_string()
+}
+
+fn response(status: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+async fn serve(
+    mut sock: TcpStream,
+    mode: Arc<Mutex<Mode>>,
+    seen: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    drip: Duration,
+) -> std::io::Result<()> {
+    while let Some((line, headers, body)) = read_request(&mut sock).await? {
+        if line.starts_with("GET /health") {
+            let b = r#"{"status":"ok","queue":{"waiting":0,"running":0}}"#;
+            sock.write_all(response("200 OK", "application/json", b).as_bytes())
+                .await?;
+            continue;
+        }
+        seen.lock().expect("seen").push(headers);
+        let stream = serde_json::from_slice::<serde_json::Value>(&body)
+            .map(|v| v["stream"].as_bool() == Some(true))
+            .unwrap_or(false);
+        let m = *mode.lock().expect("mode");
+        match m {
+            Mode::Good if stream => {
+                let mut out = String::from(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: ",
+                );
+                let frames = format!(
+                    "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+                    chunk_json("o"),
+                    chunk_json("k")
+                );
+                out.push_str(&format!("{}\r\n\r\n{frames}", frames.len()));
+                sock.write_all(out.as_bytes()).await?;
+            }
+            Mode::Good => {
+                sock.write_all(response("200 OK", "application/json", &completion_json()).as_bytes())
+                    .await?;
+            }
+            Mode::InvalidJson => {
+                sock.write_all(
+                    response("200 OK", "application/json", "{\"id\": \"x\", \"choices\": [ {oops")
+                        .as_bytes(),
+                )
+                .await?;
+            }
+            Mode::TruncatedSse => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                let frame = format!("data: {}\n\n", chunk_json("partial"));
+                sock.write_all(head.as_bytes()).await?;
+                sock.write_all(format!("{:x}\r\n{frame}\r\n", frame.len()).as_bytes())
+                    .await?;
+                sock.flush().await?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Ok(()); // close without the last chunk or [DONE]
+            }
+            Mode::WrongContentType => {
+                sock.write_all(
+                    response("200 OK", "application/octet-stream", "\u{1}\u{2}binary\u{3}")
+                        .as_bytes(),
+                )
+                .await?;
+            }
+            Mode::Html200 => {
+                sock.write_all(
+                    response(
+                        "200 OK",
+                        "text/html; charset=utf-8",
+                        "<html><body><h1>Welcome to nginx!</h1></body></html>",
+                    )
+                    .as_bytes(),
+                )
+                .await?;
+            }
+            Mode::SlowDrip => {
+                let all = response("200 OK", "application/json", &completion_json());
+                for b in all.as_bytes() {
+                    sock.write_all(&[*b]).await?;
+                    sock.flush().await?;
+                    tokio::time::sleep(drip).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
