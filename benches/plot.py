@@ -3,8 +3,9 @@
 
     benches/out/venv/bin/python benches/plot.py --out benches
 
-- proxy_latency.png: p50 and p99 latency, and requests/s, against offered load (wrk connections,
-  closed loop) for each proxy path, JSON body and SSE bodies side by side.
+- proxy_latency.png: p50 and p99 latency against offered load (paced runs, requests/s), and the
+  most requests/s against connections (saturated runs), for each proxy path; JSON body and SSE
+  bodies side by side.
 - runtime_throughput.png: the runtime's generated tokens/s against concurrent requests (1, 2, 4, 8),
   ours against onnxruntime-genai, from the runtime part's results.
 
@@ -48,25 +49,30 @@ def proxy_plot(dest):
     runs = r["runs"]
     panels = [("JSON body (chat.completion)", {"direct": "json", "lb": "json", "nginx": "json"}),
               ("SSE body, 64 chunks", {"direct": "sse", "lb": "sse", "nginx": "sse", "lb-rewrite": "harmony"})]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), sharex=True)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
     for col, (title, which) in enumerate(panels):
         lat, thr = axes[0][col], axes[1][col]
         for path, body in which.items():
-            pts = sorted((x["connections"], x) for x in runs if x["path"] == path and x["body"] == body)
-            if not pts:
-                continue
             label, colour = STYLE[path]
-            xs = [c for c, _ in pts]
-            lat.plot(xs, [x["p99_ms"] for _, x in pts], "o-", color=colour, label=f"{label} p99")
-            lat.plot(xs, [x["p50_ms"] for _, x in pts], "s--", color=colour, alpha=0.6, label=f"{label} p50")
-            thr.plot(xs, [x["rps"] for _, x in pts], "o-", color=colour, label=label)
-        lat.set_title(title)
+            paced = sorted((x["offered_rps"], x) for x in runs
+                           if x["path"] == path and x["body"] == body and x.get("mode") == "paced")
+            if paced:
+                xs = [o for o, _ in paced]
+                lat.plot(xs, [x["p99_ms"] for _, x in paced], "o-", color=colour, label=f"{label} p99")
+                lat.plot(xs, [x["p50_ms"] for _, x in paced], "s--", color=colour, alpha=0.6, label=f"{label} p50")
+            sat = sorted((x["connections"], x) for x in runs
+                         if x["path"] == path and x["body"] == body and x.get("mode", "saturated") == "saturated")
+            if sat:
+                thr.plot([c for c, _ in sat], [x["rps"] for _, x in sat], "o-", color=colour, label=label)
+        lat.set_title(f"{title}: latency against offered load")
+        lat.set_xlabel(f"offered load, requests/s ({r['settings'].get('paced_connections', 64)} connections, paced)")
         lat.set_ylabel("latency, ms (log)")
         lat.set_yscale("log")
         lat.grid(True, which="both", alpha=0.3)
         lat.legend(fontsize=7)
+        thr.set_title(f"{title}: most requests/s (saturated)")
         thr.set_ylabel("requests/s")
-        thr.set_xlabel("offered load: concurrent connections (closed loop, log2)")
+        thr.set_xlabel("concurrent connections (closed loop, log2)")
         thr.set_xscale("log", base=2)
         thr.set_xticks(r["settings"]["connections"])
         thr.set_xticklabels([str(c) for c in r["settings"]["connections"]])
@@ -74,7 +80,7 @@ def proxy_plot(dest):
         thr.grid(True, alpha=0.3)
         thr.legend(fontsize=7)
     s = r["settings"]
-    fig.suptitle(f"Proxy latency and throughput against offered load (wrk, {s['duration_s']} s per point; "
+    fig.suptitle(f"gpt-oss-lb against nginx (wrk, {s['duration_s']} s per point; "
                  f"{s['placement']})", fontsize=9)
     fig.tight_layout()
     path = os.path.join(dest, "proxy_latency.png")

@@ -98,48 +98,77 @@ def ms(v):
     return f"{v:.2f}" if v is not None else "–"
 
 
+SHORT = {"direct": "(a) direct", "lb": "(b) gpt-oss-lb", "nginx": "(c) nginx proxy",
+         "lb-rewrite": "(d) gpt-oss-lb + rewrite"}
+
+
 def proxy_md(r):
     if not r:
         return ["**MISSING:** no `benches/out/proxy/results.json` (the proxy part did not run or crashed; "
                 "see `benches/out/logs/proxy.log`)."]
     s = r["settings"]
     out = [
+        "Paths: " + "; ".join(r["paths"].values()) + ".",
+        "",
         f"Upstream: nginx serving canned bodies as static files (JSON {s['bodies']['json']} B; "
         f"SSE of 64 chunks {s['bodies']['sse']} B; raw-harmony SSE of 64 chunks {s['bodies']['harmony']} B). "
-        f"Load: wrk, closed loop, {s['duration_s']} s per point after {s['warmup_s']} s of warm-up, loopback. "
+        f"Load: wrk on loopback, {s['duration_s']} s per point after {s['warmup_s']} s of warm-up. "
         f"Placement: {s['placement']}. nginx proxy: {s['proxy_workers']} worker; gpt-oss-lb: {s['lb_threads']}; "
         f"gpt-oss-lb log level `{s['lb_log']}` (nginx access log off).",
         "",
-        "Latency is wrk's, to the last byte of the response. CPU is utime+stime of the proxy process "
-        "(all its threads or workers) over the run, per 1,000 requests (the direct path has no proxy).",
+        "Latency is wrk's, from sending the request to the last byte of the response. CPU is utime+stime of "
+        "the proxy process (all its threads or workers) over the run, per 1,000 requests (the direct "
+        "path has no proxy).",
         "",
+        "### Saturated: most requests/s (closed loop, each connection sends again when answered)",
+        "",
+        "| path | body | conns | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 1k req | upstream CPU s / 1k req | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    out += ["| path | body | conns | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 1k req | upstream CPU s / 1k req | errors |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for x in r["runs"]:
+    runs = r["runs"]
+    for x in runs:
+        if x.get("mode", "saturated") != "saturated":
+            continue
         cpu = x["proxy_cpu_s_per_1k"]
         out.append(
-            f"| {r['paths'][x['path']]} | {x['body']} | {x['connections']} | {x['rps']:,.0f} | {ms(x['p50_ms'])} | "
-            f"{ms(x['p99_ms'])} | {ms(x['p99_9_ms'])} | "
-            f"{cpu if cpu is not None else '–'} | "
+            f"| {SHORT[x['path']]} | {x['body']} | {x['connections']} | {x['rps']:,.0f} | {ms(x['p50_ms'])} | "
+            f"{ms(x['p99_ms'])} | {ms(x['p99_9_ms'])} | {cpu if cpu is not None else '–'} | "
             f"{x['upstream_cpu_s_per_1k']} | {x['error_count'] or 0} |")
     if r["ratios"]:
-        out += ["", "Ratios gpt-oss-lb / nginx (same body, same connections), and latency added over the direct path:", "",
-                "| body | conns | req/s ratio | p99 ratio | CPU/req ratio | added p99 gpt-oss-lb ms | added p99 nginx ms |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
+        out += ["", "Ratios gpt-oss-lb / nginx at saturation (same body, same connections):", "",
+                "| body | conns | req/s ratio | p99 ratio | CPU per request ratio |",
+                "|---|---:|---:|---:|---:|"]
         for x in r["ratios"]:
-            out.append(f"| {x['body']} | {x['connections']} | {x['rps_lb_over_nginx']:.2f}x | "
-                       f"{x['p99_lb_over_nginx']}x | {x['cpu_lb_over_nginx']}x | "
-                       f"{ms(x['added_p99_ms_lb'])} | {ms(x['added_p99_ms_nginx'])} |")
-    if r["rewrite"]:
-        out += ["", "Harmony rewriting (d) against pass-through (b), same 64-chunk SSE framing: " +
-                ", ".join(f"{x['rps_rewrite_over_passthrough']:.2f}x at {x['connections']} connections" for x in r["rewrite"]) + "."]
-    out += ["", "Goals:", ""]
+            out.append(f"| {x['body']} | {x['connections']} | **{x['rps_lb_over_nginx']:.2f}x** | "
+                       f"{x['p99_lb_over_nginx']}x | {x['cpu_lb_over_nginx']}x |")
+    if r.get("rewrite"):
+        out += ["", "Harmony rewriting (d) against pass-through (b), same 64-chunk SSE framing, saturated: " +
+                ", ".join(f"**{x['rps_rewrite_over_passthrough']:.2f}x** req/s "
+                          f"({x['cpu_rewrite_over_passthrough']}x CPU per request) at {x['connections']} connections"
+                          for x in r["rewrite"]) + "."]
+    paced = [x for x in runs if x.get("mode") == "paced"]
+    if paced:
+        out += ["", f"### Paced: latency against offered load ({s.get('paced_connections', 64)} connections, "
+                "random think time before each request)", "",
+                "| path | body | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 1k req | errors |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for x in paced:
+            cpu = x["proxy_cpu_s_per_1k"]
+            out.append(f"| {SHORT[x['path']]} | {x['body']} | {x['offered_rps']:,} | {x['rps']:,.0f} | "
+                       f"{ms(x['p50_ms'])} | {ms(x['p99_ms'])} | {ms(x['p99_9_ms'])} | "
+                       f"{cpu if cpu is not None else '–'} | {x['error_count'] or 0} |")
+    if r.get("added"):
+        out += ["", "Latency added over the direct path at the same paced load:", "",
+                "| path | body | offered req/s | added p50 ms | added p99 ms |", "|---|---|---:|---:|---:|"]
+        for x in r["added"]:
+            out.append(f"| {SHORT[x['path']]} | {x['body']} | {x['offered_rps']:,} | "
+                       f"{x['added_p50_ms']:+.2f} | {x['added_p99_ms']:+.2f} |")
+    out += ["", "### Goals", ""]
     for g in r["goals"]:
         verdict = "**NOT MEASURED**" if g["met"] is None else ("**met**" if g["met"] else "**MISSED**")
         out.append(f"- {verdict}: {g['goal']}: {g['figure']}")
     for m in r["missing"]:
-        out.append(f"- **MISSING path `{m['path']}`**: {m['reason'].splitlines()[0]}")
+        out.append(f"- **MISSING path `{m['path']}`**: {m['reason'].splitlines()[0][:400]}")
     if os.path.exists(os.path.join(HERE, "proxy_latency.png")):
         out += ["", "![latency against offered load, proxy paths](proxy_latency.png)"]
     return out
@@ -256,7 +285,10 @@ def main():
         "## Machine", "",
     ]
     lines += machine_md(load(os.path.join(OUT, "machine.json")))
-    lines += ["", "## Proxy: gpt-oss-lb against nginx", ""] + status_md("proxy") + proxy_md(proxy)
+    lines += ["", "## Proxy: gpt-oss-lb against nginx", ""] + status_md("proxy")
+    if proxy and status("proxy") is None:
+        lines += [f"_The figures below are from an earlier run, recorded {proxy.get('recorded', '(date unknown)')}._", ""]
+    lines += proxy_md(proxy)
     lines += ["", "## harmony: ours against openai-harmony", ""] + harmony_md(since)
     lines += ["", "## Runtime: ours against onnxruntime-genai", ""] + generic_md("runtime")
     if os.path.exists(os.path.join(HERE, "runtime_throughput.png")) and status("runtime") and status("runtime")[0] == "ok":
