@@ -3,8 +3,9 @@
 //!
 //! # Scheduling
 //! Requests wait in arrival order. Whenever fewer than `max_concurrent` sequences are active, the
-//! oldest waiting request is admitted: its KV cache is allocated and it is prefilled on its next
-//! turn. Each round runs one step (the prefill, or one decode token) for every active sequence in
+//! oldest waiting request is admitted: its KV cache is allocated and its prompt is fed in chunks
+//! of `prefill_chunk` tokens, one chunk per round (a chunk's logits are `[chunk, vocab]`, so
+//! chunking bounds that memory too). Each round runs one step (the prefill, or one decode token) for every active sequence in
 //! admission order, so a long generation never starves a later one. A sequence leaves the round
 //! when it samples a stop token, reaches its length limit, its request is cancelled, or its stream
 //! receiver is dropped; its KV cache is freed at once and the slot goes to the next waiting request.
@@ -54,6 +55,8 @@ struct Active {
     cache: SequenceCache,
     sampler: Sampler,
     generated: u32,
+    /// Prompt tokens already fed.
+    prefilled: usize,
     /// The token sampled last and not yet fed.
     pending: Option<u32>,
     started: Instant,
@@ -77,10 +80,12 @@ pub(crate) fn run(
     mut model: OnnxModel,
     commands: Receiver<Command>,
     max_concurrent: usize,
+    prefill_chunk: usize,
     alive: Arc<AtomicBool>,
     counters: Arc<Counters>,
 ) {
     let max_concurrent = max_concurrent.max(1);
+    let prefill_chunk = prefill_chunk.max(1);
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut active: Vec<Active> = Vec::with_capacity(max_concurrent);
     let mut senders_gone = false;
@@ -122,7 +127,7 @@ pub(crate) fn run(
         counters.waiting.store(waiting.len(), Ordering::SeqCst);
 
         // One step for every active sequence, in admission order.
-        active.retain_mut(|a| !step(&mut model, a));
+        active.retain_mut(|a| !step(&mut model, a, prefill_chunk));
         counters.active.store(active.len(), Ordering::SeqCst);
     }
     alive.store(false, Ordering::SeqCst);
@@ -168,6 +173,7 @@ fn admit(model: &OnnxModel, job: Job) -> Option<Active> {
                 cache,
                 sampler,
                 generated: 0,
+                prefilled: 0,
                 pending: None,
                 started: Instant::now(),
             })
@@ -180,8 +186,9 @@ fn admit(model: &OnnxModel, job: Job) -> Option<Active> {
     }
 }
 
-/// Runs one step of `a`; true when the sequence is finished and leaves the round.
-fn step(model: &mut OnnxModel, a: &mut Active) -> bool {
+/// Runs one step of `a` (one prefill chunk, or one decode token); true when the sequence is
+/// finished and leaves the round.
+fn step(model: &mut OnnxModel, a: &mut Active, prefill_chunk: usize) -> bool {
     if a.abandoned() {
         tracing::debug!(request_id = %a.job.request.request_id, generated = a.generated, "cancelled");
         a.job
@@ -193,14 +200,24 @@ fn step(model: &mut OnnxModel, a: &mut Active) -> bool {
             .ok();
         return true;
     }
+    let prompt = &a.job.request.prompt;
     let result = match a.pending {
-        None => model.forward(&mut a.cache, &a.job.request.prompt),
+        None => {
+            let end = prompt.len().min(a.prefilled + prefill_chunk);
+            let r = model.forward(&mut a.cache, &prompt[a.prefilled..end]);
+            a.prefilled = end;
+            r
+        }
         Some(token) => model.forward(&mut a.cache, &[token]),
     };
     if let Err(e) = result {
         tracing::error!(request_id = %a.job.request.request_id, error = %e, "generation failed");
         a.job.events.send(TokenEvent::Error(e.to_string())).ok();
         return true;
+    }
+    if a.prefilled < prompt.len() {
+        // More prompt chunks to go; other sequences step in between.
+        return false;
     }
     let token = a.sampler.sample(a.cache.logits());
     a.generated += 1;

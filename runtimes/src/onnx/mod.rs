@@ -68,7 +68,13 @@ pub struct OnnxBackendConfig {
     pub model_name: Option<String>,
     /// ONNX Runtime intra-op threads; `None` lets ONNX Runtime choose.
     pub intra_threads: Option<usize>,
+    /// Prompt tokens fed per step ([`DEFAULT_PREFILL_CHUNK`] by default). Bounds the
+    /// `[chunk, vocab]` logits a prefill step allocates and lets other sequences decode between chunks.
+    pub prefill_chunk: usize,
 }
+
+/// Prompt tokens per prefill step unless configured: 256 x 201,088 fp32 logits are 206 MB.
+pub const DEFAULT_PREFILL_CHUNK: usize = 256;
 
 impl OnnxBackendConfig {
     pub fn new(
@@ -84,6 +90,7 @@ impl OnnxBackendConfig {
             library,
             model_name: None,
             intra_threads: None,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
         }
     }
 }
@@ -142,9 +149,19 @@ impl OnnxBackend {
         let counters = Arc::new(engine::Counters::default());
         let engine_counters = Arc::clone(&counters);
         let max_concurrent = config.max_concurrent.max(1) as usize;
+        let prefill_chunk = config.prefill_chunk.max(1);
         std::thread::Builder::new()
             .name("onnx-engine".into())
-            .spawn(move || engine::run(model, rx, max_concurrent, engine_alive, engine_counters))
+            .spawn(move || {
+                engine::run(
+                    model,
+                    rx,
+                    max_concurrent,
+                    prefill_chunk,
+                    engine_alive,
+                    engine_counters,
+                )
+            })
             .map_err(|e| ModelError::Thread(e.to_string()))?;
         Ok(OnnxBackend {
             capabilities,

@@ -1,0 +1,384 @@
+//! The ONNX backend's contract beyond the golden ids: stop tokens and finish reasons, seeded
+//! sampling, concurrent requests, cancellation, request validation, device selection, and clear
+//! errors for broken model folders.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::future::join_all;
+use futures::StreamExt;
+use gpt_oss_runtimes::{
+    BackendError, DeviceMap, InferenceBackend, ModelError, OnnxBackend, SamplingParams, StopReason,
+    TokenEvent,
+};
+
+fn sampled(seed: u64) -> SamplingParams {
+    SamplingParams {
+        temperature: 1.0,
+        top_p: 0.95,
+        top_k: None,
+        seed: Some(seed),
+    }
+}
+
+fn stop_ids() -> Vec<u32> {
+    golden()["stop_ids"]
+        .as_array()
+        .expect("stop_ids")
+        .iter()
+        .map(|v| v.as_u64().expect("id") as u32)
+        .collect()
+}
+
+/// Waits until the engine reports no sequence in flight.
+async fn until_idle(backend: &OnnxBackend) {
+    let start = Instant::now();
+    while backend.load_now().active != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the slot was not freed: {:?}",
+            backend.load_now()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_token_ends_generation_with_stop_and_is_the_last_token() {
+    let backend = load(1);
+    let stops = stop_ids();
+    let mut checked = 0;
+    for p in golden()["prompts"].as_array().expect("prompts") {
+        let Some(index) = p["first_stop_index"].as_u64() else {
+            continue;
+        };
+        let (name, prompt, expected) = prompts()
+            .into_iter()
+            .find(|(n, ..)| n == p["name"].as_str().expect("name"))
+            .expect("prompt");
+        let index = index as usize;
+        let (tokens, reason) = run(
+            &backend,
+            request(&name, prompt, SamplingParams::greedy(), stops.clone(), 40),
+        )
+        .await;
+        assert_eq!(
+            tokens,
+            expected[..=index],
+            "{name}: generation must stop at the first stop token"
+        );
+        assert_eq!(reason, StopReason::StopToken(expected[index]), "{name}");
+        checked += 1;
+    }
+    assert!(
+        checked > 0,
+        "the golden set must have prompts that reach a stop token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_new_tokens_ends_generation_with_length() {
+    let backend = load(1);
+    let (name, prompt, expected) = prompts().remove(0);
+    let (tokens, reason) = run(
+        &backend,
+        request(&name, prompt.clone(), SamplingParams::greedy(), vec![], 3),
+    )
+    .await;
+    assert_eq!(tokens, expected[..3]);
+    assert_eq!(reason, StopReason::Length);
+    let (tokens, reason) = run(
+        &backend,
+        request(&name, prompt, SamplingParams::greedy(), vec![], 0),
+    )
+    .await;
+    assert!(tokens.is_empty());
+    assert_eq!(reason, StopReason::Length);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_context_length_ends_generation_with_length() {
+    let backend = load(1);
+    let context = backend.capabilities().context_length as usize;
+    // A prompt that leaves room for exactly three tokens.
+    let prompt: Vec<u32> = (0..context - 3).map(|i| 100 + (i % 2000) as u32).collect();
+    let (tokens, reason) = run(
+        &backend,
+        request("ctx", prompt, SamplingParams::greedy(), vec![], 100),
+    )
+    .await;
+    assert_eq!(
+        tokens.len(),
+        3,
+        "prompt plus completion must fit the context of {context}"
+    );
+    assert_eq!(reason, StopReason::Length);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_sampling_is_reproducible() {
+    let backend = load(1);
+    let (_, prompt, greedy) = prompts().remove(1);
+    let a = run(
+        &backend,
+        request("a", prompt.clone(), sampled(42), vec![], 40),
+    )
+    .await;
+    let b = run(
+        &backend,
+        request("b", prompt.clone(), sampled(42), vec![], 40),
+    )
+    .await;
+    let c = run(
+        &backend,
+        request("c", prompt.clone(), sampled(43), vec![], 40),
+    )
+    .await;
+    assert_eq!(a, b, "the same seed must give the same tokens");
+    assert_ne!(a.0, c.0, "another seed should give other tokens");
+    assert_ne!(
+        a.0, greedy,
+        "sampling at temperature 1 should differ from greedy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_each_get_what_they_get_alone() {
+    let backend = load(4);
+    let (_, seeded_prompt, _) = prompts().remove(2);
+    let alone_seeded = run(
+        &backend,
+        request("alone", seeded_prompt.clone(), sampled(7), vec![], 40),
+    )
+    .await;
+
+    let mut jobs = Vec::new();
+    for (name, prompt, expected) in prompts() {
+        jobs.push((
+            request(&name, prompt, SamplingParams::greedy(), vec![], 40),
+            (expected, StopReason::Length),
+        ));
+    }
+    for i in 0..3 {
+        jobs.push((
+            request(
+                &format!("seeded-{i}"),
+                seeded_prompt.clone(),
+                sampled(7),
+                vec![],
+                40,
+            ),
+            alone_seeded.clone(),
+        ));
+    }
+    let (requests, expected): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+    let results = join_all(requests.into_iter().map(|r| run(&backend, r))).await;
+    for (i, (got, want)) in results.iter().zip(&expected).enumerate() {
+        assert_eq!(
+            got, want,
+            "request {i} run concurrently differs from its run alone"
+        );
+    }
+    until_idle(&backend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_stops_generation_and_frees_the_slot() {
+    let backend = load(1);
+    let (_, prompt, expected) = prompts().remove(1);
+    let long = request(
+        "long",
+        prompt.clone(),
+        SamplingParams::greedy(),
+        vec![],
+        4000,
+    );
+    let cancel = long.cancel.clone();
+    let mut stream = backend.generate(long).await.expect("accepted");
+    assert!(matches!(stream.next().await, Some(TokenEvent::Token(_))));
+    assert_eq!(backend.load_now().active, 1);
+    cancel.cancel();
+    let mut finish = None;
+    while let Some(event) = stream.next().await {
+        if let TokenEvent::Finish { reason, usage } = event {
+            assert!(usage.completion_tokens < 4000);
+            finish = Some(reason);
+        }
+    }
+    assert_eq!(finish, Some(StopReason::Cancelled));
+    until_idle(&backend).await;
+    // The only slot is free again: the next request runs to its end.
+    let after = run(
+        &backend,
+        request("after", prompt, SamplingParams::greedy(), vec![], 40),
+    )
+    .await;
+    assert_eq!(after, (expected, StopReason::Length));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_stream_cancels_its_generation_and_frees_the_slot() {
+    let backend = load(1);
+    let (_, prompt, expected) = prompts().remove(1);
+    let mut stream = backend
+        .generate(request(
+            "dropped",
+            prompt.clone(),
+            SamplingParams::greedy(),
+            vec![],
+            4000,
+        ))
+        .await
+        .expect("accepted");
+    assert!(matches!(stream.next().await, Some(TokenEvent::Token(_))));
+    // A second request waits behind it in the queue.
+    let waiting = backend
+        .generate(request(
+            "waiting",
+            prompt,
+            SamplingParams::greedy(),
+            vec![],
+            40,
+        ))
+        .await
+        .expect("accepted");
+    drop(stream);
+    let tokens: Vec<u32> = waiting
+        .filter_map(|e| async move {
+            match e {
+                TokenEvent::Token(t) => Some(t),
+                _ => None,
+            }
+        })
+        .collect()
+        .await;
+    assert_eq!(tokens, expected);
+    until_idle(&backend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_validated_before_queueing() {
+    let backend = load(1);
+    let caps = backend.capabilities().clone();
+    assert_eq!(caps.device, "cpu");
+    assert_eq!(caps.eos_token_ids, stop_ids());
+    assert_eq!(caps.vocab_size, 201_088);
+    let err = |r| async { backend.generate(r).await.err().expect("must be refused") };
+    assert!(matches!(
+        err(request("e", vec![], SamplingParams::greedy(), vec![], 5)).await,
+        BackendError::EmptyPrompt
+    ));
+    assert!(matches!(
+        err(request(
+            "t",
+            vec![1; caps.context_length as usize],
+            SamplingParams::greedy(),
+            vec![],
+            5
+        ))
+        .await,
+        BackendError::PromptTooLong { .. }
+    ));
+    assert!(matches!(
+        err(request("v", vec![1, caps.vocab_size], SamplingParams::greedy(), vec![], 5)).await,
+        BackendError::InvalidToken(id) if id == caps.vocab_size
+    ));
+}
+
+#[test]
+fn device_auto_falls_back_to_cpu_and_cuda_is_a_clear_error_without_a_gpu() {
+    let mut auto = config(1);
+    auto.device = DeviceMap::Auto;
+    let backend = OnnxBackend::load(auto).expect("auto must fall back to the CPU");
+    assert_eq!(backend.capabilities().device, "cpu");
+
+    let mut cuda = config(1);
+    cuda.device = DeviceMap::Cuda(0);
+    match OnnxBackend::load(cuda) {
+        // A host with a GPU and the onnxruntime-gpu library runs it.
+        Ok(b) => assert_eq!(b.capabilities().device, "cuda:0"),
+        Err(e) => {
+            assert!(matches!(e, ModelError::Cuda { device: 0, .. }), "{e}");
+            assert!(e.to_string().contains("cuda:0"), "{e}");
+        }
+    }
+}
+
+fn copy_fixture(to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(model_dir()).expect("fixture") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+fn load_err(dir: &std::path::Path) -> String {
+    let mut c = config(1);
+    c.model_dir = dir.to_path_buf();
+    OnnxBackend::load(c)
+        .err()
+        .expect("a broken folder must not load")
+        .to_string()
+}
+
+#[test]
+fn missing_or_corrupt_model_folders_give_errors_naming_the_file() {
+    let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("broken-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+
+    let missing = base.join("does-not-exist");
+    let msg = load_err(&missing);
+    assert!(msg.contains("does-not-exist"), "{msg}");
+
+    let no_config = base.join("no-config");
+    copy_fixture(&no_config);
+    std::fs::remove_file(no_config.join("genai_config.json")).expect("rm");
+    let msg = load_err(&no_config);
+    assert!(msg.contains("genai_config.json"), "{msg}");
+
+    let bad_config = base.join("bad-config");
+    copy_fixture(&bad_config);
+    std::fs::write(bad_config.join("genai_config.json"), "{\"model\": {").expect("write");
+    let msg = load_err(&bad_config);
+    assert!(
+        msg.contains("genai_config.json") && msg.contains("invalid"),
+        "{msg}"
+    );
+
+    let no_model = base.join("no-model");
+    copy_fixture(&no_model);
+    std::fs::remove_file(no_model.join("model.onnx")).expect("rm");
+    let msg = load_err(&no_model);
+    assert!(msg.contains("model.onnx"), "{msg}");
+
+    let bad_model = base.join("bad-model");
+    copy_fixture(&bad_model);
+    std::fs::write(bad_model.join("model.onnx"), b"this is not a protobuf").expect("write");
+    let msg = load_err(&bad_model);
+    assert!(msg.contains("model.onnx"), "{msg}");
+
+    let no_data = base.join("no-data");
+    copy_fixture(&no_data);
+    std::fs::remove_file(no_data.join("model.onnx.data")).expect("rm");
+    let msg = load_err(&no_data);
+    assert!(msg.contains("model.onnx"), "{msg}");
+
+    let renamed = base.join("renamed-input");
+    copy_fixture(&renamed);
+    let text = std::fs::read_to_string(renamed.join("genai_config.json")).expect("read");
+    std::fs::write(
+        renamed.join("genai_config.json"),
+        text.replace("\"input_ids\": \"input_ids\"", "\"input_ids\": \"tokens\""),
+    )
+    .expect("write");
+    let msg = load_err(&renamed);
+    assert!(
+        msg.contains("`tokens`") && msg.contains("genai_config.json"),
+        "{msg}"
+    );
+
+    let _ = std::fs::remove_dir_all(&base);
+}
