@@ -11,16 +11,17 @@ use axum::response::{IntoResponse, Json, Response};
 use futures::stream::{self, Stream, StreamExt};
 use openai_types::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatDelta, ChunkChoice,
-    FinishReason, ToolCall, Usage,
+    FinishReason, Usage,
 };
 
 use crate::codec;
 use crate::error::ApiError;
-use crate::generation::{self, append, GenEvent};
+use crate::generation::{self, GenEvent};
 use crate::sse;
 use crate::state::AppState;
 use crate::submit::{self, Submission};
 use crate::validate::{self, ValidChat};
+use harmony::openai::{apply_delta, ParsedResponse, SeedContext};
 
 const ENDPOINT: &str = "chat_completions";
 
@@ -65,7 +66,6 @@ async fn serve(
         max_tokens: valid.max_tokens,
         stop: valid.stop.clone(),
         parser,
-        call_ends_with_tool_calls: raw,
         arrived,
     };
     let parts = submit::admit_and_start(state, &model, submission).await?;
@@ -81,70 +81,12 @@ async fn serve(
     }
 }
 
-/// The accumulated assistant message of a generation.
-#[derive(Default)]
-struct Accumulated {
-    content: Option<String>,
-    reasoning: Option<String>,
-    commentary: Option<String>,
-    tool_calls: Vec<ToolCall>,
-}
-
-impl Accumulated {
-    fn add(&mut self, d: ChatDelta) {
-        append(&mut self.content, d.content);
-        append(&mut self.reasoning, d.reasoning_content);
-        append(&mut self.commentary, d.commentary);
-        for tc in d.tool_calls.unwrap_or_default() {
-            let i = tc.index as usize;
-            if i >= self.tool_calls.len() {
-                self.tool_calls.push(ToolCall {
-                    id: tc.id.clone().unwrap_or_default(),
-                    kind: "function".to_string(),
-                    function: openai_types::FunctionCall {
-                        name: String::new(),
-                        arguments: String::new(),
-                    },
-                });
-            }
-            if let Some(call) = self.tool_calls.get_mut(i) {
-                if let Some(id) = tc.id {
-                    call.id = id;
-                }
-                if let Some(name) = tc.function.name {
-                    call.function.name.push_str(&name);
-                }
-                if let Some(args) = tc.function.arguments {
-                    call.function.arguments.push_str(&args);
-                }
-            }
-        }
-    }
-
-    fn into_message(self, valid: &ValidChat) -> AssistantMessage {
-        let seed = valid
-            .separate_thinking
-            .then(|| codec::seed_fields(valid, &self.content, &self.reasoning, &self.commentary));
-        let has_calls = !self.tool_calls.is_empty();
-        let (thinking, parsed) = match seed {
-            Some((t, p)) => (Some(t), Some(p)),
-            None => (None, None),
-        };
-        AssistantMessage {
-            role: "assistant".to_string(),
-            content: match self.content {
-                Some(c) => Some(c),
-                None if has_calls => None,
-                None => Some(String::new()),
-            },
-            reasoning_content: self.reasoning.clone(),
-            reasoning: self.reasoning,
-            tool_calls: has_calls.then_some(self.tool_calls),
-            refusal: None,
-            thinking,
-            parsed,
-        }
-    }
+/// The message the client ends up with, from the deltas it was sent.
+fn message(valid: &ValidChat, response: &ParsedResponse) -> AssistantMessage {
+    let seed = valid
+        .separate_thinking
+        .then(|| SeedContext::from_request(&valid.render));
+    response.to_message(seed.as_ref())
 }
 
 async fn collect(
@@ -154,12 +96,12 @@ async fn collect(
     valid: &ValidChat,
     events: impl Stream<Item = GenEvent>,
 ) -> Result<ChatCompletion, ApiError> {
-    let mut acc = Accumulated::default();
+    let mut acc = ParsedResponse::default();
     let mut finish: Option<(FinishReason, Usage)> = None;
     let mut events = std::pin::pin!(events);
     while let Some(ev) = events.next().await {
         match ev {
-            GenEvent::Delta(d) => acc.add(d),
+            GenEvent::Delta(d) => apply_delta(&mut acc, &d),
             GenEvent::Done {
                 finish_reason,
                 usage,
@@ -177,7 +119,7 @@ async fn collect(
         model,
         choices: vec![ChatChoice {
             index: 0,
-            message: acc.into_message(valid),
+            message: message(valid, &acc),
             finish_reason: Some(finish_reason),
             logprobs: None,
         }],
@@ -229,15 +171,12 @@ fn stream_response(
     );
     let head = stream::once(async move { sse::json_event(&first) });
     // The seed's `thinking` / `parsed` need the whole output: accumulate alongside.
-    let mut acc = Accumulated::default();
+    let mut acc = ParsedResponse::default();
     let body = events.flat_map(move |ev| {
         let out: Vec<Event> = match ev {
-            GenEvent::Delta(mut d) => {
+            GenEvent::Delta(d) => {
                 if valid.separate_thinking {
-                    acc.add(d.clone());
-                }
-                if d.reasoning_content.is_some() {
-                    d.reasoning = d.reasoning_content.clone();
+                    apply_delta(&mut acc, &d);
                 }
                 vec![sse::json_event(&chunk(&id, created, &model, d, None))]
             }
@@ -247,8 +186,7 @@ fn stream_response(
             } => {
                 let mut last = ChatDelta::default();
                 if valid.separate_thinking {
-                    let (t, p) =
-                        codec::seed_fields(&valid, &acc.content, &acc.reasoning, &acc.commentary);
+                    let (t, p) = codec::seed_fields(&valid, &acc);
                     last.thinking = Some(t);
                     last.parsed = Some(p);
                 }

@@ -1,12 +1,14 @@
-//! The server's use of the `harmony` crate: rendering requests to token ids,
-//! turning generated tokens into OpenAI deltas, and the seed's `thinking` / `parsed`.
+//! The server's use of the `harmony` crate: rendering requests to token ids
+//! (`harmony::Renderer`), turning generated tokens into OpenAI deltas
+//! (`harmony::parser::TokenParser` + `harmony::openai::DeltaMapper`), and the
+//! seed's `thinking` / `parsed` (`harmony::openai::ParsedResponse`).
 
 use gpt_oss_runtimes::Capabilities;
-use harmony::parser::{Event, TokenParser};
-use harmony::{tokens, Role, StreamDecoder, Tokenizer};
-use openai_types::{
-    ChatDelta, FunctionCallDelta, HistoryEntry, MessageContent, Parsed, Thinking, ToolCallDelta,
-};
+use harmony::openai::{DeltaMapper, ParsedResponse, SeedContext, StopCause};
+use harmony::parser::TokenParser;
+use harmony::render::RequestOptions;
+use harmony::{tokens, RenderError, Renderer, Role, StreamDecoder, Tokenizer};
+use openai_types::{ChatDelta, FinishReason, Parsed, Thinking};
 
 use crate::error::ApiError;
 use crate::generation::DeltaParser;
@@ -30,64 +32,52 @@ pub fn encode_prompt(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiE
         .map_err(|e| ApiError::field("prompt", format!("could not be tokenized: {e}")))
 }
 
-/// Renders a chat request into prompt token ids ending with `<|start|>assistant`.
-// TEMPORARY until the harmony crate's renderer lands: a plain rendering without
-// tools' TypeScript namespace. Replaced by `harmony`'s renderer.
+/// Renders a chat request into prompt token ids ending with `<|start|>assistant`,
+/// with today's date in the system message, as the reference servers do.
 pub fn render_chat(tokenizer: &Tokenizer, valid: &ValidChat) -> Result<Vec<u32>, ApiError> {
-    let req = &valid.render;
-    let effort = req.reasoning_effort.map(|e| e.as_str()).unwrap_or("medium");
-    let mut text = format!(
-        "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\nKnowledge cutoff: 2024-06\n\nReasoning: {effort}\n\n# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>"
-    );
-    let mut instructions = Vec::new();
-    for m in &req.messages {
-        if matches!(
-            m.role,
-            openai_types::Role::System | openai_types::Role::Developer
-        ) {
-            instructions.push(text_of(&m.content));
-        }
-    }
-    if !instructions.is_empty() {
-        text.push_str("<|start|>developer<|message|># Instructions\n\n");
-        text.push_str(&instructions.join("\n\n"));
-        text.push_str("<|end|>");
-    }
-    for m in &req.messages {
-        match m.role {
-            openai_types::Role::User => {
-                text.push_str("<|start|>user<|message|>");
-                text.push_str(&text_of(&m.content));
-                text.push_str("<|end|>");
+    let options = RequestOptions {
+        conversation_start_date: Some(today_utc()),
+        ..RequestOptions::default()
+    };
+    Renderer::new(tokenizer)
+        .render_request(&valid.render, &options)
+        .map_err(|e| match e {
+            RenderError::InvalidRequest { message, param } => {
+                let message = if message.contains('`') || message.starts_with(&param) {
+                    message
+                } else {
+                    format!("`{param}`: {message}")
+                };
+                ApiError::InvalidField { message, param }
             }
-            openai_types::Role::Assistant => {
-                for c in m.tool_calls.iter().flatten() {
-                    text.push_str(&format!("<|start|>assistant<|channel|>commentary to=functions.{} <|constrain|>json<|message|>{}<|call|>", c.function.name, c.function.arguments));
-                }
-                if m.content.is_some() {
-                    text.push_str("<|start|>assistant<|channel|>final<|message|>");
-                    text.push_str(&text_of(&m.content));
-                    text.push_str("<|end|>");
-                }
+            RenderError::ToolWithoutName { index } => ApiError::field(
+                format!("messages[{index}].tool_call_id"),
+                "does not name the tool call this message answers",
+            ),
+            RenderError::Encode(e) => {
+                ApiError::field("messages", format!("could not be tokenized: {e}"))
             }
-            openai_types::Role::Tool => {
-                text.push_str(
-                    "<|start|>functions.tool to=assistant<|channel|>commentary<|message|>",
-                );
-                text.push_str(&text_of(&m.content));
-                text.push_str("<|end|>");
-            }
-            _ => {}
-        }
-    }
-    text.push_str("<|start|>assistant");
-    tokenizer
-        .encode_with_special_tokens(&text)
-        .map_err(|e| ApiError::field("messages", format!("could not be tokenized: {e}")))
+        })
 }
 
-/// Tokens the server writes after `<|start|>assistant` to force a tool call:
-/// the header of a call to the named function, or of a call to some function.
+/// `YYYY-MM-DD` of the current UTC day (days-to-civil, no calendar crate needed).
+fn today_utc() -> String {
+    let days = (openai_types::unix_now() / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// Tokens the server writes after `<|start|>assistant` to force a tool call
+/// (`tool_choice` `required` or named): the header of a call to the named
+/// function, or of a call to some function whose name the model completes.
 pub fn prefill(tokenizer: &Tokenizer, plan: &ToolPlan) -> Result<Vec<u32>, ApiError> {
     let text = match plan {
         ToolPlan::NoTools | ToolPlan::Auto => return Ok(Vec::new()),
@@ -101,12 +91,21 @@ pub fn prefill(tokenizer: &Tokenizer, plan: &ToolPlan) -> Result<Vec<u32>, ApiEr
         .map_err(|e| ApiError::Internal(format!("could not encode the tool-call prefill: {e}")))
 }
 
+fn finish_reason_of(cause: StopCause) -> FinishReason {
+    match cause {
+        StopCause::Stop => FinishReason::Stop,
+        StopCause::Length => FinishReason::Length,
+    }
+}
+
 /// Raw text output: each token's text (special tokens literal) as `content`.
 struct RawText {
     decoder: StreamDecoder,
     prefix: Option<String>,
     /// Counts analysis tokens for `usage` even though the text is not parsed for the client.
     counter: TokenParser,
+    /// Chat in raw mode: a `<|call|>` ending is a tool call (the proxy parses it).
+    call_means_tool_calls: bool,
 }
 
 impl DeltaParser for RawText {
@@ -122,7 +121,12 @@ impl DeltaParser for RawText {
         }
     }
 
-    fn finish(&mut self, out: &mut Vec<ChatDelta>) {
+    fn finish(
+        &mut self,
+        cause: StopCause,
+        stop_token: Option<u32>,
+        out: &mut Vec<ChatDelta>,
+    ) -> FinishReason {
         let mut text = self.prefix.take().unwrap_or_default();
         self.decoder.finish_into(&mut text);
         if !text.is_empty() {
@@ -131,6 +135,12 @@ impl DeltaParser for RawText {
                 ..ChatDelta::default()
             });
         }
+        match stop_token {
+            Some(tokens::CALL) if self.call_means_tool_calls && cause == StopCause::Stop => {
+                FinishReason::ToolCalls
+            }
+            _ => finish_reason_of(cause),
+        }
     }
 
     fn reasoning_tokens(&self) -> u32 {
@@ -138,107 +148,67 @@ impl DeltaParser for RawText {
     }
 }
 
-/// Decoded text out, for `/v1/completions`; `prefix` is emitted first.
-pub fn text_parser(tokenizer: &Tokenizer, prefix: &str) -> Box<dyn DeltaParser> {
-    Box::new(RawText {
+fn raw_text(tokenizer: &Tokenizer, prefix: &str, call_means_tool_calls: bool) -> RawText {
+    RawText {
         decoder: tokenizer.stream_decoder(),
         prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
         counter: TokenParser::new(tokenizer, Some(Role::Assistant)),
-    })
+        call_means_tool_calls,
+    }
 }
 
-/// Where the content of the current message goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sink {
-    Content,
-    Reasoning,
-    Commentary,
-    ToolArguments,
+/// Decoded text out, for `/v1/completions`.
+pub fn text_parser(tokenizer: &Tokenizer) -> Box<dyn DeltaParser> {
+    Box::new(raw_text(tokenizer, "", false))
 }
 
-/// Parsed output: channels mapped to OpenAI's fields.
+/// Parsed output: harmony's token parser and its OpenAI delta mapping.
 struct HarmonyDeltas {
     parser: TokenParser,
-    sink: Sink,
-    tool_calls: u32,
+    mapper: Option<DeltaMapper>,
 }
 
 impl HarmonyDeltas {
-    fn on_event(sink: &mut Sink, tool_calls: &mut u32, e: Event<'_>, out: &mut Vec<ChatDelta>) {
-        match e {
-            Event::MessageStart(h) => {
-                let function = h
-                    .recipient
-                    .as_deref()
-                    .and_then(|r| r.strip_prefix("functions."));
-                *sink = match (function, h.channel.as_deref()) {
-                    (Some(name), _) => {
-                        let index = *tool_calls;
-                        *tool_calls += 1;
-                        out.push(ChatDelta {
-                            tool_calls: Some(vec![ToolCallDelta {
-                                index,
-                                id: Some(format!("call_{}", uuid::Uuid::new_v4().simple())),
-                                kind: Some("function".to_string()),
-                                function: FunctionCallDelta {
-                                    name: Some(name.to_string()),
-                                    arguments: Some(String::new()),
-                                },
-                            }]),
-                            ..ChatDelta::default()
-                        });
-                        Sink::ToolArguments
-                    }
-                    (None, Some("analysis")) => Sink::Reasoning,
-                    (None, Some("commentary")) => Sink::Commentary,
-                    (None, _) => Sink::Content,
-                };
-            }
-            Event::ContentDelta(t) => {
-                let t = t.to_string();
-                out.push(match *sink {
-                    Sink::Content => ChatDelta {
-                        content: Some(t),
-                        ..ChatDelta::default()
-                    },
-                    Sink::Reasoning => ChatDelta {
-                        reasoning_content: Some(t),
-                        ..ChatDelta::default()
-                    },
-                    Sink::Commentary => ChatDelta {
-                        commentary: Some(t),
-                        ..ChatDelta::default()
-                    },
-                    Sink::ToolArguments => ChatDelta {
-                        tool_calls: Some(vec![ToolCallDelta {
-                            index: tool_calls.saturating_sub(1),
-                            id: None,
-                            kind: None,
-                            function: FunctionCallDelta {
-                                name: None,
-                                arguments: Some(t),
-                            },
-                        }]),
-                        ..ChatDelta::default()
-                    },
-                });
-            }
-            Event::MessageEnd(_) => {}
+    fn feed(&mut self, token: Option<u32>, out: &mut Vec<ChatDelta>) {
+        let Some(mapper) = self.mapper.as_mut() else {
+            return;
+        };
+        let start = out.len();
+        let mut sink = |e: harmony::parser::Event<'_>| mapper.on_event(e, out);
+        match token {
+            Some(t) => self.parser.push(t, &mut sink),
+            None => self.parser.finish(&mut sink),
+        }
+        // The handlers send `role` in their own first chunk.
+        for d in &mut out[start..] {
+            d.role = None;
         }
     }
 }
 
 impl DeltaParser for HarmonyDeltas {
     fn push(&mut self, token: u32, out: &mut Vec<ChatDelta>) {
-        let (sink, calls) = (&mut self.sink, &mut self.tool_calls);
-        self.parser
-            .push(token, &mut |e| Self::on_event(sink, calls, e, out));
+        self.feed(Some(token), out);
     }
 
-    fn finish(&mut self, out: &mut Vec<ChatDelta>) {
-        let (sink, calls) = (&mut self.sink, &mut self.tool_calls);
-        self.parser
-            .finish(&mut |e| Self::on_event(sink, calls, e, out));
+    fn finish(
+        &mut self,
+        cause: StopCause,
+        _stop_token: Option<u32>,
+        out: &mut Vec<ChatDelta>,
+    ) -> FinishReason {
+        self.feed(None, out);
+        let mut last = Vec::new();
+        let reason = self
+            .mapper
+            .take()
+            .and_then(|m| m.finish(cause, None, &mut last).finish_reason);
+        out.extend(last.into_iter().filter(|d| {
+            let mut d = d.clone();
+            d.role = None;
+            !d.is_empty()
+        }));
+        reason.unwrap_or_else(|| finish_reason_of(cause))
     }
 
     fn reasoning_tokens(&self) -> u32 {
@@ -251,14 +221,13 @@ impl DeltaParser for HarmonyDeltas {
 pub fn chat_parser(tokenizer: &Tokenizer, raw: bool, prefill: &[u32]) -> Box<dyn DeltaParser> {
     if raw {
         let prefix = tokenizer.decode(prefill);
-        return text_parser(tokenizer, &prefix);
+        return Box::new(raw_text(tokenizer, &prefix, true));
     }
     let mut p = HarmonyDeltas {
         parser: TokenParser::new(tokenizer, Some(Role::Assistant)),
-        sink: Sink::Content,
-        tool_calls: 0,
+        mapper: Some(DeltaMapper::new()),
     };
-    // The prefill's events are kept: a forced tool call must reach the client.
+    // The prefill's deltas are kept: a forced tool call must reach the client.
     let mut pending = Vec::new();
     for &id in prefill {
         p.push(id, &mut pending);
@@ -278,9 +247,14 @@ impl<P: DeltaParser> DeltaParser for Prefilled<P> {
         self.inner.push(token, out);
     }
 
-    fn finish(&mut self, out: &mut Vec<ChatDelta>) {
+    fn finish(
+        &mut self,
+        cause: StopCause,
+        stop_token: Option<u32>,
+        out: &mut Vec<ChatDelta>,
+    ) -> FinishReason {
         out.append(&mut self.pending);
-        self.inner.finish(out);
+        self.inner.finish(cause, stop_token, out)
     }
 
     fn reasoning_tokens(&self) -> u32 {
@@ -288,42 +262,8 @@ impl<P: DeltaParser> DeltaParser for Prefilled<P> {
     }
 }
 
-fn text_of(c: &Option<MessageContent>) -> String {
-    c.as_ref()
-        .and_then(MessageContent::as_text)
-        .unwrap_or_default()
-}
-
-/// The seed's `thinking` and `parsed` objects for a finished response.
-pub fn seed_fields(
-    valid: &ValidChat,
-    content: &Option<String>,
-    reasoning: &Option<String>,
-    commentary: &Option<String>,
-) -> (Thinking, Parsed) {
-    let mut instructions = Vec::new();
-    let mut history = Vec::new();
-    for m in &valid.render.messages {
-        match m.role {
-            openai_types::Role::System | openai_types::Role::Developer => {
-                instructions.push(text_of(&m.content))
-            }
-            role => history.push(HistoryEntry {
-                role: role.as_str().to_string(),
-                content: text_of(&m.content),
-            }),
-        }
-    }
-    let thinking = Thinking {
-        analysis: reasoning.clone(),
-        commentary: commentary.clone(),
-    };
-    let parsed = Parsed {
-        developer_instructions: (!instructions.is_empty()).then(|| instructions.join("\n\n")),
-        history,
-        analysis: reasoning.clone(),
-        commentary: commentary.clone(),
-        final_: content.clone(),
-    };
-    (thinking, parsed)
+/// The seed's `thinking` and `parsed` for a finished response, from what the client got.
+pub fn seed_fields(valid: &ValidChat, response: &ParsedResponse) -> (Thinking, Parsed) {
+    let seed = SeedContext::from_request(&valid.render);
+    (response.thinking(), response.parsed(&seed))
 }

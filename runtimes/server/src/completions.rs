@@ -94,8 +94,7 @@ async fn serve(
         sampling: valid.sampling.clone(),
         max_tokens: valid.max_tokens,
         stop: valid.stop.clone(),
-        parser: codec::text_parser(&model.tokenizer, ""),
-        call_ends_with_tool_calls: false,
+        parser: codec::text_parser(&model.tokenizer),
         arrived,
     };
     let parts = submit::admit_and_start(state, &model, submission).await?;

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use futures::stream::{self, Stream, StreamExt};
 use gpt_oss_runtimes::{StopReason, TokenEvent, TokenStream};
+use harmony::openai::StopCause;
 use openai_types::{ChatDelta, FinishReason, Usage};
 use tokio_util::sync::DropGuard;
 
@@ -23,8 +24,14 @@ use crate::stop::StopMatcher;
 pub trait DeltaParser: Send {
     /// Feeds one generated token.
     fn push(&mut self, token: u32, out: &mut Vec<ChatDelta>);
-    /// The generation ended; emit whatever is still buffered.
-    fn finish(&mut self, out: &mut Vec<ChatDelta>);
+    /// The generation ended (`stop_token`: the stop token that ended it, if one did);
+    /// emits whatever is still buffered and says why it finished, in OpenAI's words.
+    fn finish(
+        &mut self,
+        cause: StopCause,
+        stop_token: Option<u32>,
+        out: &mut Vec<ChatDelta>,
+    ) -> FinishReason;
     /// Generated tokens that belonged to the analysis channel so far.
     fn reasoning_tokens(&self) -> u32;
 }
@@ -47,8 +54,6 @@ pub struct GenerationParts {
     pub parser: Box<dyn DeltaParser>,
     /// Applied to `content` deltas.
     pub stop: StopMatcher,
-    /// Raw harmony output: a `<|call|>` stop token means the model called a tool.
-    pub call_ends_with_tool_calls: bool,
     pub permit: Permit,
     pub cancel: DropGuard,
     pub metrics: Arc<Metrics>,
@@ -61,7 +66,6 @@ struct Run {
     parts: GenerationParts,
     first_token: Option<Instant>,
     completion_tokens: u32,
-    saw_tool_call: bool,
     finished: bool,
     scratch: Vec<ChatDelta>,
 }
@@ -70,9 +74,6 @@ impl Run {
     /// Runs `content` through the stop matcher and drops deltas that became empty.
     fn filter(&mut self, deltas: &mut Vec<GenEvent>) {
         for mut d in self.scratch.drain(..) {
-            if d.tool_calls.is_some() {
-                self.saw_tool_call = true;
-            }
             if self.parts.stop.is_active() {
                 if let Some(c) = d.content.take() {
                     if !self.parts.stop.matched() {
@@ -89,8 +90,11 @@ impl Run {
         }
     }
 
-    fn done(&mut self, reason: FinishReason, out: &mut Vec<GenEvent>) {
-        self.parts.parser.finish(&mut self.scratch);
+    fn done(&mut self, cause: StopCause, stop_token: Option<u32>, out: &mut Vec<GenEvent>) {
+        let reason = self
+            .parts
+            .parser
+            .finish(cause, stop_token, &mut self.scratch);
         self.filter(out);
         let rest = self.parts.stop.finish();
         if !rest.is_empty() {
@@ -99,10 +103,6 @@ impl Run {
                 ..ChatDelta::default()
             }));
         }
-        let reason = match reason {
-            FinishReason::Stop if self.saw_tool_call => FinishReason::ToolCalls,
-            other => other,
-        };
         let decode = self
             .first_token
             .map(|t| t.elapsed().as_secs_f64())
@@ -141,22 +141,16 @@ impl Run {
                     self.filter(&mut out);
                     if self.parts.stop.matched() {
                         tracing::debug!("stop string matched; ending generation");
-                        self.done(FinishReason::Stop, &mut out);
+                        self.done(StopCause::Stop, None, &mut out);
                     }
                 }
                 Some(TokenEvent::Finish { reason, usage }) => {
                     if usage.prompt_tokens > 0 {
                         self.parts.prompt_tokens = usage.prompt_tokens;
                     }
-                    let reason = match reason {
-                        StopReason::StopToken(id)
-                            if self.parts.call_ends_with_tool_calls
-                                && id == harmony::tokens::CALL =>
-                        {
-                            FinishReason::ToolCalls
-                        }
-                        StopReason::StopToken(_) => FinishReason::Stop,
-                        StopReason::Length => FinishReason::Length,
+                    let (cause, stop_token) = match reason {
+                        StopReason::StopToken(id) => (StopCause::Stop, Some(id)),
+                        StopReason::Length => (StopCause::Length, None),
                         StopReason::Cancelled => {
                             self.parts.metrics.cancelled();
                             self.finished = true;
@@ -165,7 +159,7 @@ impl Run {
                             ))]);
                         }
                     };
-                    self.done(reason, &mut out);
+                    self.done(cause, stop_token, &mut out);
                 }
                 Some(TokenEvent::Error(e)) => {
                     self.finished = true;
@@ -202,7 +196,6 @@ pub fn run(parts: GenerationParts) -> impl Stream<Item = GenEvent> + Send {
         parts,
         first_token: None,
         completion_tokens: 0,
-        saw_tool_call: false,
         finished: false,
         scratch: Vec::new(),
     };
@@ -211,11 +204,4 @@ pub fn run(parts: GenerationParts) -> impl Stream<Item = GenEvent> + Send {
         Some((stream::iter(events), run))
     })
     .flatten()
-}
-
-/// Merges a delta into an accumulated message text field.
-pub fn append(field: &mut Option<String>, piece: Option<String>) {
-    if let Some(p) = piece {
-        field.get_or_insert_with(String::new).push_str(&p);
-    }
 }

@@ -16,8 +16,12 @@ pub fn load_onnx(
     max_concurrent: u32,
 ) -> Result<LoadedModel, String> {
     let tokenizer = harmony::Tokenizer::from_dir(folder).map_err(|e| e.to_string())?;
-    let mut config =
-        OnnxBackendConfig::new(folder, device, max_concurrent, LibrarySearch::from_process());
+    let mut config = OnnxBackendConfig::new(
+        folder,
+        device,
+        max_concurrent,
+        LibrarySearch::from_process(),
+    );
     config.model_name = Some(model_name.to_string());
     let backend = OnnxBackend::load(config).map_err(|e| e.to_string())?;
     Ok(LoadedModel {

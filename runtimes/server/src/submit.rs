@@ -20,8 +20,6 @@ pub struct Submission {
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
     pub parser: Box<dyn DeltaParser>,
-    /// True when the output is raw harmony text: a `<|call|>` ending then means tool calls.
-    pub call_ends_with_tool_calls: bool,
     pub arrived: Instant,
 }
 
@@ -78,7 +76,6 @@ pub async fn admit_and_start(
         tokens,
         parser: sub.parser,
         stop: StopMatcher::new(sub.stop),
-        call_ends_with_tool_calls: sub.call_ends_with_tool_calls,
         permit,
         cancel: cancel.drop_guard(),
         metrics: Arc::clone(&state.metrics),
