@@ -157,8 +157,10 @@ def tree_pids(pid):
 
 
 def cpu_ticks(pid):
-    """utime+stime (clock ticks) of pid and its descendants."""
-    total = 0
+    """(utime, stime) in clock ticks of pid and its descendants."""
+    user = system = 0
+    if not pid:
+        return 0, 0
     for p in tree_pids(pid):
         try:
             with open(f"/proc/{p}/stat", encoding="ascii", errors="replace") as f:
@@ -166,8 +168,9 @@ def cpu_ticks(pid):
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2:].split()
-        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5): utime, stime
-    return total
+        user += int(fields[11])  # field 14 of proc(5): utime
+        system += int(fields[12])  # field 15: stime
+    return user, system
 
 
 class Proc:
@@ -312,16 +315,19 @@ def run_wrk(args, port, body, conns, duration, pin, think_ms=0.0):
     raise BenchError(f"wrk gave no result (rc {out.returncode}): {out.stdout[-500:]} {out.stderr[-500:]}")
 
 
+def per_1k(ticks, requests):
+    """CPU seconds per 1,000 requests."""
+    return round(ticks / CLK_TCK / requests * 1000, 4) if requests else None
+
+
 def measure(args, path, body, port, proxy_pid, upstream_pid, conns, pin, rate=None):
     """One point: saturated (rate None: every connection sends again as soon as answered) or
     paced at `rate` requests/s offered by `conns` connections with think time."""
     think_ms = conns / rate * 1000.0 if rate else 0.0
     run_wrk(args, port, body, conns, args.warmup, pin, think_ms)
-    p0 = cpu_ticks(proxy_pid) if proxy_pid else 0
-    u0 = cpu_ticks(upstream_pid)
+    p0, u0 = cpu_ticks(proxy_pid), cpu_ticks(upstream_pid)
     w = run_wrk(args, port, body, conns, args.duration, pin, think_ms)
-    p1 = cpu_ticks(proxy_pid) if proxy_pid else 0
-    u1 = cpu_ticks(upstream_pid)
+    p1, u1 = cpu_ticks(proxy_pid), cpu_ticks(upstream_pid)
     n = w["requests"]
     secs = w["duration_us"] / 1e6
     errors = sum(w["errors"].values())
@@ -336,8 +342,10 @@ def measure(args, path, body, port, proxy_pid, upstream_pid, conns, pin, rate=No
         "mean_ms": round(lat["mean"] / 1000, 3), "max_ms": lat["max"] / 1000,
         "errors": w["errors"], "error_count": errors,
         "mb_per_s": round(w["bytes"] / secs / 1e6, 1) if secs else 0.0,
-        "proxy_cpu_s_per_1k": round((p1 - p0) / CLK_TCK / n * 1000, 4) if (proxy_pid and n) else None,
-        "upstream_cpu_s_per_1k": round((u1 - u0) / CLK_TCK / n * 1000, 4) if n else None,
+        "proxy_cpu_s_per_1k": per_1k(sum(p1) - sum(p0), n) if proxy_pid else None,
+        "proxy_user_s_per_1k": per_1k(p1[0] - p0[0], n) if proxy_pid else None,
+        "proxy_sys_s_per_1k": per_1k(p1[1] - p0[1], n) if proxy_pid else None,
+        "upstream_cpu_s_per_1k": per_1k(sum(u1) - sum(u0), n),
     }
     flag = f" ERRORS {w['errors']}" if errors else ""
     mode = f"@{rate}/s" if rate else "max"
@@ -570,7 +578,8 @@ def main():
 
     for row in rows:
         if row["path"] == "direct":
-            row["proxy_cpu_s_per_1k"] = None  # no proxy; the upstream's CPU is its own column
+            for k in ("proxy_cpu_s_per_1k", "proxy_user_s_per_1k", "proxy_sys_s_per_1k"):
+                row[k] = None  # no proxy; the upstream's CPU is its own column
     ratios, added, rewrite, goals = summarize(rows, conns_list, rates, args.goal_rate, args.paced_connections)
     result = {
         "recorded": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Instructions per request of each proxy, counted by valgrind's callgrind: a figure that stays
+the same from run to run whatever else the machine is doing (requests/s on a shared 2-core
+machine does not), so a change to gpt-oss-lb can be judged before and after.
+
+    python3 benches/proxy/instructions.py [--body json|sse] [--seconds 8] [--out DIR]
+
+The upstream nginx runs natively; the proxy under test (nginx as reverse proxy, single process,
+and gpt-oss-lb with --threads 1) runs under `valgrind --tool=callgrind --instr-atstart=no`.
+After start-up and a warm-up, counting is switched on (callgrind_control -i on), wrk sends
+requests over 4 connections for a few seconds, then the counts are dumped. Writes
+OUT/instructions.json and, per proxy, the callgrind output file (open it with callgrind_annotate
+or kcachegrind) and the top functions by inclusive cost in OUT/PROXY.top.txt.
+"""
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402  (same directory: ports, configs, process helpers, checks)
+
+
+def callgrind_total(path):
+    """The `totals:` line of a callgrind file (its `summary:` line can be 0 in a dump)."""
+    found = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                found[line.split(":")[0]] = int(line.split()[1])
+    if not found:
+        raise bench.BenchError(f"{path}: no totals line")
+    return found.get("totals", found.get("summary"))
+
+
+def measure(name, argv, port, body, seconds, out, run, upstream, env=None):
+    prefix = os.path.join(out, f"{name}.callgrind")
+    for old in glob.glob(prefix + "*"):
+        os.remove(old)
+    vg = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={prefix}.%p"]
+    proc = bench.Proc(f"{name}-callgrind", vg + argv, run, env=env)
+    try:
+        bench.wait_ready(name, body, port, proc, 120)
+        bench.check_path("lb" if name == "gpt-oss-lb" else name, body, port)
+        # Warm-up (pools, caches), not counted.
+        subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", os.path.join(bench.HERE, "post.lua"),
+                        f"http://127.0.0.1:{port}/v1/chat/completions", "--", bench.BODY[body][1],
+                        bench.BODY[body][2]], capture_output=True, timeout=60, check=False)
+        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True, timeout=60, check=True)
+        w = subprocess.run(["wrk", "-t1", "-c4", f"-d{seconds}s", "--timeout", "10s", "-s",
+                            os.path.join(bench.HERE, "post.lua"), f"http://127.0.0.1:{port}/v1/chat/completions",
+                            "--", bench.BODY[body][1], bench.BODY[body][2]],
+                           capture_output=True, text=True, timeout=seconds + 60)
+        res = next(json.loads(l[9:]) for l in w.stdout.splitlines() if l.startswith("WRK_JSON "))
+        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True, timeout=60, check=True)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, timeout=120, check=True)
+        time.sleep(1)
+    finally:
+        proc.stop()
+    files = [f for f in glob.glob(prefix + ".*") if os.path.getsize(f) > 0]
+    totals = {f: callgrind_total(f) for f in files}
+    dump = max(totals, key=totals.get)  # the dump taken while counting (the final one is near empty)
+    n = res["requests"]
+    errors = sum(res["errors"].values())
+    top = subprocess.run(["callgrind_annotate", "--inclusive=yes", dump], capture_output=True, text=True).stdout
+    with open(os.path.join(out, f"{name}.top.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(top.splitlines()[:200]) + "\n")
+    total = sum(totals.values())
+    return {"proxy": name, "body": body, "requests": n, "errors": errors, "instructions": total,
+            "instructions_per_request": round(total / n) if n else None, "callgrind_file": dump}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--body", default="json", choices=["json", "sse"])
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--out", default=os.path.join(bench.ROOT, "benches", "out", "instructions"))
+    ap.add_argument("--lb-bin", default=os.environ.get("GPT_OSS_LB_BIN"))
+    args = ap.parse_args()
+    if not shutil.which("valgrind"):
+        raise SystemExit("instructions: valgrind is missing (apt-get install valgrind)")
+    bench.ensure_tools()
+    run = os.path.join(args.out, "run")
+    os.makedirs(run, exist_ok=True)
+    base = bench.free_port_block(18300, 6)
+    ports = {"json": base, "sse": base + 1, "harmony": base + 2}
+    user = "user root;" if os.geteuid() == 0 else ""
+    common = {"USER": user, "RUN": run, "BODIES": bench.BODIES, "PORT_JSON": ports["json"],
+              "PORT_SSE": ports["sse"], "PORT_HARMONY": ports["harmony"]}
+    upstream = bench.start_nginx("nginx-upstream", bench.fill("nginx-upstream.conf.in", dict(common, WORKERS=1)),
+                                 run, 0, False)
+    results = []
+    try:
+        bench.wait_ready("direct", "json", ports["json"], upstream, 15)
+        # nginx as reverse proxy, one process (no master) so valgrind sees the worker.
+        conf = bench.fill("nginx-proxy.conf.in", dict(common, WORKERS=1, PROXY_JSON=base + 3, PROXY_SSE=base + 4))
+        conf = conf.replace("master_process on;", "master_process off;")
+        conf_path = os.path.join(run, "nginx-proxy-single.conf")
+        with open(conf_path, "w", encoding="utf-8") as f:
+            f.write(conf)
+        proxy_port = base + 3 if args.body == "json" else base + 4
+        results.append(measure("nginx", ["nginx", "-c", conf_path, "-p", run, "-e",
+                                         os.path.join(run, "nginx-proxy.err")],
+                               proxy_port, args.body, args.seconds, args.out, run, upstream))
+        exe = args.lb_bin or os.path.join(bench.ROOT, "target", "release", "gpt-oss-lb")
+        cfg = os.path.join(run, "lb.yaml")
+        with open(cfg, "w", encoding="utf-8") as f:
+            f.write(bench.lb_config(ports, base + 5))
+        results.append(measure("gpt-oss-lb", [exe, "--config", cfg, "--threads", "1",
+                                              "--pid-file", os.path.join(run, "lb.pid"),
+                                              "--upgrade-sock", os.path.join(run, "lb-upgrade.sock")],
+                               base + 5, args.body, args.seconds, args.out, run, upstream,
+                               env=dict(os.environ, RUST_LOG=os.environ.get("BENCH_LB_LOG", "warn"))))
+    finally:
+        upstream.stop()
+    for r in results:
+        print(f"{r['proxy']:11s} {r['body']}: {r['instructions_per_request']:,} instructions per request "
+              f"({r['requests']} requests, {r['errors']} errors)")
+    if len(results) == 2 and results[0]["instructions_per_request"]:
+        print(f"gpt-oss-lb / nginx: {results[1]['instructions_per_request'] / results[0]['instructions_per_request']:.2f}x")
+    with open(os.path.join(args.out, "instructions.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
