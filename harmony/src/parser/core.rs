@@ -14,6 +14,14 @@ pub(crate) const MAX_HEADER: usize = 256;
 const CHANNEL: &[u8] = b"<|channel|>";
 const CONSTRAIN: &[u8] = b"<|constrain|>";
 
+/// The channels `usage` counts apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ChannelKind {
+    Analysis,
+    Commentary,
+    Other,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Between messages. `buf` holds whitespace seen here (dropped if a header follows).
@@ -32,6 +40,10 @@ pub(crate) struct Core {
     /// with `<|start|>assistant`, or `<|channel|>` continued the previous message's role).
     role_hint: Option<Role>,
     header: Header,
+    kind: ChannelKind,
+    /// Scratch for header parsing (reused).
+    scratch: String,
+    parts: Vec<(usize, usize)>,
     last_role: Role,
     utf8: Utf8Stream,
 }
@@ -47,6 +59,9 @@ impl Core {
             buf: Vec::with_capacity(64),
             role_hint: role,
             header: Header::default(),
+            kind: ChannelKind::Other,
+            scratch: String::new(),
+            parts: Vec::new(),
             last_role: role.unwrap_or(Role::Assistant),
             utf8: Utf8Stream::default(),
         }
@@ -58,10 +73,10 @@ impl Core {
         self.state == State::Content
     }
 
-    /// The header of the current message (meaningful while [`Core::in_content`]).
+    /// The channel of the current message (meaningful while [`Core::in_content`]).
     #[inline]
-    pub(crate) fn header(&self) -> &Header {
-        &self.header
+    pub(crate) fn channel_kind(&self) -> ChannelKind {
+        self.kind
     }
 
     #[inline]
@@ -135,9 +150,9 @@ impl Core {
             },
             State::Header => match sp {
                 Special::Message => {
-                    let header = self.parse_header();
+                    self.parse_header_in_place();
                     self.buf.clear();
-                    self.start_message(header, sink);
+                    self.enter_content(sink);
                 }
                 Special::Channel => self.buf.extend_from_slice(CHANNEL),
                 Special::Constrain => self.buf.extend_from_slice(CONSTRAIN),
@@ -201,6 +216,16 @@ impl Core {
 
     fn start_message<F: FnMut(Event<'_>) + ?Sized>(&mut self, header: Header, sink: &mut F) {
         self.header = header;
+        self.enter_content(sink);
+    }
+
+    /// `self.header` is set: the content begins.
+    fn enter_content<F: FnMut(Event<'_>) + ?Sized>(&mut self, sink: &mut F) {
+        self.kind = match self.header.channel.as_deref() {
+            Some("analysis") => ChannelKind::Analysis,
+            Some("commentary") => ChannelKind::Commentary,
+            _ => ChannelKind::Other,
+        };
         self.last_role = self.header.role;
         self.state = State::Content;
         sink(Event::MessageStart(&self.header));
@@ -277,74 +302,131 @@ impl Core {
         self.buf.clear();
     }
 
-    /// Parses a complete header (`<|message|>` was seen), as `openai-harmony` does, but never
-    /// failing: what it cannot place it drops.
-    fn parse_header(&self) -> Header {
-        let mut s = String::from_utf8_lossy(&self.buf).into_owned();
-        let mut channel = None;
-        if let Some(idx) = s.find("<|channel|>") {
-            let after = &s[idx + CHANNEL.len()..];
-            let end = after
-                .find(|c: char| c.is_whitespace() || c == '<')
-                .unwrap_or(after.len());
-            if end > 0 {
-                channel = Some(after[..end].to_string());
+    /// Parses a complete header (`<|message|>` was seen) into `self.header`, as `openai-harmony`
+    /// does, but never failing: what it cannot place it drops. Reuses the header's strings
+    /// and a scratch buffer, so a steady stream of messages allocates nothing here.
+    fn parse_header_in_place(&mut self) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let lossy;
+        let text: &str = match std::str::from_utf8(&self.buf) {
+            Ok(t) => t,
+            Err(_) => {
+                lossy = String::from_utf8_lossy(&self.buf).into_owned();
+                &lossy
             }
-            let rebuilt = format!("{}{}", &s[..idx], &after[end..]);
-            s = rebuilt;
-        }
-        let mut s = s.trim().to_string();
-        if s.contains("<|constrain|>") {
-            s = s
-                .replace("<|constrain|>", " <|constrain|>")
-                .trim()
-                .to_string();
-        }
-        let mut parts: Vec<&str> = s.split_ascii_whitespace().collect();
-        let mut name = None;
+        };
+        // `<|channel|>NAME`: NAME runs to whitespace or `<`; the rest of the header is what
+        // surrounds it.
+        let mut channel: Option<(usize, usize)> = None;
+        let body = match text.find("<|channel|>") {
+            Some(idx) => {
+                let after = &text[idx + CHANNEL.len()..];
+                let end = after
+                    .find(|c: char| c.is_whitespace() || c == '<')
+                    .unwrap_or(after.len());
+                scratch.push_str(&text[..idx]);
+                scratch.push_str(&after[end..]);
+                let body = scratch.len();
+                if end > 0 {
+                    scratch.push_str(&after[..end]);
+                    channel = Some((body, scratch.len()));
+                }
+                body
+            }
+            None => {
+                scratch.push_str(text);
+                scratch.len()
+            }
+        };
+        let trimmed = scratch[..body].trim();
+        let offset = trimmed.as_ptr() as usize - scratch.as_ptr() as usize;
+        self.split_parts(trimmed, offset);
+        let parts = std::mem::take(&mut self.parts);
+        let mut parts_slice: &[(usize, usize)] = &parts;
+        let part = |r: &(usize, usize)| &scratch[r.0..r.1];
+
+        let mut name: Option<&str> = None;
         let role = match self.role_hint {
             Some(r) => r,
-            None => match parts.first().copied() {
+            None => match parts_slice.first().map(part) {
                 None => self.last_role,
                 Some(first) => match Role::parse(first) {
                     Some(Role::Tool) => {
-                        name = Some(first.to_string());
+                        name = Some(first);
                         Role::Tool
                     }
                     Some(r) => r,
                     None => {
                         // Unknown author: a tool (`browser.search`, `functions.x`).
-                        parts.remove(0);
-                        name = Some(first.to_string());
+                        parts_slice = &parts_slice[1..];
+                        name = Some(first);
                         Role::Tool
                     }
                 },
             },
         };
-        if parts.first() == Some(&role.as_str()) {
-            parts.remove(0);
+        if parts_slice.first().map(part) == Some(role.as_str()) {
+            parts_slice = &parts_slice[1..];
         }
-        let mut recipient = None;
-        let mut content_type = None;
-        if let Some(last) = parts.pop() {
+        let mut recipient: Option<&str> = None;
+        let mut content_type: Option<&str> = None;
+        if let Some((last, rest)) = parts_slice.split_last() {
+            let last = part(last);
             if let Some(r) = last.strip_prefix("to=") {
-                recipient = Some(r.to_string());
-            } else if parts.is_empty() {
-                recipient = Some(last.to_string());
+                recipient = Some(r);
+            } else if rest.is_empty() {
+                recipient = Some(last);
             } else {
-                content_type = Some(last.to_string());
-                if let Some(raw) = parts.pop() {
-                    recipient = Some(raw.strip_prefix("to=").unwrap_or(raw).to_string());
+                content_type = Some(last);
+                if let Some(raw) = rest.last().map(part) {
+                    recipient = Some(raw.strip_prefix("to=").unwrap_or(raw));
                 }
             }
         }
-        Header {
-            role,
-            name,
-            channel,
-            recipient,
-            content_type,
+        let h = &mut self.header;
+        h.role = role;
+        set(&mut h.name, name);
+        set(&mut h.channel, channel.map(|(a, b)| &scratch[a..b]));
+        set(&mut h.recipient, recipient);
+        set(&mut h.content_type, content_type);
+        self.parts = parts;
+        self.scratch = scratch;
+    }
+
+    /// Splits at ASCII whitespace and before every `<|constrain|>` (the reference inserts a
+    /// space before the marker, then splits at whitespace); ranges go to `self.parts`.
+    fn split_parts(&mut self, s: &str, offset: usize) {
+        self.parts.clear();
+        let base = s.as_ptr() as usize - offset;
+        for word in s.split_ascii_whitespace() {
+            let mut w = word;
+            let mut off = w.as_ptr() as usize - base;
+            while let Some(i) = w
+                .get(1..)
+                .and_then(|t| t.find("<|constrain|>"))
+                .map(|i| i + 1)
+            {
+                self.parts.push((off, off + i));
+                off += i;
+                w = &w[i..];
+            }
+            if !w.is_empty() {
+                self.parts.push((off, off + w.len()));
+            }
         }
+    }
+}
+
+/// Sets an optional string, reusing its allocation.
+fn set(slot: &mut Option<String>, value: Option<&str>) {
+    match (slot.as_mut(), value) {
+        (Some(s), Some(v)) => {
+            s.clear();
+            s.push_str(v);
+        }
+        (None, Some(v)) => *slot = Some(v.to_string()),
+        (_, None) => *slot = None,
     }
 }
 

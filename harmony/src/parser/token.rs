@@ -1,7 +1,7 @@
 //! The token-level streaming parser.
 
 use crate::message::Role;
-use crate::parser::core::Core;
+use crate::parser::core::{ChannelKind, Core};
 use crate::parser::Event;
 use crate::tokens::{self, Special};
 use crate::Tokenizer;
@@ -64,10 +64,10 @@ impl TokenParser {
             return;
         }
         if self.core.in_content() {
-            match self.core.header().channel.as_deref() {
-                Some("analysis") => self.counts.analysis += 1,
-                Some("commentary") => self.counts.commentary += 1,
-                _ => self.counts.final_ += 1,
+            match self.core.channel_kind() {
+                ChannelKind::Analysis => self.counts.analysis += 1,
+                ChannelKind::Commentary => self.counts.commentary += 1,
+                ChannelKind::Other => self.counts.final_ += 1,
             }
         }
         // An unknown id is U+FFFD, as the reference decodes it.
