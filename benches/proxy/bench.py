@@ -515,6 +515,7 @@ def main():
     ap.add_argument("--upstream-cpu", type=int, default=0)
     ap.add_argument("--base-port", type=int, default=18100)
     args = ap.parse_args()
+    args.out = os.path.abspath(args.out)
 
     conns_list = [int(c) for c in args.connections.split(",") if c]
     rates = [int(r) for r in args.rates.split(",") if r]

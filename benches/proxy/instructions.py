@@ -81,6 +81,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(bench.ROOT, "benches", "out", "instructions"))
     ap.add_argument("--lb-bin", default=os.environ.get("GPT_OSS_LB_BIN"))
     args = ap.parse_args()
+    args.out = os.path.abspath(args.out)
     if not shutil.which("valgrind"):
         raise SystemExit("instructions: valgrind is missing (apt-get install valgrind)")
     bench.ensure_tools()
