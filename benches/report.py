@@ -65,6 +65,7 @@ def machine():
         "os": next((l.split("=", 1)[1].strip('"') for l in cmd(["cat", "/etc/os-release"]).splitlines()
                     if l.startswith("PRETTY_NAME=")), ""),
         "loadavg_at_start": open("/proc/loadavg", encoding="ascii").read().split()[:3],
+        "gpu": cmd(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"]) or "none (no nvidia-smi)",
         "rustc": cmd(["rustc", "--version"]),
         "nginx": cmd(["nginx", "-v"]),
         "wrk": cmd(["wrk", "--version"]).splitlines()[0] if cmd(["wrk", "--version"]) else "",
@@ -81,6 +82,7 @@ def machine_md(m):
         f"| CPU | {m['cpu']}, {m['cpus']} CPUs, {m['threads_per_core']} thread(s) per core, hypervisor: {m['hypervisor']} |",
         f"| caches | {m['caches']} |",
         f"| memory | {m['memory']} |",
+        f"| GPU | {m.get('gpu', 'not recorded')} |",
         f"| kernel | `{m['uname']}` |",
         f"| OS | {m['os']} |",
         f"| toolchain | {m['rustc']} |",
