@@ -20,7 +20,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "out")
-PARTS = ("machine", "proxy", "harmony", "runtime", "server")
+PARTS = ("machine", "proxy", "instructions", "harmony", "runtime", "server")
 
 
 def cmd(argv):
@@ -100,6 +100,15 @@ def ms(v):
     return f"{v:.2f}" if v is not None else "–"
 
 
+def cpu_cell(x):
+    cpu = x.get("proxy_cpu_s_per_1k")
+    if cpu is None:
+        return "–"
+    if x.get("proxy_user_s_per_1k") is None:
+        return f"{cpu:.4f}"
+    return f"{cpu:.4f} ({x['proxy_user_s_per_1k']:.4f} + {x['proxy_sys_s_per_1k']:.4f})"
+
+
 SHORT = {"direct": "(a) direct", "lb": "(b) gpt-oss-lb", "nginx": "(c) nginx proxy",
          "lb-rewrite": "(d) gpt-oss-lb + rewrite"}
 
@@ -124,17 +133,16 @@ def proxy_md(r):
         "",
         "### Saturated: most requests/s (closed loop, each connection sends again when answered)",
         "",
-        "| path | body | conns | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 1k req | upstream CPU s / 1k req | errors |",
+        "| path | body | conns | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 1k req (user + sys) | upstream CPU s / 1k req | errors |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     runs = r["runs"]
     for x in runs:
         if x.get("mode", "saturated") != "saturated":
             continue
-        cpu = x["proxy_cpu_s_per_1k"]
         out.append(
             f"| {SHORT[x['path']]} | {x['body']} | {x['connections']} | {x['rps']:,.0f} | {ms(x['p50_ms'])} | "
-            f"{ms(x['p99_ms'])} | {ms(x['p99_9_ms'])} | {cpu if cpu is not None else '–'} | "
+            f"{ms(x['p99_ms'])} | {ms(x['p99_9_ms'])} | {cpu_cell(x)} | "
             f"{x['upstream_cpu_s_per_1k']} | {x['error_count'] or 0} |")
     if r["ratios"]:
         out += ["", "Ratios gpt-oss-lb / nginx at saturation (same body, same connections):", "",
@@ -245,6 +253,26 @@ def harmony_md(since):
     return out
 
 
+def instructions_md():
+    out = status_md("instructions")
+    rows = load(os.path.join(OUT, "instructions", "instructions.json"))
+    if not rows:
+        if status("instructions") and status("instructions")[0] == "ok":
+            out.append("**MISSING:** `benches/out/instructions/instructions.json` was not written.")
+        return out
+    out += ["User-space instructions per proxied request (JSON body, 4 connections), counted by "
+            "`valgrind --tool=callgrind` after warm-up (`benches/proxy/instructions.py`; kernel work, "
+            "the same for both, is not counted). The count repeats to within ~1% on a busy machine, "
+            "where requests/s does not.", "",
+            "| proxy | requests counted | instructions per request |", "|---|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['proxy']} | {r['requests']:,} | {r['instructions_per_request']:,} |")
+    if len(rows) == 2 and rows[0]["instructions_per_request"]:
+        out += ["", f"gpt-oss-lb / nginx: **{rows[1]['instructions_per_request'] / rows[0]['instructions_per_request']:.2f}x** "
+                "instructions per request. Top functions: `benches/out/instructions/*.top.txt`."]
+    return out
+
+
 def generic_md(name):
     out = status_md(name)
     summary = os.path.join(OUT, name, "summary.md")
@@ -291,6 +319,7 @@ def main():
     if proxy and status("proxy") is None:
         lines += [f"_The figures below are from an earlier run, recorded {proxy.get('recorded', '(date unknown)')}._", ""]
     lines += proxy_md(proxy)
+    lines += ["", "### Instructions per request (callgrind)", ""] + instructions_md()
     lines += ["", "## harmony: ours against openai-harmony", ""] + harmony_md(since)
     lines += ["", "## Runtime: ours against onnxruntime-genai", ""] + generic_md("runtime")
     if os.path.exists(os.path.join(HERE, "runtime_throughput.png")) and status("runtime") and status("runtime")[0] == "ok":
