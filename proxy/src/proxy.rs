@@ -308,6 +308,52 @@ impl ProxyHttp for Lb {
         if let Some(t) = ctx.attempt_started {
             backend.record_latency(t.elapsed());
         }
+        let content_type = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase);
+        // A 2xx answer to a completion must be JSON (SSE when streaming): an HTML page or a
+        // binary body is a broken backend. Nothing reached the client yet, so it is a 502 that
+        // counts against the backend and is retried elsewhere while attempts remain.
+        let expected = if ctx.routed.as_ref().is_some_and(|r| r.stream) {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        if (200..300).contains(&status)
+            && ctx.routed.is_some()
+            && !content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with(expected))
+        {
+            let got = content_type.clone().unwrap_or_else(|| "none".into());
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(502),
+                format!(
+                    "backend {} answered {status} with content-type {got}",
+                    backend.name()
+                ),
+            );
+            e.esource = ErrorSource::Upstream;
+            self.attempt_failed(ctx, &e);
+            ctx.failure = Some(ApiError::new(
+                ErrorKind::BadGateway,
+                format!(
+                    "backend '{}' answered with content-type `{got}` instead of `{expected}`",
+                    backend.name()
+                ),
+                None,
+                Some("upstream_bad_response"),
+            ));
+            let another = ctx
+                .routed
+                .as_ref()
+                .is_some_and(|r| r.route.select(&ctx.tried, None).is_some());
+            let retry = another && self.may_retry(session, ctx, &e);
+            e.set_retry(retry);
+            return Err(e);
+        }
         let retry_status = matches!(status, 429 | 502 | 503);
         if retry_status {
             let mut e = Error::explain(
@@ -332,15 +378,12 @@ impl ProxyHttp for Lb {
             let mut e = Error::explain(ErrorType::HTTPStatus(status), "backend error");
             e.esource = ErrorSource::Upstream;
             self.attempt_failed(ctx, &e);
-        } else {
+        } else if status >= 300 {
+            // A 2xx counts as a success only once its body ended well (`response_body_filter`):
+            // a stream cut short must keep counting towards ejection.
             backend.health.on_request_success();
         }
         crate::headers::downstream_response(resp);
-        let content_type = resp
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_ascii_lowercase);
         let sse = content_type
             .as_deref()
             .is_some_and(|c| c.starts_with("text/event-stream"));
@@ -387,6 +430,10 @@ impl ProxyHttp for Lb {
                         &snap.config.health_check,
                         "stream ended before [DONE]",
                     );
+                }
+            } else if end && r.status < 300 && !r.terminated {
+                if let Some(g) = ctx.current.as_ref() {
+                    g.backend().health.on_request_success();
                 }
             }
         }
