@@ -82,10 +82,10 @@ impl Sampler {
             if n < scratch.len() {
                 scratch.select_nth_unstable_by(n - 1, |a, b| desc(a.0, b.0));
             }
-            scratch[..n].sort_unstable_by(|a, b| desc(a.0, b.0).then(a.1.cmp(&b.1)));
             if top_p >= 1.0 {
                 break n;
             }
+            scratch[..n].sort_unstable_by(|a, b| desc(a.0, b.0).then(a.1.cmp(&b.1)));
             let mut cumulative = 0.0f64;
             let mut found = None;
             for (i, &(l, _)) in scratch[..n].iter().enumerate() {
@@ -102,10 +102,14 @@ impl Sampler {
             }
         };
 
-        let kept = &scratch[..kept];
+        // Draw in token-id order, not probability order: then a tiny change of the logits (another
+        // batch composition, another kernel) moves each token's interval by a tiny amount instead of
+        // swapping the order of two nearly equal tokens, so the same seed keeps its tokens.
+        let kept = &mut scratch[..kept];
+        kept.sort_unstable_by_key(|&(_, id)| id);
         let mass: f64 = kept.iter().map(|&(l, _)| weight(l) as f64).sum();
         let mut target = self.rng.random::<f64>() * mass;
-        for &(l, id) in kept {
+        for &(l, id) in kept.iter() {
             target -= weight(l) as f64;
             if target <= 0.0 {
                 return id;

@@ -10,15 +10,15 @@
 //! when it samples a stop token, reaches its length limit, its request is cancelled, or its stream
 //! receiver is dropped; its KV cache is freed at once and the slot goes to the next waiting request.
 //!
-//! # Room for continuous batching
-//! A round already has the shape of a continuous-batching step: the set of active sequences
-//! changes between rounds, and each sequence carries its own position (`SequenceCache::len`).
-//! Batching the decode steps of a round into one `[k, 1]` run needs a KV pool of `[slots, heads,
-//! capacity, head_size]` per layer whose first k rows are the active sequences (GroupQueryAttention
-//! takes per-row `seqlens_k` from a right-padded attention mask), so that a round becomes one run
-//! instead of k. The scheduler and the sampler would not change; only `OnnxModel::forward` would
-//! take a slice of sequences. It is not built yet because ONNX Runtime runs are serialised per
-//! session and the per-sequence step is what the tests prove token for token.
+//! # Continuous batching (CPU, `max_concurrent > 1`)
+//! Prefill runs per sequence into the sequence's own KV buffers (one chunk per round). When its
+//! prompt is done the sequence samples its first token, its cache is copied once into a free row
+//! of the [`DecodePool`], and from then on all decoding sequences advance together: one run per
+//! round decodes one token for every row. Sequences join and leave the batch between any two
+//! rounds; a finished or cancelled sequence frees its row at once.
+//!
+//! Without batching (`max_concurrent == 1`, or the CUDA device, whose KV pool would need device
+//! copies) every sequence decodes in its own buffers, one run per sequence per round.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,7 +28,8 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::model::{OnnxModel, SequenceCache};
+use super::model::{DecodePool, OnnxModel, SequenceCache};
+use super::ModelError;
 use crate::sampling::Sampler;
 use crate::{GenerateRequest, GenerationUsage, StopReason, TokenEvent};
 
@@ -49,16 +50,26 @@ pub(crate) struct Counters {
     pub waiting: AtomicUsize,
 }
 
+/// Where a sequence's KV cache lives.
+enum Cache {
+    /// Its own buffers (prefill, and decode without batching).
+    Own(SequenceCache),
+    /// A row of the decode pool.
+    Row(usize),
+}
+
 /// A sequence in flight.
 struct Active {
     job: Job,
-    cache: SequenceCache,
+    cache: Cache,
     sampler: Sampler,
     generated: u32,
     /// Prompt tokens already fed.
     prefilled: usize,
     /// The token sampled last and not yet fed.
     pending: Option<u32>,
+    /// Total tokens the sequence may reach (prompt plus completion).
+    limit: usize,
     started: Instant,
 }
 
@@ -73,6 +84,58 @@ impl Active {
     fn abandoned(&self) -> bool {
         self.job.request.cancel.is_cancelled() || self.job.events.is_closed()
     }
+
+    fn finish(&self, reason: StopReason) {
+        tracing::debug!(
+            request_id = %self.job.request.request_id,
+            ?reason,
+            generated = self.generated,
+            ms = self.started.elapsed().as_millis() as u64,
+            "finished"
+        );
+        // The receiver may be gone; then nobody is listening and that is fine.
+        self.job
+            .events
+            .send(TokenEvent::Finish {
+                reason,
+                usage: self.usage(),
+            })
+            .ok();
+    }
+
+    fn fail(&self, error: &ModelError) {
+        tracing::error!(request_id = %self.job.request.request_id, error = %error, "generation failed");
+        self.job
+            .events
+            .send(TokenEvent::Error(error.to_string()))
+            .ok();
+    }
+
+    /// Samples from `logits`, streams the token and decides whether the sequence is done.
+    fn accept(&mut self, logits: &[f32]) -> bool {
+        let token = self.sampler.sample(logits);
+        self.generated += 1;
+        self.pending = Some(token);
+        if self.job.events.send(TokenEvent::Token(token)).is_err() {
+            tracing::debug!(request_id = %self.job.request.request_id, "stream dropped");
+            return true;
+        }
+        let total = self.job.request.prompt.len() + self.generated as usize;
+        let reason = if self.job.request.stop_token_ids.contains(&token) {
+            Some(StopReason::StopToken(token))
+        } else if self.generated >= self.job.request.max_new_tokens || total >= self.limit {
+            Some(StopReason::Length)
+        } else {
+            None
+        };
+        match reason {
+            Some(r) => {
+                self.finish(r);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Runs the engine until every sender is gone and all work is done.
@@ -86,10 +149,22 @@ pub(crate) fn run(
 ) {
     let max_concurrent = max_concurrent.max(1);
     let prefill_chunk = prefill_chunk.max(1);
+    let mut pool = if max_concurrent > 1 && model.supports_batching() {
+        match model.new_pool(max_concurrent, model.spec.context_length) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "no decode batch; sequences decode one by one");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut active: Vec<Active> = Vec::with_capacity(max_concurrent);
     let mut senders_gone = false;
-    tracing::info!(max_concurrent, device = %model.device, "engine started");
+    let mut logits = Vec::new();
+    tracing::info!(max_concurrent, batched = pool.is_some(), device = %model.device, "engine started");
 
     loop {
         // Take new requests; block only when there is nothing to do.
@@ -118,16 +193,64 @@ pub(crate) fn run(
             let Some(job) = waiting.pop_front() else {
                 break;
             };
-            if let Some(a) = admit(&model, job) {
+            if let Some(a) = admit(&model, job, pool.is_some()) {
                 active.push(a);
             }
         }
-
         counters.active.store(active.len(), Ordering::SeqCst);
         counters.waiting.store(waiting.len(), Ordering::SeqCst);
 
-        // One step for every active sequence, in admission order.
-        active.retain_mut(|a| !step(&mut model, a, prefill_chunk));
+        // Sequences in their own buffers: a prefill chunk, or (unbatched) a decode token.
+        active.retain_mut(|a| {
+            let done = a.abandoned() || own_step(&mut model, pool.as_mut(), a, prefill_chunk);
+            if done {
+                if a.abandoned() {
+                    a.finish(StopReason::Cancelled);
+                }
+                if let (Cache::Row(row), Some(p)) = (&a.cache, pool.as_mut()) {
+                    p.release(*row);
+                }
+            }
+            !done
+        });
+
+        // The decode batch: one run for every sequence in the pool.
+        if let Some(p) = pool.as_mut() {
+            let mut tokens = vec![0u32; p.slots()];
+            let mut any = false;
+            for a in &active {
+                if let (Cache::Row(row), Some(t)) = (&a.cache, a.pending) {
+                    tokens[*row] = t;
+                    any = true;
+                }
+            }
+            if any {
+                let result = model.decode_pool(p, &tokens);
+                let vocab = model.spec.vocab_size;
+                active.retain_mut(|a| {
+                    let Cache::Row(row) = a.cache else {
+                        return true;
+                    };
+                    let done = match &result {
+                        Err(e) => {
+                            a.fail(e);
+                            true
+                        }
+                        Ok(()) => match p.row_logits(row, vocab, &mut logits) {
+                            Ok(()) => a.accept(&logits),
+                            Err(e) => {
+                                a.fail(&e);
+                                true
+                            }
+                        },
+                    };
+                    if done {
+                        p.release(row);
+                    }
+                    !done
+                });
+            }
+        }
         counters.active.store(active.len(), Ordering::SeqCst);
     }
     alive.store(false, Ordering::SeqCst);
@@ -135,46 +258,45 @@ pub(crate) fn run(
 }
 
 /// Allocates a sequence for a waiting request, or finishes the request at once.
-fn admit(model: &OnnxModel, job: Job) -> Option<Active> {
+fn admit(model: &OnnxModel, job: Job, batched: bool) -> Option<Active> {
     let usage = GenerationUsage {
         prompt_tokens: job.request.prompt.len() as u32,
         completion_tokens: 0,
     };
+    let finish_now = |reason| {
+        job.events.send(TokenEvent::Finish { reason, usage }).ok();
+    };
     if job.request.cancel.is_cancelled() || job.events.is_closed() {
         tracing::debug!(request_id = %job.request.request_id, "cancelled while waiting");
-        // The receiver may be gone; then nobody is listening and that is fine.
-        job.events
-            .send(TokenEvent::Finish {
-                reason: StopReason::Cancelled,
-                usage,
-            })
-            .ok();
+        finish_now(StopReason::Cancelled);
         return None;
     }
     if job.request.max_new_tokens == 0 {
-        job.events
-            .send(TokenEvent::Finish {
-                reason: StopReason::Length,
-                usage,
-            })
-            .ok();
+        finish_now(StopReason::Length);
         return None;
     }
-    let capacity = model.capacity_for(
-        job.request.prompt.len(),
-        job.request.max_new_tokens as usize,
-    );
+    let prompt_len = job.request.prompt.len();
+    let limit = prompt_len
+        .saturating_add(job.request.max_new_tokens as usize)
+        .min(model.spec.context_length);
+    // With batching the own buffers only hold the prompt; decoding happens in the pool.
+    let capacity = if batched {
+        model.capacity_for(prompt_len, 0)
+    } else {
+        model.capacity_for(prompt_len, job.request.max_new_tokens as usize)
+    };
     match model.new_sequence(capacity) {
         Ok(cache) => {
             tracing::debug!(request_id = %job.request.request_id, capacity, "admitted");
             let sampler = Sampler::new(job.request.sampling.clone());
             Some(Active {
                 job,
-                cache,
+                cache: Cache::Own(cache),
                 sampler,
                 generated: 0,
                 prefilled: 0,
                 pending: None,
+                limit,
                 started: Instant::now(),
             })
         }
@@ -186,75 +308,61 @@ fn admit(model: &OnnxModel, job: Job) -> Option<Active> {
     }
 }
 
-/// Runs one step of `a` (one prefill chunk, or one decode token); true when the sequence is
-/// finished and leaves the round.
-fn step(model: &mut OnnxModel, a: &mut Active, prefill_chunk: usize) -> bool {
-    if a.abandoned() {
-        tracing::debug!(request_id = %a.job.request.request_id, generated = a.generated, "cancelled");
-        a.job
-            .events
-            .send(TokenEvent::Finish {
-                reason: StopReason::Cancelled,
-                usage: a.usage(),
-            })
-            .ok();
-        return true;
-    }
+/// Runs one step of a sequence that is in its own buffers (one prefill chunk, or one decode
+/// token without batching); true when it is finished. A sequence whose prefill completes moves
+/// into the pool when there is one.
+fn own_step(
+    model: &mut OnnxModel,
+    pool: Option<&mut DecodePool>,
+    a: &mut Active,
+    prefill_chunk: usize,
+) -> bool {
+    let Cache::Own(cache) = &mut a.cache else {
+        return false;
+    };
     let prompt = &a.job.request.prompt;
     let result = match a.pending {
         None => {
             let end = prompt.len().min(a.prefilled + prefill_chunk);
-            let r = model.forward(&mut a.cache, &prompt[a.prefilled..end]);
+            let r = model.forward(cache, &prompt[a.prefilled..end]);
             a.prefilled = end;
             r
         }
-        Some(token) => model.forward(&mut a.cache, &[token]),
+        Some(token) => model.forward(cache, &[token]),
     };
     if let Err(e) = result {
-        tracing::error!(request_id = %a.job.request.request_id, error = %e, "generation failed");
-        a.job.events.send(TokenEvent::Error(e.to_string())).ok();
+        a.fail(&e);
         return true;
     }
     if a.prefilled < prompt.len() {
         // More prompt chunks to go; other sequences step in between.
         return false;
     }
-    let token = a.sampler.sample(a.cache.logits());
-    a.generated += 1;
-    a.pending = Some(token);
-    if a.job.events.send(TokenEvent::Token(token)).is_err() {
-        tracing::debug!(request_id = %a.job.request.request_id, "stream dropped");
-        return true;
+    let first_token = a.pending.is_none();
+    let logits = std::mem::take(cache.logits_mut());
+    let done = a.accept(&logits);
+    if let Cache::Own(cache) = &mut a.cache {
+        *cache.logits_mut() = logits;
     }
-    let reason = if a.job.request.stop_token_ids.contains(&token) {
-        Some(StopReason::StopToken(token))
-    } else if a.generated >= a.job.request.max_new_tokens
-        || a.cache.len() + 1 > a.cache.capacity()
-        || a.cache.len() + 1 >= model.spec.context_length
-    {
-        Some(StopReason::Length)
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => {
-            let elapsed = a.started.elapsed();
-            tracing::debug!(
-                request_id = %a.job.request.request_id,
-                ?reason,
-                generated = a.generated,
-                ms = elapsed.as_millis() as u64,
-                "finished"
-            );
-            a.job
-                .events
-                .send(TokenEvent::Finish {
-                    reason,
-                    usage: a.usage(),
-                })
-                .ok();
-            true
+    if done || !first_token {
+        return done;
+    }
+    if let Some(pool) = pool {
+        let Some(row) = pool.free_row() else {
+            a.fail(&ModelError::Runtime(
+                "no free row in the decode pool".into(),
+            ));
+            return true;
+        };
+        let Cache::Own(cache) = &a.cache else {
+            return false;
+        };
+        if let Err(e) = model.load_row(pool, row, cache) {
+            a.fail(&e);
+            return true;
         }
-        None => false,
+        // The own buffers are freed here.
+        a.cache = Cache::Row(row);
     }
+    false
 }

@@ -95,6 +95,90 @@ impl SequenceCache {
     pub fn logits(&self) -> &[f32] {
         &self.logits
     }
+
+    pub(crate) fn logits_mut(&mut self) -> &mut Vec<f32> {
+        &mut self.logits
+    }
+}
+
+/// The decode batch: one KV buffer per layer of `[slots, kv_heads, capacity, head_size]`, bound
+/// as both past and present, that every decoding sequence joins for its decode steps.
+///
+/// One run decodes a token for every row. Rows have their own lengths: the attention mask is
+/// right-padded per row, so GroupQueryAttention derives each row's `seqlens_k` (where it writes the
+/// new key and value, which positions it attends to, and the rotary position) from that row
+/// alone. A free row is fed a dummy token at position 0; nothing reads it, and the next sequence
+/// that takes the row overwrites it when its prefilled cache is loaded. Sequences join (after their
+/// own prefill, which is copied in once) and leave between any two steps: continuous batching.
+pub struct DecodePool {
+    binding: IoBinding,
+    kv: Vec<DynTensor>,
+    logits: DynTensor,
+    slots: usize,
+    capacity: usize,
+    /// Tokens held per row; `None` for a free row.
+    lens: Vec<Option<usize>>,
+}
+
+impl DecodePool {
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Tokens held by `row`, or `None` when the row is free.
+    pub fn row_len(&self, row: usize) -> Option<usize> {
+        self.lens.get(row).copied().flatten()
+    }
+
+    /// The lowest free row.
+    pub fn free_row(&self) -> Option<usize> {
+        self.lens.iter().position(Option::is_none)
+    }
+
+    /// Frees `row` (its data stays until the next sequence overwrites it).
+    pub fn release(&mut self, row: usize) {
+        if let Some(l) = self.lens.get_mut(row) {
+            *l = None;
+        }
+    }
+
+    /// The last decode step's logits for `row`, as f32 in `out`.
+    pub fn row_logits(
+        &self,
+        row: usize,
+        vocab: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        out.clear();
+        let range = row * vocab..(row + 1) * vocab;
+        match self.logits.dtype().tensor_type() {
+            Some(TensorElementType::Float16) => {
+                let (_, data) = self
+                    .logits
+                    .try_extract_tensor::<half::f16>()
+                    .map_err(internal("reading logits"))?;
+                let part = data
+                    .get(range)
+                    .ok_or_else(|| ModelError::Runtime("logits row out of range".into()))?;
+                out.extend(part.iter().map(|x| x.to_f32()));
+            }
+            _ => {
+                let (_, data) = self
+                    .logits
+                    .try_extract_tensor::<f32>()
+                    .map_err(internal("reading logits"))?;
+                let part = data
+                    .get(range)
+                    .ok_or_else(|| ModelError::Runtime("logits row out of range".into()))?;
+                out.extend_from_slice(part);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Model loading options.
@@ -231,6 +315,167 @@ impl OnnxModel {
         })
     }
 
+    /// Whether decode steps can be batched on this device (the KV pool is filled by host copies).
+    pub fn supports_batching(&self) -> bool {
+        self.device == Device::Cpu
+    }
+
+    /// Allocates the decode batch.
+    pub fn new_pool(&self, slots: usize, capacity: usize) -> Result<DecodePool, ModelError> {
+        let spec = &self.spec;
+        if !self.supports_batching() {
+            return Err(ModelError::Runtime(format!(
+                "batched decoding is not supported on {}",
+                self.device
+            )));
+        }
+        let mut binding = self
+            .session
+            .create_binding()
+            .map_err(internal("IoBinding"))?;
+        let shape = [slots, spec.num_kv_heads, capacity, spec.head_size];
+        let mut kv = Vec::with_capacity(spec.kv_names.len() * 2);
+        for [past_k, past_v, present_k, present_v] in &spec.kv_names {
+            for (past, present) in [(past_k, present_k), (past_v, present_v)] {
+                let mut buffer = DynTensor::new(&self.kv_allocator, spec.kv_type, shape).map_err(|e| {
+                    ModelError::Runtime(format!(
+                        "could not allocate the decode KV pool [{slots}, {}, {capacity}, {}] for {} layers: {e}",
+                        spec.num_kv_heads,
+                        spec.head_size,
+                        spec.kv_names.len()
+                    ))
+                })?;
+                binding
+                    .bind_input(past.as_str(), &buffer)
+                    .map_err(internal("binding past KV"))?;
+                binding
+                    .bind_output(present.as_str(), &mut buffer)
+                    .map_err(internal("binding present KV"))?;
+                kv.push(buffer);
+            }
+        }
+        let mut logits = DynTensor::new(
+            &Allocator::default(),
+            spec.logits_type,
+            [slots, 1, spec.vocab_size],
+        )
+        .map_err(internal("logits buffer"))?;
+        binding
+            .bind_output(spec.logits.as_str(), &mut logits)
+            .map_err(internal("binding logits"))?;
+        Ok(DecodePool {
+            binding,
+            kv,
+            logits,
+            slots,
+            capacity,
+            lens: vec![None; slots],
+        })
+    }
+
+    /// Copies a prefilled sequence's cache into `row` of the pool (once per sequence).
+    pub fn load_row(
+        &self,
+        pool: &mut DecodePool,
+        row: usize,
+        seq: &SequenceCache,
+    ) -> Result<(), ModelError> {
+        if row >= pool.slots || seq.len > pool.capacity {
+            return Err(ModelError::Runtime(format!(
+                "row {row} / {} tokens do not fit the pool ({} rows of {})",
+                seq.len, pool.slots, pool.capacity
+            )));
+        }
+        let heads = self.spec.num_kv_heads;
+        let hd = self.spec.head_size;
+        for (dst, src) in pool.kv.iter_mut().zip(&seq._kv) {
+            match self.spec.kv_type {
+                TensorElementType::Float16 => copy_rows::<half::f16>(
+                    dst,
+                    src,
+                    row,
+                    heads,
+                    hd,
+                    pool.capacity,
+                    seq.capacity,
+                    seq.len,
+                )?,
+                _ => copy_rows::<f32>(
+                    dst,
+                    src,
+                    row,
+                    heads,
+                    hd,
+                    pool.capacity,
+                    seq.capacity,
+                    seq.len,
+                )?,
+            }
+        }
+        pool.lens[row] = Some(seq.len);
+        Ok(())
+    }
+
+    /// One decode step for every row of the pool: `tokens[row]` is fed to each occupied row.
+    /// Read the results with [`DecodePool::row_logits`].
+    pub fn decode_pool(&mut self, pool: &mut DecodePool, tokens: &[u32]) -> Result<(), ModelError> {
+        let spec = &self.spec;
+        let slots = pool.slots;
+        if tokens.len() != slots {
+            return Err(ModelError::Runtime(format!(
+                "{} tokens for {slots} rows",
+                tokens.len()
+            )));
+        }
+        // Per row: tokens after this step (a free row gets a dummy at position 0).
+        let totals: Vec<usize> = pool.lens.iter().map(|l| l.map_or(1, |n| n + 1)).collect();
+        let width = totals.iter().copied().max().unwrap_or(1);
+        if width > pool.capacity {
+            return Err(ModelError::Runtime(format!(
+                "the decode pool holds {} tokens per row; {width} do not fit",
+                pool.capacity
+            )));
+        }
+        let ids: Vec<i64> = tokens
+            .iter()
+            .zip(&pool.lens)
+            .map(|(&t, l)| if l.is_some() { i64::from(t) } else { 0 })
+            .collect();
+        bind_ints(
+            &mut pool.binding,
+            &spec.input_ids,
+            vec![slots as i64, 1],
+            ids,
+        )?;
+        if let Some(mask) = &spec.attention_mask {
+            let mut m = vec![0i64; slots * width];
+            for (r, &t) in totals.iter().enumerate() {
+                m[r * width..r * width + t].fill(1);
+            }
+            bind_ints(&mut pool.binding, mask, vec![slots as i64, width as i64], m)?;
+        }
+        if let Some(pos) = &spec.position_ids {
+            let p = totals.iter().map(|&t| t as i64 - 1).collect();
+            bind_ints(&mut pool.binding, pos, vec![slots as i64, 1], p)?;
+        }
+        if let Some(k) = &spec.seqlens_k {
+            let p = totals.iter().map(|&t| t as i64 - 1).collect();
+            bind_ints(&mut pool.binding, k, vec![slots as i64], p)?;
+        }
+        if let Some(t) = &spec.total_sequence_length {
+            bind_ints(&mut pool.binding, t, vec![], vec![width as i64])?;
+        }
+        let outputs = self
+            .session
+            .run_binding(&pool.binding)
+            .map_err(|e| ModelError::Runtime(format!("ONNX Runtime run failed: {e}")))?;
+        drop(outputs);
+        for l in pool.lens.iter_mut().flatten() {
+            *l += 1;
+        }
+        Ok(())
+    }
+
     /// Feeds `tokens` after what the cache holds and leaves the last position's logits in
     /// [`SequenceCache::logits`].
     pub fn forward(&mut self, seq: &mut SequenceCache, tokens: &[u32]) -> Result<(), ModelError> {
@@ -326,6 +571,37 @@ impl OnnxModel {
         seq.len = total;
         Ok(())
     }
+}
+
+/// Copies `len` positions of every head from a `[1, heads, src_cap, hd]` buffer into row `row`
+/// of a `[slots, heads, dst_cap, hd]` buffer.
+#[allow(clippy::too_many_arguments)]
+fn copy_rows<T: ort::value::PrimitiveTensorElementType + Copy + std::fmt::Debug>(
+    dst: &mut DynTensor,
+    src: &DynTensor,
+    row: usize,
+    heads: usize,
+    hd: usize,
+    dst_cap: usize,
+    src_cap: usize,
+    len: usize,
+) -> Result<(), ModelError> {
+    let (_, src) = src
+        .try_extract_tensor::<T>()
+        .map_err(internal("reading the prefill cache"))?;
+    let (_, dst) = dst
+        .try_extract_tensor_mut::<T>()
+        .map_err(internal("writing the decode pool"))?;
+    for h in 0..heads {
+        let s = h * src_cap * hd;
+        let d = (row * heads + h) * dst_cap * hd;
+        let (Some(from), Some(to)) = (src.get(s..s + len * hd), dst.get_mut(d..d + len * hd))
+        else {
+            return Err(ModelError::Runtime("KV copy out of range".into()));
+        };
+        to.copy_from_slice(from);
+    }
+    Ok(())
 }
 
 /// Binds an integer input, converting to the graph's element type.
