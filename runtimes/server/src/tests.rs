@@ -26,6 +26,8 @@ struct Script {
     caps: Capabilities,
     tokens: Vec<u32>,
     pace: Duration,
+    /// Fail with an engine error after this many tokens.
+    fail_after: Option<usize>,
     /// Generations running right now.
     active: Arc<AtomicU32>,
 }
@@ -41,6 +43,7 @@ impl InferenceBackend for Script {
     async fn generate(&self, req: GenerateRequest) -> Result<TokenStream, BackendError> {
         let tokens = self.tokens.clone();
         let pace = self.pace;
+        let fail_after = self.fail_after;
         let active = Arc::clone(&self.active);
         active.fetch_add(1, Ordering::SeqCst);
         let prompt_tokens = req.prompt.len() as u32;
@@ -48,7 +51,16 @@ impl InferenceBackend for Script {
         tokio::spawn(async move {
             let mut n = 0;
             let mut reason = StopReason::Length;
-            for t in tokens.into_iter().take(req.max_new_tokens as usize) {
+            for (i, t) in tokens
+                .into_iter()
+                .take(req.max_new_tokens as usize)
+                .enumerate()
+            {
+                if fail_after == Some(i) {
+                    let _ = tx.send(TokenEvent::Error("device lost".into())).await;
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
                 tokio::select! {
                     _ = req.cancel.cancelled() => { reason = StopReason::Cancelled; break; }
                     _ = tokio::time::sleep(pace) => {}
@@ -100,6 +112,17 @@ fn setup(
     max_queue: u32,
     api_key: Option<&str>,
 ) -> Setup {
+    setup_failing(output, pace_ms, max_concurrent, max_queue, api_key, None)
+}
+
+fn setup_failing(
+    output: &str,
+    pace_ms: u64,
+    max_concurrent: u32,
+    max_queue: u32,
+    api_key: Option<&str>,
+    fail_after: Option<usize>,
+) -> Setup {
     let tok = tokenizer();
     let tokens = tok.encode_with_special_tokens(output).expect("encodes");
     let active = Arc::new(AtomicU32::new(0));
@@ -114,6 +137,7 @@ fn setup(
         },
         tokens,
         pace: Duration::from_millis(pace_ms),
+        fail_after,
         active: Arc::clone(&active),
     };
     let state = AppState::new(
@@ -477,4 +501,55 @@ async fn health_reports_the_queue() {
         .as_str()
         .unwrap_or("")
         .contains("gpt_oss_queue_max_concurrent 3"));
+}
+
+#[tokio::test]
+async fn an_engine_failure_mid_stream_is_an_error_event_then_done() {
+    let s = setup_failing(ANSWER, 0, 1, 0, None, Some(5));
+    let (status, text, _) = call(
+        &s.state,
+        "POST",
+        "/v1/chat/completions",
+        chat_body(json!({"stream": true})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let payloads = sse_payloads(text.as_str().unwrap_or(""));
+    let n = payloads.len();
+    assert!(n >= 3, "{payloads:?}");
+    assert_eq!(payloads[n - 1], "[DONE]");
+    let err: Value = serde_json::from_str(&payloads[n - 2]).expect("error JSON");
+    assert_eq!(err["error"]["type"], "server_error", "{err}");
+    assert_eq!(s.state.admission.status().running, 0);
+    // Without streaming the same failure is a 500 OpenAI error.
+    let (status, v, _) = call(
+        &s.state,
+        "POST",
+        "/v1/chat/completions",
+        chat_body(json!({})),
+    )
+    .await;
+    assert_eq!(status, 500, "{v}");
+    assert_eq!(v["error"]["type"], "server_error");
+}
+
+#[tokio::test]
+async fn malformed_model_output_is_never_an_error() {
+    // Stray specials, no channel, a cut-off header: best-effort content, status 200.
+    let s = setup(
+        "<|message|>hello<|end|><|channel|><|start|>assistant<|channel|>fin",
+        0,
+        1,
+        0,
+        None,
+    );
+    let (status, v, _) = call(
+        &s.state,
+        "POST",
+        "/v1/chat/completions",
+        chat_body(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
 }
