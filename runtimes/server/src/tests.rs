@@ -553,3 +553,43 @@ async fn malformed_model_output_is_never_an_error() {
     assert_eq!(status, 200, "{v}");
     assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
 }
+
+#[tokio::test]
+async fn required_tool_choice_lets_the_model_name_the_function() {
+    let s = setup(
+        r#"get_weather <|constrain|>json<|message|>{"city":"Oslo"}<|call|>"#,
+        0,
+        1,
+        0,
+        None,
+    );
+    let body = json!({
+        "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather"}}],
+        "tool_choice": "required",
+        "stream": true
+    });
+    let (status, text, _) = call(&s.state, "POST", "/v1/chat/completions", body).await;
+    assert_eq!(status, 200);
+    let payloads = sse_payloads(text.as_str().unwrap_or(""));
+    let mut name = String::new();
+    let mut args = String::new();
+    let mut finish = Value::Null;
+    for p in &payloads[..payloads.len() - 1] {
+        let c: Value = serde_json::from_str(p).expect("chunk");
+        for tc in c["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            name.push_str(tc["function"]["name"].as_str().unwrap_or(""));
+            args.push_str(tc["function"]["arguments"].as_str().unwrap_or(""));
+        }
+        if !c["choices"][0]["finish_reason"].is_null() {
+            finish = c["choices"][0]["finish_reason"].clone();
+        }
+    }
+    assert_eq!(name, "get_weather");
+    assert_eq!(args, r#"{"city":"Oslo"}"#);
+    assert_eq!(finish, "tool_calls");
+}
