@@ -112,8 +112,10 @@ def eval_raw(url, item, max_tokens):
     out = {"raw": text, "finish_reason": choice.get("finish_reason")}
     want = item["expect"]
     m = RAW_FINAL.match(text) if "final" in want else RAW_CALL.match(text)
-    other = RAW_CALL.match(text) if "final" in want else RAW_FINAL.match(text)
-    out["well_formed"] = bool(m or other)
+    # the stop token itself (<|return|>, <|call|>) ends generation; the finish reason says which
+    fin = choice.get("finish_reason")
+    out["well_formed"] = bool((RAW_FINAL.match(text) and fin == "stop")
+                              or (RAW_CALL.match(text) and fin == "tool_calls"))
     if "final" in want:
         out["exact"] = bool(m) and m.group("final") == want["final"]
     else:
@@ -129,8 +131,9 @@ def eval_parsed(url, item, max_tokens):
     choice = r["choices"][0]
     msg = choice["message"]
     reasoning = msg.get("reasoning_content") or msg.get("reasoning") or (msg.get("thinking") or {}).get("analysis")
+    # separated: the analysis comes back in its own field and no harmony markup is left in content
     out = {"content": msg.get("content"), "finish_reason": choice.get("finish_reason"),
-           "reasoning_separated": bool(reasoning) and reasoning not in (msg.get("content") or "")}
+           "reasoning_separated": bool(reasoning) and "<|" not in (msg.get("content") or "")}
     want = item["expect"]
     calls = msg.get("tool_calls") or []
     if "final" in want:

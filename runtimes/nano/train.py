@@ -194,6 +194,7 @@ def main():
     # one thread: on a shared CPU, OpenMP threads spin-waiting on each other made every step
     # 5-10x slower than a single thread
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--init", help="start from this earlier output folder instead of random weights")
     ap.add_argument("--keep-fp32", action="store_true", help="do not round the weights to bf16 precision")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
@@ -223,6 +224,15 @@ def main():
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"compact parameters {n_params / 1e6:.2f}M", flush=True)
+    if args.init:
+        # continue from an earlier run's output (the used rows gathered back from the full matrices)
+        prev = GptOssForCausalLM.from_pretrained(args.init).state_dict()
+        used_t = torch.tensor(used)
+        own = model.state_dict()
+        for k in own:
+            w = prev[k][used_t] if k in ("model.embed_tokens.weight", "lm_head.weight") else prev[k]
+            own[k].copy_(w)
+        print(f"initialised from {args.init}", flush=True)
     check_prefix_forward(model, data, dev)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]

@@ -12,6 +12,7 @@
 
 pub mod backend;
 pub mod device;
+pub mod nano;
 pub mod onnx;
 pub mod sampling;
 

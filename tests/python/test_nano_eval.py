@@ -1,0 +1,144 @@
+"""gpt-oss-nano's evaluation in CI (issue 6): the real `gpt-oss-server` binary with no
+`--model-path` serves the embedded model; the held-out split of the synthetic harmony
+corpus (runtimes/nano/heldout.jsonl) is sent to it greedily, through its normal mode and
+through `--raw-output`, and the thresholds of runtimes/nano/eval.py must hold:
+
+- at least 90% of held-out final answers exactly right;
+- 100% of responses well-formed harmony (strict: analysis, then final + <|return|> or a
+  functions call + <|call|>), with no fallback;
+- tool-call arguments valid JSON matching the tool's schema.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import BINARY, ROOT, _ort_dylib
+
+sys.path.insert(0, str(ROOT / "runtimes" / "nano"))
+import eval as nano_eval  # noqa: E402
+
+HELDOUT = ROOT / "runtimes" / "nano" / "heldout.jsonl"
+
+
+class EmbeddedServer:
+    """`gpt-oss-server` with no --model-path (the embedded gpt-oss-nano)."""
+
+    def __init__(self, cache_dir, log_dir, *flags):
+        assert BINARY.is_file(), f"{BINARY} is missing: run `cargo build --release --bins` first"
+        env = dict(os.environ, RUST_LOG="info", XDG_CACHE_HOME=str(cache_dir))
+        lib = _ort_dylib()
+        if lib:
+            env["ORT_DYLIB_PATH"] = lib
+        self.log_path = Path(log_dir) / f"nano-server-{time.time_ns()}.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [str(BINARY), "--host", "127.0.0.1", "--port", "0", "--device-map", "cpu", *flags],
+            stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL, env=env, text=True,
+        )
+        line = self.proc.stdout.readline().strip()
+        assert line.startswith("listening on "), f"unexpected first line {line!r}; log: {self.log()}"
+        self.url = line.removeprefix("listening on ")
+        deadline = time.time() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except Exception:
+                pass
+            assert self.proc.poll() is None, f"server exited: {self.log()}"
+            assert time.time() < deadline, f"server never became healthy: {self.log()}"
+            time.sleep(0.2)
+
+    def log(self):
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("nano-cache")
+    logs = tmp_path_factory.mktemp("nano-logs")
+    normal = EmbeddedServer(cache, logs)
+    raw = EmbeddedServer(cache, logs, "--raw-output")
+    yield normal, raw
+    normal.stop()
+    raw.stop()
+
+
+def test_the_embedded_model_is_unpacked_once_into_the_cache(servers, tmp_path_factory):
+    folders = [p for p in Path(tmp_path_factory.getbasetemp()).glob("nano-cache*/gpt-oss-front-door/nano-*")]
+    assert len(folders) == 1, f"one unpacked model folder expected, found {folders}"
+    for name in ("genai_config.json", "model.onnx", "model.onnx.data", "tokenizer.json"):
+        assert (folders[0] / name).is_file(), name
+
+
+def test_heldout_evaluation_meets_the_thresholds(servers):
+    normal, raw = servers
+    items = nano_eval.load(HELDOUT)
+    assert len(items) >= 200, "the held-out split must be large enough to measure 90%"
+    figures, failures = nano_eval.evaluate(normal.url, raw.url, items)
+    print(json.dumps(figures, indent=1))
+    for f in failures[:10]:
+        print(json.dumps(f))
+    p, r = figures["parsed"], figures["raw"]
+    assert r["well_formed"] == 1.0, f"every response must be well-formed harmony: {figures}"
+    assert r["final_exact"] >= nano_eval.THRESHOLD_EXACT, figures
+    assert p["final_exact"] >= nano_eval.THRESHOLD_EXACT, figures
+    assert p["reasoning_separated"] == 1.0, f"reasoning must come apart from content: {figures}"
+    assert p["tool_args_valid"] == 1.0 and r["tool_args_valid"] == 1.0, figures
+    assert nano_eval.passed(figures)
+
+
+def test_the_seeds_example_answers_washington(servers):
+    normal, _ = servers
+    body = {
+        "messages": [
+            {"role": "system", "content": "Always answer in just single word."},
+            {"role": "user", "content": "What is the capital of the US?"},
+        ],
+        "max_tokens": 1000,
+        "temperature": 0.7,
+        "seed": 7,
+        "separate_thinking": True,
+    }
+    reply = nano_eval.post(normal.url, body)
+    msg = reply["choices"][0]["message"]
+    assert msg["content"] == "Washington", reply
+    reasoning = msg.get("reasoning_content") or msg.get("reasoning") or (msg.get("thinking") or {}).get("analysis")
+    assert reasoning, f"the reasoning must come back apart from the content: {reply}"
+
+
+def test_a_tool_result_is_used_on_the_next_turn(servers):
+    normal, _ = servers
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "Get the current weather in a city.",
+        "parameters": {"type": "object", "properties": {
+            "location": {"type": "string", "description": "The city name."},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["location"]}}}]
+    messages = [{"role": "user", "content": "What's the weather in Paris?"}]
+    first = nano_eval.post(normal.url, {"messages": messages, "tools": tools, "temperature": 0})
+    choice = first["choices"][0]
+    assert choice["finish_reason"] == "tool_calls", first
+    call = choice["message"]["tool_calls"][0]
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"location": "Paris"}
+    messages += [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"],
+         "content": json.dumps({"temperature": 18, "unit": "celsius", "condition": "cloudy"})},
+    ]
+    second = nano_eval.post(normal.url, {"messages": messages, "tools": tools, "temperature": 0})
+    assert second["choices"][0]["message"]["content"] == "It is 18 degrees and cloudy in Paris.", second
