@@ -73,11 +73,18 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora=warn"));
+    // Pingora logs whole request headers (client and backend `Authorization` included) and
+    // bodies at debug/trace: its crates stay at info whatever RUST_LOG says, so secrets never
+    // reach the log (tests/security.rs runs the LB with RUST_LOG=debug).
+    for quiet in ["pingora_proxy=info", "pingora_core=info"] {
+        if let Ok(d) = quiet.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora=warn")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -394,11 +394,7 @@ impl ProxyHttp for Lb {
             rewrite::for_response(
                 backend.model_type,
                 content_type.as_deref(),
-                RewriteOptions {
-                    stream: r.stream,
-                    chat: r.chat,
-                    separate_thinking: r.separate_thinking,
-                },
+                &RewriteOptions::from_request(&r.body, r.stream, r.chat, r.separate_thinking),
             )
         });
         if rewriter.is_some() {

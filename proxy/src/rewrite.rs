@@ -1,36 +1,353 @@
-//! Edge rewriting of backend bodies. Backends of `model_type: openai` pass through; backends
-//! of `model_type: gpt-oss` may carry raw harmony text that is rewritten into the parsed
-//! OpenAI shape, incrementally for SSE.
+//! Edge rewriting of backend bodies. Backends of `model_type: openai` pass through untouched;
+//! chat completions from backends of `model_type: gpt-oss` whose `content` carries raw harmony
+//! text (`<|channel|>analysis<|message|>...`) are rewritten into the parsed OpenAI shape:
+//! `content`, `reasoning_content`/`reasoning`, `tool_calls`, and the seed's `thinking` and
+//! `parsed` when the request set `separate_thinking`.
+//!
+//! Parsing and the OpenAI mapping are the `harmony` crate's (`TextParser`, `DeltaMapper`,
+//! `ResponseAccumulator`); this module only moves JSON and SSE frames around them. Streams
+//! are rewritten frame by frame: only an incomplete SSE event is held back, and a special
+//! token split across frames is held back by `TextParser` until it is complete.
 
-use bytes::Bytes;
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+use harmony::message::Role;
+use harmony::openai::{DeltaMapper, ResponseAccumulator, SeedContext, StopCause};
+use harmony::parser::TextParser;
+use openai_types::{ChatCompletionRequest, ChatDelta, FinishReason};
+use serde_json::{json, Value};
 
 /// Rewrites a response body chunk by chunk.
 pub trait BodyRewriter: Send + Sync {
-    /// Rewrite one chunk; may hold back bytes until a frame or token is complete.
+    /// Rewrite one chunk; may hold back bytes until an SSE event is complete.
     fn chunk(&mut self, data: &[u8]) -> Bytes;
     /// The end of the body: flush what is held back.
     fn finish(&mut self) -> Bytes;
 }
 
 /// Request facts a rewriter needs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RewriteOptions {
     pub stream: bool,
     pub chat: bool,
-    pub separate_thinking: bool,
+    /// The seed's request half (`developer_instructions`, `history`) when the request set
+    /// `separate_thinking`.
+    pub seed: Option<SeedContext>,
+}
+
+impl RewriteOptions {
+    /// From the request body as the client sent it.
+    pub fn from_request(body: &[u8], stream: bool, chat: bool, separate_thinking: bool) -> Self {
+        let seed = separate_thinking.then(|| {
+            serde_json::from_slice::<ChatCompletionRequest>(body)
+                .map(|r| SeedContext::from_request(&r))
+                .unwrap_or_default()
+        });
+        RewriteOptions { stream, chat, seed }
+    }
 }
 
 /// The rewriter for a response, if any.
 pub fn for_response(
     model_type: config::ModelType,
     content_type: Option<&str>,
-    opts: RewriteOptions,
+    opts: &RewriteOptions,
 ) -> Option<Box<dyn BodyRewriter>> {
-    match model_type {
-        config::ModelType::OpenAi => None,
-        config::ModelType::GptOss => {
-            let _ = (content_type, opts);
-            None
+    if model_type != config::ModelType::GptOss || !opts.chat {
+        return None;
+    }
+    let ct = content_type.unwrap_or("");
+    if ct.starts_with("text/event-stream") {
+        Some(Box::new(SseRewriter::new(opts.seed.clone())))
+    } else if ct.starts_with("application/json") && !opts.stream {
+        Some(Box::new(JsonRewriter {
+            buf: BytesMut::new(),
+            seed: opts.seed.clone(),
+        }))
+    } else {
+        None
+    }
+}
+
+fn has_harmony_tokens(s: &str) -> bool {
+    s.contains("<|")
+}
+
+fn cause_of(finish_reason: Option<&str>) -> StopCause {
+    if finish_reason == Some("length") {
+        StopCause::Length
+    } else {
+        StopCause::Stop
+    }
+}
+
+/// Rewrite one non-streaming chat completion (JSON text); `None` leaves it as it was.
+pub fn rewrite_completion(body: &[u8], seed: Option<&SeedContext>) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let choices = v.get_mut("choices")?.as_array_mut()?;
+    let mut changed = false;
+    for choice in choices.iter_mut() {
+        let Some(content) = choice
+            .pointer("/message/content")
+            .and_then(Value::as_str)
+            .filter(|c| has_harmony_tokens(c))
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let mut parser = TextParser::new(Some(Role::Assistant));
+        let mut acc = ResponseAccumulator::new();
+        parser.push_str(&content, &mut |e| acc.on_event(e));
+        parser.finish(&mut |e| acc.on_event(e));
+        let cause = cause_of(choice.get("finish_reason").and_then(Value::as_str));
+        let parsed = acc.finish(cause);
+        let message = serde_json::to_value(parsed.to_message(seed)).ok()?;
+        if let Some(obj) = choice.as_object_mut() {
+            obj.insert("message".into(), message);
+            if let Some(fr) = parsed.finish_reason {
+                obj.insert("finish_reason".into(), json!(fr.as_str()));
+            }
+            changed = true;
         }
+    }
+    changed.then(|| serde_json::to_vec(&v).ok()).flatten()
+}
+
+/// Non-streaming: the body is one JSON document, so it is held until complete.
+struct JsonRewriter {
+    buf: BytesMut,
+    seed: Option<SeedContext>,
+}
+
+impl BodyRewriter for JsonRewriter {
+    fn chunk(&mut self, data: &[u8]) -> Bytes {
+        self.buf.extend_from_slice(data);
+        Bytes::new()
+    }
+
+    fn finish(&mut self) -> Bytes {
+        let body = std::mem::take(&mut self.buf).freeze();
+        match rewrite_completion(&body, self.seed.as_ref()) {
+            Some(v) => Bytes::from(v),
+            None => body,
+        }
+    }
+}
+
+/// Per-choice stream state.
+struct ChoiceStream {
+    parser: TextParser,
+    mapper: Option<DeltaMapper>,
+    /// Raw harmony was seen in this choice (otherwise it passes through).
+    harmony: bool,
+}
+
+/// Streaming: SSE events are rewritten one by one as they complete.
+pub struct SseRewriter {
+    pending: BytesMut,
+    choices: BTreeMap<u64, ChoiceStream>,
+    seed: Option<SeedContext>,
+}
+
+impl SseRewriter {
+    pub fn new(seed: Option<SeedContext>) -> Self {
+        SseRewriter {
+            pending: BytesMut::new(),
+            choices: BTreeMap::new(),
+            seed,
+        }
+    }
+
+    /// Index of the end of the first complete event (after its blank line) in `buf`.
+    fn event_end(buf: &[u8]) -> Option<usize> {
+        let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+        let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+        match (lf, crlf) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn frame(envelope: &Value, index: u64, delta: &ChatDelta, finish: Option<&str>) -> String {
+        let mut chunk = envelope.clone();
+        if let Some(obj) = chunk.as_object_mut() {
+            obj.insert(
+                "choices".into(),
+                json!([{
+                    "index": index,
+                    "delta": serde_json::to_value(delta).unwrap_or_else(|_| json!({})),
+                    "logprobs": null,
+                    "finish_reason": finish,
+                }]),
+            );
+        }
+        format!("data: {chunk}\n\n")
+    }
+
+    /// Rewrite one complete event.
+    fn event(&mut self, raw: &[u8], out: &mut BytesMut) {
+        let text = String::from_utf8_lossy(raw);
+        let data: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let Ok(mut v) = serde_json::from_str::<Value>(&data) else {
+            out.extend_from_slice(raw); // [DONE], comments, errors: untouched
+            return;
+        };
+        let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut).map(std::mem::take) else {
+            out.extend_from_slice(raw);
+            return;
+        };
+        if choices.is_empty() {
+            out.extend_from_slice(raw); // e.g. the usage chunk
+            return;
+        }
+        let envelope = v;
+        for choice in choices {
+            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let finish = choice.get("finish_reason").and_then(Value::as_str).map(str::to_string);
+            let content = choice.pointer("/delta/content").and_then(Value::as_str).map(str::to_string);
+            let st = self.choices.entry(index).or_insert_with(|| ChoiceStream {
+                parser: TextParser::new(Some(Role::Assistant)),
+                mapper: Some(DeltaMapper::new()),
+                harmony: false,
+            });
+            if !st.harmony && content.as_deref().is_some_and(has_harmony_tokens) {
+                st.harmony = true;
+            }
+            if !st.harmony {
+                // Not raw harmony (yet): this choice passes through as it is.
+                let mut chunk = envelope.clone();
+                if let Some(obj) = chunk.as_object_mut() {
+                    obj.insert("choices".into(), json!([choice]));
+                }
+                out.extend_from_slice(format!("data: {chunk}\n\n").as_bytes());
+                continue;
+            }
+            let mut deltas = Vec::new();
+            if let Some(c) = &content {
+                let ChoiceStream { parser, mapper, .. } = st;
+                if let Some(m) = mapper.as_mut() {
+                    parser.push_str(c, &mut |e| m.on_event(e, &mut deltas));
+                }
+            }
+            let mut final_reason = None;
+            if let Some(fr) = finish.as_deref() {
+                let ChoiceStream { parser, mapper, .. } = st;
+                if let Some(mut m) = mapper.take() {
+                    parser.finish(&mut |e| m.on_event(e, &mut deltas));
+                    let parsed = m.finish(cause_of(Some(fr)), self.seed.as_ref(), &mut deltas);
+                    final_reason = Some(
+                        parsed
+                            .finish_reason
+                            .map(FinishReason::as_str)
+                            .unwrap_or(fr)
+                            .to_string(),
+                    );
+                }
+            }
+            for d in &deltas {
+                out.extend_from_slice(Self::frame(&envelope, index, d, None).as_bytes());
+            }
+            if let Some(fr) = final_reason {
+                out.extend_from_slice(Self::frame(&envelope, index, &ChatDelta::default(), Some(&fr)).as_bytes());
+            }
+        }
+    }
+}
+
+impl BodyRewriter for SseRewriter {
+    fn chunk(&mut self, data: &[u8]) -> Bytes {
+        self.pending.extend_from_slice(data);
+        let mut out = BytesMut::new();
+        while let Some(end) = Self::event_end(&self.pending) {
+            let ev = self.pending.split_to(end);
+            self.event(&ev, &mut out);
+        }
+        out.freeze()
+    }
+
+    fn finish(&mut self) -> Bytes {
+        let mut out = BytesMut::new();
+        let rest = std::mem::take(&mut self.pending);
+        if !rest.is_empty() {
+            self.event(&rest, &mut out);
+        }
+        out.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAW: &str = "<|channel|>analysis<|message|>User asks capital.<|end|><|start|>assistant<|channel|>final<|message|>Washington<|return|>";
+
+    #[test]
+    fn non_streaming_raw_harmony_is_parsed() {
+        let body = json!({"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":RAW},"finish_reason":"stop"}]});
+        let out = rewrite_completion(body.to_string().as_bytes(), None).expect("rewritten");
+        let v: Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["choices"][0]["message"]["content"], "Washington");
+        assert_eq!(v["choices"][0]["message"]["reasoning_content"], "User asks capital.");
+        assert!(v["choices"][0]["message"].get("thinking").is_none());
+    }
+
+    #[test]
+    fn plain_content_is_left_alone() {
+        let body = json!({"choices":[{"index":0,"message":{"role":"assistant","content":"hi","reasoning_content":"r"},"finish_reason":"stop"}]});
+        assert!(rewrite_completion(body.to_string().as_bytes(), None).is_none());
+    }
+
+    fn sse_chunk(content: &str) -> String {
+        format!("data: {}\n\n", json!({"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]}))
+    }
+
+    fn collect(out: &[u8]) -> (String, String, Vec<String>) {
+        let text = String::from_utf8(out.to_vec()).expect("utf8");
+        let (mut content, mut reasoning, mut finishes) = (String::new(), String::new(), Vec::new());
+        for ev in text.split("\n\n").filter(|e| !e.is_empty()) {
+            let data = ev.strip_prefix("data: ").expect("data line");
+            if data == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(data).expect("json");
+            let c = &v["choices"][0];
+            content.push_str(c["delta"]["content"].as_str().unwrap_or(""));
+            reasoning.push_str(c["delta"]["reasoning_content"].as_str().unwrap_or(""));
+            if let Some(f) = c["finish_reason"].as_str() {
+                finishes.push(f.to_string());
+            }
+        }
+        (content, reasoning, finishes)
+    }
+
+    #[test]
+    fn stream_with_tokens_split_across_frames_and_reads() {
+        // Split the raw text into 3-byte deltas so that special tokens straddle frames,
+        // then split the SSE bytes into 7-byte network reads.
+        let mut sse = String::new();
+        let bytes = RAW.as_bytes();
+        for piece in bytes.chunks(3) {
+            sse.push_str(&sse_chunk(std::str::from_utf8(piece).expect("ascii")));
+        }
+        sse.push_str(&format!("data: {}\n\n", json!({"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})));
+        sse.push_str("data: [DONE]\n\n");
+        let mut r = SseRewriter::new(None);
+        let mut out = Vec::new();
+        for read in sse.as_bytes().chunks(7) {
+            out.extend_from_slice(&r.chunk(read));
+        }
+        out.extend_from_slice(&r.finish());
+        let (content, reasoning, finishes) = collect(&out);
+        assert_eq!(content, "Washington");
+        assert_eq!(reasoning, "User asks capital.");
+        assert_eq!(finishes, vec!["stop".to_string()]);
+        assert!(String::from_utf8_lossy(&out).ends_with("data: [DONE]\n\n"));
+        assert!(!String::from_utf8_lossy(&out).contains("<|"), "no special token may leak");
     }
 }
