@@ -460,8 +460,11 @@ impl ProxyHttp for Lb {
         session: &mut Session,
         mut e: Box<Error>,
         ctx: &mut Ctx,
-        _client_reused: bool,
+        client_reused: bool,
     ) -> Box<Error> {
+        // Pingora marks errors on a reused upstream connection `ReusedOnly`; `retry()` panics
+        // until that is decided (a SIGKILLed backend's pooled connections hit this).
+        e.retry.decide_reuse(client_reused);
         let retry_requested = e.retry();
         if !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
             self.attempt_failed(ctx, &e);
