@@ -273,6 +273,12 @@ pub(crate) struct Utf8Stream {
 const REPLACEMENT: &str = "\u{FFFD}";
 
 impl Utf8Stream {
+    /// Is a partial character waiting for its next bytes?
+    #[inline]
+    pub(crate) fn has_carry(&self) -> bool {
+        self.carry_len > 0
+    }
+
     /// Feeds bytes; calls `emit` with each complete piece of text (never empty).
     #[inline]
     pub(crate) fn push(&mut self, mut bytes: &[u8], emit: &mut impl FnMut(&str)) {

@@ -13,12 +13,17 @@ fn text_events(pieces: &[&[u8]], role: Option<Role>) -> Vec<OwnedEvent> {
     let mut p = TextParser::new(role);
     let mut out = Vec::new();
     for piece in pieces {
-        p.push(piece, &mut |e| {
+        // valid pieces go through `push_str`, the others through `push`: same events
+        let mut on = |e: harmony::parser::Event<'_>| {
             if let harmony::parser::Event::ContentDelta(d) = e {
                 assert!(!d.is_empty(), "empty delta");
             }
             out.push(e.to_owned())
-        });
+        };
+        match std::str::from_utf8(piece) {
+            Ok(s) => p.push_str(s, &mut on),
+            Err(_) => p.push(piece, &mut on),
+        }
     }
     p.finish(&mut |e| out.push(e.to_owned()));
     coalesce(out)

@@ -91,6 +91,19 @@ impl Core {
         }
     }
 
+    /// Text known to be valid UTF-8: inside content with no partial character pending, it is
+    /// emitted as is, without validating it again.
+    #[inline]
+    pub(crate) fn on_str<F: FnMut(Event<'_>) + ?Sized>(&mut self, text: &str, sink: &mut F) {
+        if self.state == State::Content && !self.utf8.has_carry() {
+            if !text.is_empty() {
+                sink(Event::ContentDelta(text));
+            }
+        } else {
+            self.on_text(text.as_bytes(), sink);
+        }
+    }
+
     fn header_text<F: FnMut(Event<'_>) + ?Sized>(&mut self, bytes: &[u8], sink: &mut F) {
         let newline = memchr::memchr(b'\n', bytes).map(|i| i + 1);
         let room = MAX_HEADER.saturating_sub(self.buf.len());
@@ -319,7 +332,7 @@ impl Core {
         // `<|channel|>NAME`: NAME runs to whitespace or `<`; the rest of the header is what
         // surrounds it.
         let mut channel: Option<(usize, usize)> = None;
-        let body = match text.find("<|channel|>") {
+        let body = match memchr::memmem::find(text.as_bytes(), CHANNEL) {
             Some(idx) => {
                 let after = &text[idx + CHANNEL.len()..];
                 let end = after
