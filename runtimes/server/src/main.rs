@@ -35,11 +35,25 @@ fn main() -> ExitCode {
     let folder = match model_source(&args) {
         ModelSource::Folder(p) => p,
         ModelSource::Embedded => {
-            tracing::error!(
-                "no --model-path given, and this build has no embedded model yet: \
-                 pass --model-path DIR with an ONNX export (genai_config.json, model.onnx, tokenizer.json)"
+            // Unpacked once per model version; later starts find the folder complete.
+            let root = gpt_oss_runtimes::nano::default_cache_root(
+                std::env::var("XDG_CACHE_HOME").ok().as_deref(),
+                std::env::var("HOME").ok().as_deref(),
             );
-            return ExitCode::from(2);
+            match gpt_oss_runtimes::nano::ensure_unpacked(&root) {
+                Ok(dir) => {
+                    tracing::info!(
+                        path = %dir.display(),
+                        "no --model-path: serving the embedded {}",
+                        gpt_oss_runtimes::nano::MODEL_NAME
+                    );
+                    dir
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot unpack the embedded model; pass --model-path DIR");
+                    return ExitCode::FAILURE;
+                }
+            }
         }
     };
     if !folder.is_dir() {
