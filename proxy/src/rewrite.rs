@@ -70,8 +70,18 @@ pub fn for_response(
     }
 }
 
-fn has_harmony_tokens(s: &str) -> bool {
-    s.contains("<|")
+/// A message or delta that already carries parsed fields came from a backend in parsed mode:
+/// it is left as it is.
+fn already_parsed(v: &Value) -> bool {
+    [
+        "reasoning_content",
+        "reasoning",
+        "tool_calls",
+        "thinking",
+        "parsed",
+    ]
+    .iter()
+    .any(|k| v.get(*k).is_some_and(|x| !x.is_null()))
 }
 
 fn cause_of(finish_reason: Option<&str>) -> StopCause {
@@ -88,10 +98,15 @@ pub fn rewrite_completion(body: &[u8], seed: Option<&SeedContext>) -> Option<Vec
     let choices = v.get_mut("choices")?.as_array_mut()?;
     let mut changed = false;
     for choice in choices.iter_mut() {
-        let Some(content) = choice
-            .pointer("/message/content")
+        let Some(msg) = choice.get("message") else {
+            continue;
+        };
+        if already_parsed(msg) {
+            continue;
+        }
+        let Some(content) = msg
+            .get("content")
             .and_then(Value::as_str)
-            .filter(|c| has_harmony_tokens(c))
             .map(str::to_string)
         else {
             continue;
@@ -139,8 +154,8 @@ impl BodyRewriter for JsonRewriter {
 struct ChoiceStream {
     parser: TextParser,
     mapper: Option<DeltaMapper>,
-    /// Raw harmony was seen in this choice (otherwise it passes through).
-    harmony: bool,
+    /// The backend sent parsed fields for this choice: it passes through untouched.
+    passthrough: bool,
 }
 
 /// Streaming: SSE events are rewritten one by one as they complete.
@@ -198,7 +213,11 @@ impl SseRewriter {
             out.extend_from_slice(raw); // [DONE], comments, errors: untouched
             return;
         };
-        let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut).map(std::mem::take) else {
+        let Some(choices) = v
+            .get_mut("choices")
+            .and_then(Value::as_array_mut)
+            .map(std::mem::take)
+        else {
             out.extend_from_slice(raw);
             return;
         };
@@ -209,18 +228,24 @@ impl SseRewriter {
         let envelope = v;
         for choice in choices {
             let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let finish = choice.get("finish_reason").and_then(Value::as_str).map(str::to_string);
-            let content = choice.pointer("/delta/content").and_then(Value::as_str).map(str::to_string);
+            let finish = choice
+                .get("finish_reason")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let content = choice
+                .pointer("/delta/content")
+                .and_then(Value::as_str)
+                .map(str::to_string);
             let st = self.choices.entry(index).or_insert_with(|| ChoiceStream {
                 parser: TextParser::new(Some(Role::Assistant)),
                 mapper: Some(DeltaMapper::new()),
-                harmony: false,
+                passthrough: false,
             });
-            if !st.harmony && content.as_deref().is_some_and(has_harmony_tokens) {
-                st.harmony = true;
+            if choice.get("delta").is_some_and(already_parsed) {
+                st.passthrough = true;
             }
-            if !st.harmony {
-                // Not raw harmony (yet): this choice passes through as it is.
+            if st.passthrough {
+                // A parsed-mode backend: this choice passes through as it is.
                 let mut chunk = envelope.clone();
                 if let Some(obj) = chunk.as_object_mut() {
                     obj.insert("choices".into(), json!([choice]));
@@ -254,7 +279,9 @@ impl SseRewriter {
                 out.extend_from_slice(Self::frame(&envelope, index, d, None).as_bytes());
             }
             if let Some(fr) = final_reason {
-                out.extend_from_slice(Self::frame(&envelope, index, &ChatDelta::default(), Some(&fr)).as_bytes());
+                out.extend_from_slice(
+                    Self::frame(&envelope, index, &ChatDelta::default(), Some(&fr)).as_bytes(),
+                );
             }
         }
     }
@@ -293,18 +320,34 @@ mod tests {
         let out = rewrite_completion(body.to_string().as_bytes(), None).expect("rewritten");
         let v: Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(v["choices"][0]["message"]["content"], "Washington");
-        assert_eq!(v["choices"][0]["message"]["reasoning_content"], "User asks capital.");
+        assert_eq!(
+            v["choices"][0]["message"]["reasoning_content"],
+            "User asks capital."
+        );
         assert!(v["choices"][0]["message"].get("thinking").is_none());
     }
 
     #[test]
-    fn plain_content_is_left_alone() {
+    fn already_parsed_messages_are_left_alone() {
         let body = json!({"choices":[{"index":0,"message":{"role":"assistant","content":"hi","reasoning_content":"r"},"finish_reason":"stop"}]});
         assert!(rewrite_completion(body.to_string().as_bytes(), None).is_none());
     }
 
+    #[test]
+    fn content_without_tokens_is_final_content_with_seed_fields() {
+        let body = json!({"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]});
+        let seed = SeedContext::default();
+        let out = rewrite_completion(body.to_string().as_bytes(), Some(&seed)).expect("rewritten");
+        let v: Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["choices"][0]["message"]["content"], "hi");
+        assert_eq!(v["choices"][0]["message"]["parsed"]["final"], "hi");
+    }
+
     fn sse_chunk(content: &str) -> String {
-        format!("data: {}\n\n", json!({"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]}))
+        format!(
+            "data: {}\n\n",
+            json!({"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]})
+        )
     }
 
     fn collect(out: &[u8]) -> (String, String, Vec<String>) {
@@ -335,7 +378,10 @@ mod tests {
         for piece in bytes.chunks(3) {
             sse.push_str(&sse_chunk(std::str::from_utf8(piece).expect("ascii")));
         }
-        sse.push_str(&format!("data: {}\n\n", json!({"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})));
+        sse.push_str(&format!(
+            "data: {}\n\n",
+            json!({"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
+        ));
         sse.push_str("data: [DONE]\n\n");
         let mut r = SseRewriter::new(None);
         let mut out = Vec::new();
@@ -348,6 +394,9 @@ mod tests {
         assert_eq!(reasoning, "User asks capital.");
         assert_eq!(finishes, vec!["stop".to_string()]);
         assert!(String::from_utf8_lossy(&out).ends_with("data: [DONE]\n\n"));
-        assert!(!String::from_utf8_lossy(&out).contains("<|"), "no special token may leak");
+        assert!(
+            !String::from_utf8_lossy(&out).contains("<|"),
+            "no special token may leak"
+        );
     }
 }
