@@ -255,21 +255,32 @@ def harmony_md(since):
 
 def instructions_md():
     out = status_md("instructions")
-    rows = load(os.path.join(OUT, "instructions", "instructions.json"))
+    rows = []
+    for body in ("json", "sse", "harmony"):
+        name = "instructions.json" if body == "json" else f"instructions-{body}.json"
+        rows += load(os.path.join(OUT, "instructions", name)) or []
     if not rows:
         if status("instructions") and status("instructions")[0] == "ok":
-            out.append("**MISSING:** `benches/out/instructions/instructions.json` was not written.")
+            out.append("**MISSING:** no `benches/out/instructions/instructions*.json` was written.")
         return out
-    out += ["User-space instructions per proxied request (JSON body, 4 connections), counted by "
+    out += ["User-space instructions per proxied request (4 connections), counted by "
             "`valgrind --tool=callgrind` after warm-up (`benches/proxy/instructions.py`; kernel work, "
-            "the same for both, is not counted). The count repeats to within ~1% on a busy machine, "
-            "where requests/s does not.", "",
-            "| proxy | requests counted | instructions per request |", "|---|---:|---:|"]
+            "about the same for both proxies, is not counted). The count repeats to within ~1-2% on a busy "
+            "machine, where requests/s does not. The `harmony` body goes through gpt-oss-lb's edge "
+            "rewriting; nginx has no such path.", "",
+            "| proxy | body | requests counted | instructions per request |", "|---|---|---:|---:|"]
     for r in rows:
-        out.append(f"| {r['proxy']} | {r['requests']:,} | {r['instructions_per_request']:,} |")
-    if len(rows) == 2 and rows[0]["instructions_per_request"]:
-        out += ["", f"gpt-oss-lb / nginx: **{rows[1]['instructions_per_request'] / rows[0]['instructions_per_request']:.2f}x** "
-                "instructions per request. Top functions: `benches/out/instructions/*.top.txt`."]
+        out.append(f"| {r['proxy']} | {r['body']} | {r['requests']:,} | {r['instructions_per_request']:,} |")
+    per = {(r["proxy"], r["body"]): r["instructions_per_request"] for r in rows if r["instructions_per_request"]}
+    notes = []
+    for body in ("json", "sse"):
+        if ("nginx", body) in per and ("gpt-oss-lb", body) in per:
+            notes.append(f"{body}: gpt-oss-lb / nginx **{per[('gpt-oss-lb', body)] / per[('nginx', body)]:.2f}x**")
+    if ("gpt-oss-lb", "harmony") in per and ("gpt-oss-lb", "sse") in per:
+        notes.append(f"rewriting / pass-through (gpt-oss-lb, 64-chunk SSE): "
+                     f"**{per[('gpt-oss-lb', 'harmony')] / per[('gpt-oss-lb', 'sse')]:.2f}x**")
+    if notes:
+        out += ["", "; ".join(notes) + ". Top functions by inclusive cost: `benches/out/instructions/*.top.txt`."]
     return out
 
 

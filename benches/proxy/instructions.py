@@ -45,7 +45,8 @@ def measure(name, argv, port, body, seconds, out, run, upstream, env=None):
     proc = bench.Proc(f"{name}-callgrind", vg + argv, run, env=env)
     try:
         bench.wait_ready(name, body, port, proc, 120)
-        bench.check_path("lb" if name == "gpt-oss-lb" else name, body, port)
+        bench.check_path("lb-rewrite" if body == "harmony" else ("lb" if name == "gpt-oss-lb" else name),
+                         body, port)
         # Warm-up (pools, caches), not counted.
         subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", os.path.join(bench.HERE, "post.lua"),
                         f"http://127.0.0.1:{port}/v1/chat/completions", "--", bench.BODY[body][1],
@@ -76,7 +77,8 @@ def measure(name, argv, port, body, seconds, out, run, upstream, env=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--body", default="json", choices=["json", "sse"])
+    ap.add_argument("--body", default="json", choices=["json", "sse", "harmony"],
+                    help="harmony: gpt-oss-lb only, rewriting the raw-harmony stream (nginx has no such path)")
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--out", default=os.path.join(bench.ROOT, "benches", "out", "instructions"))
     ap.add_argument("--lb-bin", default=os.environ.get("GPT_OSS_LB_BIN"))
@@ -104,9 +106,10 @@ def main():
         with open(conf_path, "w", encoding="utf-8") as f:
             f.write(conf)
         proxy_port = base + 3 if args.body == "json" else base + 4
-        results.append(measure("nginx", ["nginx", "-c", conf_path, "-p", run, "-e",
-                                         os.path.join(run, "nginx-proxy.err")],
-                               proxy_port, args.body, args.seconds, args.out, run, upstream))
+        if args.body != "harmony":
+                results.append(measure("nginx", ["nginx", "-c", conf_path, "-p", run, "-e",
+                                             os.path.join(run, "nginx-proxy.err")],
+                                   proxy_port, args.body, args.seconds, args.out, run, upstream))
         exe = args.lb_bin or os.path.join(bench.ROOT, "target", "release", "gpt-oss-lb")
         cfg = os.path.join(run, "lb.yaml")
         with open(cfg, "w", encoding="utf-8") as f:
@@ -121,9 +124,10 @@ def main():
     for r in results:
         print(f"{r['proxy']:11s} {r['body']}: {r['instructions_per_request']:,} instructions per request "
               f"({r['requests']} requests, {r['errors']} errors)")
-    if len(results) == 2 and results[0]["instructions_per_request"]:
+    if len(results) == 2 and results[0]["instructions_per_request"] and results[1]["instructions_per_request"]:
         print(f"gpt-oss-lb / nginx: {results[1]['instructions_per_request'] / results[0]['instructions_per_request']:.2f}x")
-    with open(os.path.join(args.out, "instructions.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(args.out, f"instructions{'' if args.body == 'json' else '-' + args.body}.json"),
+              "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
     return 0
 
