@@ -38,7 +38,7 @@ def callgrind_total(path):
 
 
 def measure(name, argv, port, body, seconds, out, run, upstream, env=None):
-    prefix = os.path.join(out, f"{name}.callgrind")
+    prefix = os.path.join(out, f"{name}-{body}.callgrind")
     for old in glob.glob(prefix + "*"):
         os.remove(old)
     vg = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={prefix}.%p"]
@@ -68,7 +68,7 @@ def measure(name, argv, port, body, seconds, out, run, upstream, env=None):
     n = res["requests"]
     errors = sum(res["errors"].values())
     top = subprocess.run(["callgrind_annotate", "--inclusive=yes", dump], capture_output=True, text=True).stdout
-    with open(os.path.join(out, f"{name}.top.txt"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out, f"{name}-{body}.top.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(top.splitlines()[:200]) + "\n")
     total = sum(totals.values())
     return {"proxy": name, "body": body, "requests": n, "errors": errors, "instructions": total,
