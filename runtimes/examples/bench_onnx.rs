@@ -27,6 +27,8 @@ struct Args {
     /// Slots of the engine; 0 means "equal to the concurrency of the run".
     max_concurrent: u32,
     token_range: u32,
+    intra_threads: Option<usize>,
+    max_seq_len: Option<u32>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -38,6 +40,8 @@ fn parse() -> Result<Args, String> {
         repeats: 2,
         max_concurrent: 0,
         token_range: 3000,
+        intra_threads: None,
+        max_seq_len: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,6 +65,12 @@ fn parse() -> Result<Args, String> {
                 a.max_concurrent = value()?.parse().map_err(|_| "bad --max-concurrent")?
             }
             "--token-range" => a.token_range = value()?.parse().map_err(|_| "bad --token-range")?,
+            "--max-seq-len" => {
+                a.max_seq_len = Some(value()?.parse().map_err(|_| "bad --max-seq-len")?)
+            }
+            "--intra-threads" => {
+                a.intra_threads = Some(value()?.parse().map_err(|_| "bad --intra-threads")?)
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -140,6 +150,8 @@ async fn main() {
             LibrarySearch::from_process(),
         );
         config.prefill_chunk = args.prompt_len.max(1);
+        config.intra_threads = args.intra_threads;
+        config.max_seq_len = args.max_seq_len;
         let backend = match OnnxBackend::load(config) {
             Ok(b) => b,
             Err(e) => {

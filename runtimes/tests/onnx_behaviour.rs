@@ -318,8 +318,7 @@ fn load_err(dir: &std::path::Path) -> String {
     let mut c = config(1);
     c.model_dir = dir.to_path_buf();
     OnnxBackend::load(c)
-        .err()
-        .expect("a broken folder must not load")
+        .expect_err("a broken folder must not load")
         .to_string()
 }
 

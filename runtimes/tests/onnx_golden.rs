@@ -10,10 +10,45 @@ use gpt_oss_runtimes::onnx::{ModelOptions, OnnxModel};
 use gpt_oss_runtimes::{DeviceMap, LibrarySearch, SamplingParams, StopReason};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn greedy_generation_equals_pytorch_on_every_golden_prompt() {
-    let backend = load(1);
+async fn greedy_generation_equals_pytorch_on_every_golden_prompt_on_both_exports() {
+    for (variant, dir) in variants() {
+        greedy_matches(variant, &load_from(dir, 1)).await;
+    }
+}
+
+/// The same through the batched engine: four sequences decode together, joining and leaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_greedy_generation_equals_pytorch_on_both_exports() {
     let new_tokens = golden()["new_tokens"].as_u64().expect("new_tokens") as u32;
-    let window = golden()["config"]["sliding_window"]
+    for (variant, dir) in variants() {
+        let backend = load_from(dir, 4);
+        let runs = prompts()
+            .into_iter()
+            .map(|(name, prompt, expected)| {
+                let backend = &backend;
+                async move {
+                    let got = run(
+                        backend,
+                        request(&name, prompt, SamplingParams::greedy(), vec![], new_tokens),
+                    )
+                    .await;
+                    (name, got, expected)
+                }
+            })
+            .collect::<Vec<_>>();
+        for (name, (tokens, reason), expected) in futures::future::join_all(runs).await {
+            assert_eq!(reason, StopReason::Length, "{variant} {name}");
+            assert_eq!(
+                tokens, expected,
+                "{variant} export, prompt {name:?}, batched"
+            );
+        }
+    }
+}
+
+async fn greedy_matches(variant: &str, backend: &gpt_oss_runtimes::OnnxBackend) {
+    let new_tokens = golden()["new_tokens"].as_u64().expect("new_tokens") as u32;
+    let window = golden()["model_config"]["sliding_window"]
         .as_u64()
         .expect("window") as usize;
     let mut crossed_window = false;
@@ -21,14 +56,14 @@ async fn greedy_generation_equals_pytorch_on_every_golden_prompt() {
         crossed_window |= prompt.len() + expected.len() > window;
         // No stop ids: the golden ids run past the stop tokens.
         let (tokens, reason) = run(
-            &backend,
+            backend,
             request(&name, prompt, SamplingParams::greedy(), vec![], new_tokens),
         )
         .await;
         assert_eq!(reason, StopReason::Length, "{name}");
         if let Some(i) = tokens.iter().zip(&expected).position(|(a, b)| a != b) {
             panic!(
-                "prompt {name:?}: token {i} is {} but PyTorch gives {}\n ours:   {tokens:?}\n golden: {expected:?}",
+                "{variant} export, prompt {name:?}: token {i} is {} but PyTorch gives {}\n ours:   {tokens:?}\n golden: {expected:?}",
                 tokens[i], expected[i]
             );
         }
@@ -47,7 +82,13 @@ fn first_step_logits_match_the_reference_checksums() {
         device: DeviceMap::Cpu,
         intra_threads: None,
     };
-    let mut model = OnnxModel::load(&env, model_dir(), &options).expect("load");
+    for (variant, dir) in variants() {
+        let mut model = OnnxModel::load(&env, dir, &options).expect("load");
+        first_step_logits(variant, &mut model);
+    }
+}
+
+fn first_step_logits(variant: &str, model: &mut OnnxModel) {
     for p in golden()["prompts"].as_array().expect("prompts") {
         let name = p["name"].as_str().expect("name");
         let prompt: Vec<u32> = p["prompt_ids"]
@@ -74,7 +115,7 @@ fn first_step_logits_match_the_reference_checksums() {
         let close = |what: &str, ours: f64, theirs: f64, tol: f64| {
             assert!(
                 (ours - theirs).abs() <= tol,
-                "prompt {name:?}: logits {what} is {ours}, the reference has {theirs} (tolerance {tol})"
+                "{variant} export, prompt {name:?}: logits {what} is {ours}, the reference has {theirs} (tolerance {tol})"
             );
         };
         // fp32 on two runtimes: element-wise agreement to ~1e-4, sums over 201,088 entries to ~1e-5 relative.

@@ -170,6 +170,9 @@ pub fn environment(search: &LibrarySearch) -> Result<Environment, LibraryError> 
         .with_telemetry(false)
         .build()
         .map_err(|e| LibraryError::Environment(e.to_string()))?;
+    // `ort` registers its tracing logger at the verbose level; ONNX Runtime would then format every
+    // verbose message of every run. Warnings and errors are what a server log wants.
+    env.set_log_level(ort::logging::LogLevel::Warning);
     tracing::info!(library = %location, "loaded ONNX Runtime");
     *guard = Some((env.clone(), location));
     Ok(env)

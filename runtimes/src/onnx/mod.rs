@@ -71,6 +71,10 @@ pub struct OnnxBackendConfig {
     /// Prompt tokens fed per step ([`DEFAULT_PREFILL_CHUNK`] by default). Bounds the
     /// `[chunk, vocab]` logits a prefill step allocates and lets other sequences decode between chunks.
     pub prefill_chunk: usize,
+    /// Caps prompt plus completion below the model's `context_length`. With batching the decode
+    /// pool holds `max_concurrent` rows of this many tokens for every layer, allocated at load, so
+    /// a long-context model needs a cap (`None`: the model's context length).
+    pub max_seq_len: Option<u32>,
 }
 
 /// Prompt tokens per prefill step unless configured: 256 x 201,088 fp32 logits are 206 MB.
@@ -91,6 +95,7 @@ impl OnnxBackendConfig {
             model_name: None,
             intra_threads: None,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            max_seq_len: None,
         }
     }
 }
@@ -130,7 +135,10 @@ impl OnnxBackend {
             device: config.device,
             intra_threads: config.intra_threads,
         };
-        let model = OnnxModel::load(&env, &config.model_dir, &options)?;
+        let mut model = OnnxModel::load(&env, &config.model_dir, &options)?;
+        if let Some(cap) = config.max_seq_len {
+            model.cap_context_length(cap as usize);
+        }
         let model_name = config
             .model_name
             .clone()

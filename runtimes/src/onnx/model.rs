@@ -315,6 +315,19 @@ impl OnnxModel {
         })
     }
 
+    /// Lowers the context length (never below what the windowed layers need).
+    pub fn cap_context_length(&mut self, cap: usize) {
+        let capped = cap.max(self.spec.min_kv_capacity).max(2);
+        if capped < self.spec.context_length {
+            tracing::info!(
+                from = self.spec.context_length,
+                to = capped,
+                "context length capped"
+            );
+            self.spec.context_length = capped;
+        }
+    }
+
     /// Whether decode steps can be batched on this device (the KV pool is filled by host copies).
     pub fn supports_batching(&self) -> bool {
         self.device == Device::Cpu
@@ -363,6 +376,19 @@ impl OnnxModel {
         binding
             .bind_output(spec.logits.as_str(), &mut logits)
             .map_err(internal("binding logits"))?;
+        tracing::info!(
+            slots,
+            capacity,
+            mib = (spec.kv_names.len()
+                * 2
+                * slots
+                * spec.num_kv_heads
+                * capacity
+                * spec.head_size
+                * 4)
+                >> 20,
+            "decode pool allocated"
+        );
         Ok(DecodePool {
             binding,
             kv,

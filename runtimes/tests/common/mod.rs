@@ -26,7 +26,8 @@ pub fn golden() -> &'static serde_json::Value {
     })
 }
 
-/// The onnxruntime-genai folder, unpacked once per test binary from `fixture/tiny/model.tar.xz`.
+/// The fullkv export (the committed archive: every layer's KV is full length, the window lives
+/// only in the graph), unpacked once per test binary from `fixture/tiny/model.tar.xz`.
 pub fn model_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -57,9 +58,56 @@ pub fn model_dir() -> &'static Path {
     })
 }
 
-pub fn config(max_concurrent: u32) -> OnnxBackendConfig {
+/// The windowed export (the builder's default: window-sized KV on the sliding layers,
+/// `sliding_window` in genai_config): the fullkv folder with `fixture/tiny/windowed/*` on top.
+pub fn windowed_model_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let overlay = fixture_root().join(
+            golden()["windowed_overlay"]["dir"]
+                .as_str()
+                .expect("overlay dir"),
+        );
+        let base = model_dir();
+        let dir = base.with_file_name(format!(
+            "{}-windowed",
+            base.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        if !dir.join(".complete").is_file() {
+            let partial = dir.with_extension(format!("partial-{}", std::process::id()));
+            std::fs::create_dir_all(&partial).expect("create fixture dir");
+            for entry in std::fs::read_dir(base).expect("fixture") {
+                let entry = entry.expect("entry");
+                let to = partial.join(entry.file_name());
+                if std::fs::hard_link(entry.path(), &to).is_err() {
+                    std::fs::copy(entry.path(), &to).expect("copy");
+                }
+            }
+            for entry in std::fs::read_dir(&overlay).expect("overlay") {
+                let entry = entry.expect("entry");
+                let to = partial.join(entry.file_name());
+                let _ = std::fs::remove_file(&to);
+                std::fs::copy(entry.path(), &to).expect("copy overlay");
+            }
+            std::fs::write(partial.join(".complete"), b"").expect("marker");
+            if std::fs::rename(&partial, &dir).is_err() {
+                let _ = std::fs::remove_dir_all(&partial);
+            }
+        }
+        dir
+    })
+}
+
+/// Both export variants, named.
+pub fn variants() -> [(&'static str, &'static Path); 2] {
+    [("fullkv", model_dir()), ("windowed", windowed_model_dir())]
+}
+
+pub fn config_for(dir: &Path, max_concurrent: u32) -> OnnxBackendConfig {
     let mut c = OnnxBackendConfig::new(
-        model_dir(),
+        dir,
         DeviceMap::Cpu,
         max_concurrent,
         LibrarySearch::from_process(),
@@ -71,8 +119,17 @@ pub fn config(max_concurrent: u32) -> OnnxBackendConfig {
     c
 }
 
+pub fn config(max_concurrent: u32) -> OnnxBackendConfig {
+    config_for(model_dir(), max_concurrent)
+}
+
+pub fn load_from(dir: &Path, max_concurrent: u32) -> OnnxBackend {
+    OnnxBackend::load(config_for(dir, max_concurrent))
+        .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
+}
+
 pub fn load(max_concurrent: u32) -> OnnxBackend {
-    OnnxBackend::load(config(max_concurrent)).unwrap_or_else(|e| panic!("loading the fixture: {e}"))
+    load_from(model_dir(), max_concurrent)
 }
 
 pub fn prompts() -> Vec<(String, Vec<u32>, Vec<u32>)> {
