@@ -7,8 +7,9 @@ machine does not), so a change to gpt-oss-lb can be judged before and after.
 
 The upstream nginx runs natively; the proxy under test (nginx as reverse proxy, single process,
 and gpt-oss-lb with --threads 1) runs under `valgrind --tool=callgrind --instr-atstart=no`.
-After start-up and a warm-up, counting is switched on (callgrind_control -i on), wrk sends
-requests over 4 connections for a few seconds, then the counts are dumped. Writes
+After start-up and a warm-up, counting is switched on (callgrind_control -i on) for an idle
+window and then for the same time while wrk sends requests over 4 connections; the idle rate
+(timers, health checks) is subtracted before dividing by the requests served. Writes
 OUT/instructions.json and, per proxy, the callgrind output file (open it with callgrind_annotate
 or kcachegrind) and the top functions by inclusive cost in OUT/PROXY.top.txt.
 """
@@ -51,28 +52,46 @@ def measure(name, argv, port, body, seconds, out, run, upstream, env=None):
         subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", os.path.join(bench.HERE, "post.lua"),
                         f"http://127.0.0.1:{port}/v1/chat/completions", "--", bench.BODY[body][1],
                         bench.BODY[body][2]], capture_output=True, timeout=60, check=False)
-        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True, timeout=60, check=True)
+        ctl = lambda *a: subprocess.run(["callgrind_control", *a, str(proc.pid)],  # noqa: E731
+                                        capture_output=True, timeout=120, check=True)
+        # Count an idle window first (timers, health checks), then the same time under load;
+        # the idle rate is subtracted so that background work does not depend on how many
+        # requests a slow (instrumented) process managed to serve.
+        ctl("-i", "on")
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        ctl("-d")
+        idle_s = time.monotonic() - t0
+        t1 = time.monotonic()
         w = subprocess.run(["wrk", "-t1", "-c4", f"-d{seconds}s", "--timeout", "10s", "-s",
                             os.path.join(bench.HERE, "post.lua"), f"http://127.0.0.1:{port}/v1/chat/completions",
                             "--", bench.BODY[body][1], bench.BODY[body][2]],
                            capture_output=True, text=True, timeout=seconds + 60)
+        ctl("-d")
+        load_s = time.monotonic() - t1
+        ctl("-i", "off")
         res = next(json.loads(l[9:]) for l in w.stdout.splitlines() if l.startswith("WRK_JSON "))
-        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True, timeout=60, check=True)
-        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, timeout=120, check=True)
         time.sleep(1)
     finally:
         proc.stop()
-    files = [f for f in glob.glob(prefix + ".*") if os.path.getsize(f) > 0]
-    totals = {f: callgrind_total(f) for f in files}
-    dump = max(totals, key=totals.get)  # the dump taken while counting (the final one is near empty)
+    dumps = {}
+    for f in glob.glob(prefix + ".*.*"):
+        try:
+            dumps[int(f.rsplit(".", 1)[1])] = f
+        except ValueError:
+            continue
+    if 1 not in dumps or 2 not in dumps:
+        raise bench.BenchError(f"{name}: callgrind dumps missing ({sorted(dumps)})")
+    idle, load = callgrind_total(dumps[1]), callgrind_total(dumps[2])
     n = res["requests"]
     errors = sum(res["errors"].values())
-    top = subprocess.run(["callgrind_annotate", "--inclusive=yes", dump], capture_output=True, text=True).stdout
+    net = load - idle * (load_s / idle_s)
+    top = subprocess.run(["callgrind_annotate", "--inclusive=yes", dumps[2]], capture_output=True, text=True).stdout
     with open(os.path.join(out, f"{name}-{body}.top.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(top.splitlines()[:200]) + "\n")
-    total = sum(totals.values())
-    return {"proxy": name, "body": body, "requests": n, "errors": errors, "instructions": total,
-            "instructions_per_request": round(total / n) if n else None, "callgrind_file": dump}
+    return {"proxy": name, "body": body, "requests": n, "errors": errors, "instructions_under_load": load,
+            "idle_instructions_per_s": round(idle / idle_s),
+            "instructions_per_request": round(net / n) if n else None, "callgrind_file": dumps[2]}
 
 
 def main():
