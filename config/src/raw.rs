@@ -1,7 +1,16 @@
 //! The file as written: every field optional, enums as strings, so that validation can
 //! name the field path of any mistake.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+/// A list written as `key:` with nothing after it (YAML null) is an empty list.
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
 
 /// A scalar that may be written as a number or a string (`5s`, `65536`).
 #[derive(Debug, Clone, Deserialize)]
@@ -18,16 +27,16 @@ pub struct RawConfig {
     pub listen: Option<String>,
     pub admin: Option<RawAdmin>,
     pub state_file: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub backends: Vec<RawBackend>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub routes: Vec<RawRoute>,
     pub default_policy: Option<String>,
     pub health_check: Option<RawHealth>,
     pub retries: Option<RawRetries>,
     pub timeouts: Option<RawTimeouts>,
     pub body_limit: Option<Scalar>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub client_api_keys: Vec<String>,
 }
 
@@ -45,7 +54,7 @@ pub struct RawBackend {
     pub name: Option<String>,
     pub url: Option<String>,
     pub model_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub models: Vec<String>,
     pub weight: Option<i64>,
     pub api_key: Option<String>,
@@ -55,9 +64,9 @@ pub struct RawBackend {
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub model: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub aliases: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub backends: Vec<String>,
     pub policy: Option<String>,
     pub hash_header: Option<String>,

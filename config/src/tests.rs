@@ -67,6 +67,13 @@ fn durations_and_limits_are_checked() {
 }
 
 #[test]
+fn empty_lists_may_be_written_as_null() {
+    let c =
+        Config::from_yaml("backends:\nroutes:\nclient_api_keys:\n").expect("null lists are empty");
+    assert!(c.backends.is_empty() && c.routes.is_empty() && c.client_api_keys.is_empty());
+}
+
+#[test]
 fn unknown_fields_are_rejected() {
     let e = err("retries:\n  attempts: 3\n");
     assert!(e.contains("unknown field `attempts`"), "got {e}");

@@ -213,6 +213,10 @@ pub fn parse_queue_depth(body: &[u8]) -> Option<u64> {
     if let Some(n) = num(q) {
         return Some(n);
     }
+    // gpt-oss-server: {"queue": {"running", "waiting", ...}}: requests ahead of a new one.
+    if let Some(w) = q.get("waiting").and_then(num) {
+        return Some(w.saturating_add(q.get("running").and_then(num).unwrap_or(0)));
+    }
     for k in KEYS.iter().chain(&["depth", "size", "length"]) {
         if let Some(n) = q.get(*k).and_then(num) {
             return Some(n);

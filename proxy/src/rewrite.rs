@@ -70,6 +70,10 @@ pub fn for_response(
     }
 }
 
+fn has_harmony_tokens(s: &str) -> bool {
+    s.contains("<|")
+}
+
 /// A message or delta that already carries parsed fields came from a backend in parsed mode:
 /// it is left as it is.
 fn already_parsed(v: &Value) -> bool {
@@ -101,9 +105,6 @@ pub fn rewrite_completion(body: &[u8], seed: Option<&SeedContext>) -> Option<Vec
         let Some(msg) = choice.get("message") else {
             continue;
         };
-        if already_parsed(msg) {
-            continue;
-        }
         let Some(content) = msg
             .get("content")
             .and_then(Value::as_str)
@@ -111,6 +112,11 @@ pub fn rewrite_completion(body: &[u8], seed: Option<&SeedContext>) -> Option<Vec
         else {
             continue;
         };
+        // Raw harmony in `content` is rewritten whatever else the backend added; content
+        // without special tokens is left alone when the backend already parsed it.
+        if !has_harmony_tokens(&content) && already_parsed(msg) {
+            continue;
+        }
         let mut parser = TextParser::new(Some(Role::Assistant));
         let mut acc = ResponseAccumulator::new();
         parser.push_str(&content, &mut |e| acc.on_event(e));
@@ -150,12 +156,21 @@ impl BodyRewriter for JsonRewriter {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No content seen yet: chunks pass through.
+    Undecided,
+    /// Content is parsed as harmony text and re-emitted as OpenAI deltas.
+    Rewrite,
+    /// The backend sent parsed fields (a parsed-mode backend): passes through untouched.
+    Passthrough,
+}
+
 /// Per-choice stream state.
 struct ChoiceStream {
     parser: TextParser,
     mapper: Option<DeltaMapper>,
-    /// The backend sent parsed fields for this choice: it passes through untouched.
-    passthrough: bool,
+    mode: Mode,
 }
 
 /// Streaming: SSE events are rewritten one by one as they complete.
@@ -239,13 +254,18 @@ impl SseRewriter {
             let st = self.choices.entry(index).or_insert_with(|| ChoiceStream {
                 parser: TextParser::new(Some(Role::Assistant)),
                 mapper: Some(DeltaMapper::new()),
-                passthrough: false,
+                mode: Mode::Undecided,
             });
-            if choice.get("delta").is_some_and(already_parsed) {
-                st.passthrough = true;
+            if st.mode == Mode::Undecided {
+                let tokens = content.as_deref().is_some_and(has_harmony_tokens);
+                if !tokens && choice.get("delta").is_some_and(already_parsed) {
+                    st.mode = Mode::Passthrough;
+                } else if content.is_some() || finish.is_some() {
+                    st.mode = Mode::Rewrite;
+                }
             }
-            if st.passthrough {
-                // A parsed-mode backend: this choice passes through as it is.
+            if st.mode != Mode::Rewrite {
+                // Undecided (a role-only first delta) or a parsed-mode backend: as it is.
                 let mut chunk = envelope.clone();
                 if let Some(obj) = chunk.as_object_mut() {
                     obj.insert("choices".into(), json!([choice]));
