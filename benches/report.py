@@ -323,8 +323,24 @@ def main():
         f"This file was written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
         + (f" by a run started {started}" if started else "") + ".",
         "",
-        "## Machine", "",
     ]
+    warnings = []
+    if proxy and proxy["settings"]["duration_s"] < 10:
+        warnings.append(f"a short run ({proxy['settings']['duration_s']} s per proxy point; "
+                        "`benches/run` defaults to 10 s): a pipeline check, not figures to quote")
+    m = load(os.path.join(OUT, "machine.json"))
+    if m:
+        try:
+            load1 = float(m["loadavg_at_start"][0])
+            if load1 > 0.5 * float(m["cpus"]):
+                warnings.append(f"the machine was busy when the run started (load average {load1:.1f} on "
+                                f"{m['cpus']} CPUs): requests/s and latencies are noisy; CPU per request and "
+                                "instruction counts much less so")
+        except (KeyError, ValueError, IndexError):
+            pass
+    if warnings:
+        lines += ["> **Warning:** " + "; ".join(warnings) + ".", ""]
+    lines += ["## Machine", ""]
     lines += machine_md(load(os.path.join(OUT, "machine.json")))
     lines += ["", "## Proxy: gpt-oss-lb against nginx", ""] + status_md("proxy")
     if proxy and status("proxy") is None:
