@@ -417,6 +417,7 @@ impl Core {
             let mut off = w.as_ptr() as usize - base;
             while let Some(i) = w
                 .get(1..)
+                .filter(|t| t.contains('<'))
                 .and_then(|t| t.find("<|constrain|>"))
                 .map(|i| i + 1)
             {
