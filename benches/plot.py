@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 
 import matplotlib
 
@@ -118,7 +119,7 @@ def runtime_plot(dest):
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    ax.set_title(r.get("title", "Runtime throughput against concurrency"), fontsize=9)
+    ax.set_title(textwrap.fill(r.get("title", "Runtime throughput against concurrency"), 90), fontsize=8)
     fig.tight_layout()
     path = os.path.join(dest, "runtime_throughput.png")
     fig.savefig(path, dpi=110)
