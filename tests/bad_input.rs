@@ -91,6 +91,7 @@ async fn hostile_run(target: &Target<'_>, conc: usize, report_as: &str) -> Vec<S
                     (_, 400..=499) => is_openai_error(&body),
                     (Expect::MayAccept, 200) => {
                         fault_load::classify_json(200, &body) == Outcome::Ok
+                            || fault_load::classify_sse(&body) == Outcome::Ok
                     }
                     _ => false,
                 };
@@ -104,7 +105,8 @@ async fn hostile_run(target: &Target<'_>, conc: usize, report_as: &str) -> Vec<S
                 tally.record(&outcome, started.elapsed(), None);
                 if !good {
                     let snippet = String::from_utf8_lossy(&body[..body.len().min(300)]).to_string();
-                    let sent = String::from_utf8_lossy(&c.body[..c.body.len().min(200)]).to_string();
+                    let sent =
+                        String::from_utf8_lossy(&c.body[..c.body.len().min(200)]).to_string();
                     failures.lock().expect("failures").push(format!(
                         "case {i} ({}, expect {:?}): {status} {snippet}\n    sent: {sent}",
                         c.kind, c.expect
@@ -147,21 +149,37 @@ async fn ten_thousand_hostile_requests_to_each_server_get_documented_errors() {
     lb.wait_backend_healthy("s", true, Duration::from_secs(10));
 
     let mut failures = hostile_run(
-        &Target { name: "gpt-oss-server", base: server.url(), proc: &server.proc },
+        &Target {
+            name: "gpt-oss-server",
+            base: server.url(),
+            proc: &server.proc,
+        },
         16,
         "10k hostile requests -> gpt-oss-server",
     )
     .await;
     failures.extend(
         hostile_run(
-            &Target { name: "gpt-oss-lb", base: lb.url(), proc: &lb.proc },
+            &Target {
+                name: "gpt-oss-lb",
+                base: lb.url(),
+                proc: &lb.proc,
+            },
             16,
             "10k hostile requests -> gpt-oss-lb",
         )
         .await,
     );
-    assert!(server.proc.alive(), "the server crashed; log:\n{}", server.proc.log_text());
-    assert!(lb.proc.alive(), "the LB crashed; log:\n{}", lb.proc.log_text());
+    assert!(
+        server.proc.alive(),
+        "the server crashed; log:\n{}",
+        server.proc.log_text()
+    );
+    assert!(
+        lb.proc.alive(),
+        "the LB crashed; log:\n{}",
+        lb.proc.log_text()
+    );
     // Both still serve a normal request.
     let http = fault_load::client(Duration::from_secs(30));
     for base in [server.url(), lb.url()] {
@@ -173,15 +191,28 @@ async fn ten_thousand_hostile_requests_to_each_server_get_documented_errors() {
             Duration::from_secs(30),
         )
         .await;
-        assert_eq!(o, Outcome::Ok, "{base} no longer serves after the hostile run");
+        assert_eq!(
+            o,
+            Outcome::Ok,
+            "{base} no longer serves after the hostile run"
+        );
     }
     let n = failures.len();
     failures.truncate(30);
-    assert!(n == 0, "{n} hostile requests got a wrong answer:\n{}", failures.join("\n"));
+    assert!(
+        n == 0,
+        "{n} hostile requests got a wrong answer:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// Raw HTTP/1.1 exchange: write `head` and `body`, read until close or `timeout`.
-async fn raw_exchange(addr: SocketAddr, head: &str, body: &[u8], timeout: Duration) -> (u16, Vec<u8>) {
+async fn raw_exchange(
+    addr: SocketAddr,
+    head: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> (u16, Vec<u8>) {
     let fut = async {
         let mut s = TcpStream::connect(addr).await.ok()?;
         s.write_all(head.as_bytes()).await.ok()?;
@@ -193,12 +224,19 @@ async fn raw_exchange(addr: SocketAddr, head: &str, body: &[u8], timeout: Durati
         let status = text.split_whitespace().nth(1)?.parse().ok()?;
         let body_start = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
         let mut body = buf[body_start..].to_vec();
-        if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        if text
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             body = dechunk(&body);
         }
         Some((status, body))
     };
-    tokio::time::timeout(timeout, fut).await.ok().flatten().unwrap_or((0, Vec::new()))
+    tokio::time::timeout(timeout, fut)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or((0, Vec::new()))
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
@@ -234,22 +272,53 @@ async fn bodies_over_the_limit_get_413_with_an_openai_error() {
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
     for (name, addr) in [("gpt-oss-server", server.addr), ("gpt-oss-lb", lb.addr)] {
-        let rss_before = if name == "gpt-oss-lb" { lb.proc.rss_kib() } else { server.proc.rss_kib() };
+        let rss_before = if name == "gpt-oss-lb" {
+            lb.proc.rss_kib()
+        } else {
+            server.proc.rss_kib()
+        };
         for round in 0..3 {
             let head = format!(
                 "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let (status, resp) = raw_exchange(addr, &head, body.as_bytes(), Duration::from_secs(30)).await;
-            assert_eq!(status, 413, "{name} round {round}: 10 MB with Content-Length: {}", String::from_utf8_lossy(&resp));
-            assert!(is_openai_error(&resp), "{name}: 413 body must be an OpenAI error: {}", String::from_utf8_lossy(&resp));
+            let (status, resp) =
+                raw_exchange(addr, &head, body.as_bytes(), Duration::from_secs(30)).await;
+            assert_eq!(
+                status,
+                413,
+                "{name} round {round}: 10 MB with Content-Length: {}",
+                String::from_utf8_lossy(&resp)
+            );
+            assert!(
+                is_openai_error(&resp),
+                "{name}: 413 body must be an OpenAI error: {}",
+                String::from_utf8_lossy(&resp)
+            );
             let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
             let (status, resp) = raw_exchange(addr, head, &chunked, Duration::from_secs(30)).await;
-            assert_eq!(status, 413, "{name} round {round}: 10 MB chunked: {}", String::from_utf8_lossy(&resp));
-            assert!(is_openai_error(&resp), "{name}: 413 body must be an OpenAI error: {}", String::from_utf8_lossy(&resp));
+            assert_eq!(
+                status,
+                413,
+                "{name} round {round}: 10 MB chunked: {}",
+                String::from_utf8_lossy(&resp)
+            );
+            assert!(
+                is_openai_error(&resp),
+                "{name}: 413 body must be an OpenAI error: {}",
+                String::from_utf8_lossy(&resp)
+            );
         }
-        let rss_after = if name == "gpt-oss-lb" { lb.proc.rss_kib() } else { server.proc.rss_kib() };
-        eprintln!("[{name}] VmRSS {} -> {} MiB over six 10 MB bodies", rss_before / 1024, rss_after / 1024);
+        let rss_after = if name == "gpt-oss-lb" {
+            lb.proc.rss_kib()
+        } else {
+            server.proc.rss_kib()
+        };
+        eprintln!(
+            "[{name}] VmRSS {} -> {} MiB over six 10 MB bodies",
+            rss_before / 1024,
+            rss_after / 1024
+        );
         assert!(
             rss_after < rss_before + RSS_BOUND_MIB * 1024,
             "{name}: VmRSS grew from {} to {} MiB on refused bodies",
@@ -328,10 +397,23 @@ async fn slowloris_and_idle_connections_do_not_starve_real_clients() {
         }
         drop(idle);
         let rss_after = proc.rss_kib();
-        eprintln!("[{name}] VmRSS {} -> {} MiB", rss_before / 1024, rss_after / 1024);
+        eprintln!(
+            "[{name}] VmRSS {} -> {} MiB",
+            rss_before / 1024,
+            rss_after / 1024
+        );
         assert!(proc.alive(), "{name} crashed; log:\n{}", proc.log_text());
-        assert!(tally.sent() >= 3, "{name}: too few requests got through: {}", tally.summary());
-        assert_eq!(tally.ok(), tally.sent(), "{name}: real clients must be served: {}", tally.summary());
+        assert!(
+            tally.sent() >= 3,
+            "{name}: too few requests got through: {}",
+            tally.summary()
+        );
+        assert_eq!(
+            tally.ok(),
+            tally.sent(),
+            "{name}: real clients must be served: {}",
+            tally.summary()
+        );
         assert!(
             tally.p99() < Duration::from_secs(5),
             "{name}: real clients starved: {}",
@@ -343,5 +425,35 @@ async fn slowloris_and_idle_connections_do_not_starve_real_clients() {
             rss_before / 1024,
             rss_after / 1024
         );
+    }
+}
+
+/// Known gap (reported to the LB's owner): a body over the LB's limit sent by an ordinary
+/// HTTP client gets a connection reset instead of the 413, because the LB closes the socket
+/// with the rest of the body unread (no lingering close / drain), and the kernel's RST
+/// overtakes the response. `bodies_over_the_limit_get_413_with_an_openai_error` reads the 413
+/// only because its raw client ignores the write error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "gpt-oss-lb resets the connection on an oversized body before the client reads the 413"]
+async fn an_ordinary_client_sending_an_oversized_body_reads_the_413() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start("server", &ServerOpts::default(), dir.path());
+    let cfg = lb_config(MODEL, &[("s", server.url())], "body_limit: 65536\n");
+    let mut lb = Lb::start("lb", &cfg, dir.path(), &[]);
+    lb.wait_backend_healthy("s", true, Duration::from_secs(10));
+    let http = fault_load::client(Duration::from_secs(30));
+    let big = "x".repeat(2 * 1024 * 1024);
+    let body = chat_body(MODEL, false, 1);
+    let mut body = body;
+    body["messages"][0]["content"] = serde_json::Value::String(big);
+    for _ in 0..5 {
+        let r = http
+            .post(format!("{}/v1/chat/completions", lb.url()))
+            .json(&body)
+            .send()
+            .await;
+        let r =
+            r.unwrap_or_else(|e| panic!("no 413, a transport error: {}", fault_load::chain(&e)));
+        assert_eq!(r.status().as_u16(), 413);
     }
 }

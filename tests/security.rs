@@ -79,7 +79,8 @@ async fn admin_endpoints_refuse_missing_or_wrong_tokens_and_change_nothing() {
     let lb = Lb::start("lb", &cfg, dir.path(), &[]);
     let http = fault_load::client(Duration::from_secs(10));
     let reg = format!("{}/backends/register", lb.url());
-    let body = json!({"name": "newcomer", "url": echo.url(), "model_type": "openai", "models": ["m2"]});
+    let body =
+        json!({"name": "newcomer", "url": echo.url(), "model_type": "openai", "models": ["m2"]});
     let before = names(&lb);
     let state_before = std::fs::read(&lb.state_file).ok();
 
@@ -95,11 +96,26 @@ async fn admin_endpoints_refuse_missing_or_wrong_tokens_and_change_nothing() {
     for (auth, want) in &wrong {
         let (s, _) = call(&http, reqwest::Method::POST, &reg, *auth, Some(&body)).await;
         assert_eq!(s, *want, "register with {auth:?}");
-        let (s, _) = call(&http, reqwest::Method::DELETE, &format!("{}/backends/static", lb.url()), *auth, None).await;
+        let (s, _) = call(
+            &http,
+            reqwest::Method::DELETE,
+            &format!("{}/backends/static", lb.url()),
+            *auth,
+            None,
+        )
+        .await;
         assert_eq!(s, *want, "unregister with {auth:?}");
     }
-    assert_eq!(names(&lb), before, "a refused admin call changed the backends");
-    assert_eq!(std::fs::read(&lb.state_file).ok(), state_before, "a refused admin call wrote the state file");
+    assert_eq!(
+        names(&lb),
+        before,
+        "a refused admin call changed the backends"
+    );
+    assert_eq!(
+        std::fs::read(&lb.state_file).ok(),
+        state_before,
+        "a refused admin call wrote the state file"
+    );
 
     // The right token works, so the refusals above were about the token.
     let good = format!("Bearer {ADMIN}");
@@ -107,11 +123,28 @@ async fn admin_endpoints_refuse_missing_or_wrong_tokens_and_change_nothing() {
     assert_eq!(s, 201, "register with the admin token: {v}");
     assert!(names(&lb).contains(&"newcomer".to_string()));
     for (auth, want) in &wrong {
-        let (s, _) = call(&http, reqwest::Method::DELETE, &format!("{}/backends/newcomer", lb.url()), *auth, None).await;
+        let (s, _) = call(
+            &http,
+            reqwest::Method::DELETE,
+            &format!("{}/backends/newcomer", lb.url()),
+            *auth,
+            None,
+        )
+        .await;
         assert_eq!(s, *want, "unregister with {auth:?}");
     }
-    assert!(names(&lb).contains(&"newcomer".to_string()), "a refused DELETE removed the backend");
-    let (s, _) = call(&http, reqwest::Method::DELETE, &format!("{}/backends/newcomer", lb.url()), Some(&good), None).await;
+    assert!(
+        names(&lb).contains(&"newcomer".to_string()),
+        "a refused DELETE removed the backend"
+    );
+    let (s, _) = call(
+        &http,
+        reqwest::Method::DELETE,
+        &format!("{}/backends/newcomer", lb.url()),
+        Some(&good),
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(names(&lb), before);
 }
@@ -147,9 +180,16 @@ async fn registration_refuses_non_http_urls_and_link_local_or_metadata_addresses
         let body = json!({"name": format!("evil{i}"), "url": url, "model_type": "openai", "models": ["m"]});
         let (s, v) = call(&http, reqwest::Method::POST, &reg, None, Some(&body)).await;
         assert_eq!(s, 400, "registering {url:?} must be refused: {v}");
-        assert_eq!(v["error"]["param"], "url", "the error must name `url` for {url:?}: {v}");
+        assert_eq!(
+            v["error"]["param"], "url",
+            "the error must name `url` for {url:?}: {v}"
+        );
     }
-    assert_eq!(names(&lb), vec!["static".to_string()], "a refused URL was registered");
+    assert_eq!(
+        names(&lb),
+        vec!["static".to_string()],
+        "a refused URL was registered"
+    );
     // A loopback http URL is accepted (no token configured: loopback admin clients only).
     let body = json!({"name": "fine", "url": echo.url(), "model_type": "openai", "models": ["m"]});
     let (s, v) = call(&http, reqwest::Method::POST, &reg, None, Some(&body)).await;
@@ -161,17 +201,31 @@ async fn client_api_keys_are_enforced_by_the_lb_and_the_server() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(
         "server",
-        &ServerOpts { api_key: Some("SERVER-KEY-1".into()), ..ServerOpts::default() },
+        &ServerOpts {
+            api_key: Some("SERVER-KEY-1".into()),
+            ..ServerOpts::default()
+        },
         dir.path(),
     );
     let http = fault_load::client(Duration::from_secs(30));
     let chat = chat_body(MODEL, false, 2);
-    for (auth, want) in [(None, 401), (Some("Bearer nope"), 401), (Some("Bearer SERVER-KEY-1"), 200)] {
+    for (auth, want) in [
+        (None, 401),
+        (Some("Bearer nope"), 401),
+        (Some("Bearer SERVER-KEY-1"), 200),
+    ] {
         let mut h = vec![];
         if let Some(a) = auth {
             h.push(("authorization", a));
         }
-        let (o, _, _) = send(&http, &format!("{}/v1/chat/completions", server.url()), &h, &chat, Duration::from_secs(30)).await;
+        let (o, _, _) = send(
+            &http,
+            &format!("{}/v1/chat/completions", server.url()),
+            &h,
+            &chat,
+            Duration::from_secs(30),
+        )
+        .await;
         match (o, want) {
             (Outcome::Ok, 200) => {}
             (Outcome::ClearError(401, _), 401) => {}
@@ -207,7 +261,14 @@ async fn client_api_keys_are_enforced_by_the_lb_and_the_server() {
             (o, w) => panic!("LB with {auth:?}: want {w}, got {o:?}"),
         }
     }
-    let (s, _) = call(&http, reqwest::Method::GET, &format!("{}/v1/models", lb.url()), None, None).await;
+    let (s, _) = call(
+        &http,
+        reqwest::Method::GET,
+        &format!("{}/v1/models", lb.url()),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(s, 401, "/v1/models must need a client key too");
 }
 
@@ -227,7 +288,10 @@ async fn secrets_never_appear_in_logs_or_status() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(
         "server",
-        &ServerOpts { api_key: Some("SRV-SECRET-4412".into()), ..ServerOpts::default() },
+        &ServerOpts {
+            api_key: Some("SRV-SECRET-4412".into()),
+            ..ServerOpts::default()
+        },
         dir.path(),
     );
     let cfg = format!(
@@ -244,17 +308,45 @@ async fn secrets_never_appear_in_logs_or_status() {
     let chat = chat_body(MODEL, false, 2);
     for key in ["CLI-SECRET-9931", "WRONG-SECRET-0000"] {
         let auth = format!("Bearer {key}");
-        let _ = send(&http, &url, &[("authorization", &auth)], &chat, Duration::from_secs(30)).await;
+        let _ = send(
+            &http,
+            &url,
+            &[("authorization", &auth)],
+            &chat,
+            Duration::from_secs(30),
+        )
+        .await;
         let mut streamed = chat.clone();
         streamed["stream"] = json!(true);
-        let _ = send(&http, &url, &[("authorization", &auth)], &streamed, Duration::from_secs(30)).await;
+        let _ = send(
+            &http,
+            &url,
+            &[("authorization", &auth)],
+            &streamed,
+            Duration::from_secs(30),
+        )
+        .await;
     }
     // Register a backend with its own key, with a right and a wrong admin token.
     let reg = json!({"name": "r", "url": server.url(), "model_type": "openai", "models": ["other"], "api_key": "REG-SECRET-5521"});
     for tok in [ADMIN, "WRONG-ADMIN-1234"] {
-        let _ = call(&http, reqwest::Method::POST, &format!("{}/backends/register", lb.url()), Some(&format!("Bearer {tok}")), Some(&reg)).await;
+        let _ = call(
+            &http,
+            reqwest::Method::POST,
+            &format!("{}/backends/register", lb.url()),
+            Some(&format!("Bearer {tok}")),
+            Some(&reg),
+        )
+        .await;
     }
-    let _ = send(&http, &format!("{}/v1/chat/completions", server.url()), &[("authorization", "Bearer WRONG-SECRET-0000")], &chat, Duration::from_secs(30)).await;
+    let _ = send(
+        &http,
+        &format!("{}/v1/chat/completions", server.url()),
+        &[("authorization", "Bearer WRONG-SECRET-0000")],
+        &chat,
+        Duration::from_secs(30),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let secrets = [
@@ -272,7 +364,14 @@ async fn secrets_never_appear_in_logs_or_status() {
             leaks.push(format!("LB {path} shows {s}"));
         }
     }
-    let (_, models) = call(&http, reqwest::Method::GET, &format!("{}/v1/models", lb.url()), Some("Bearer CLI-SECRET-9931"), None).await;
+    let (_, models) = call(
+        &http,
+        reqwest::Method::GET,
+        &format!("{}/v1/models", lb.url()),
+        Some("Bearer CLI-SECRET-9931"),
+        None,
+    )
+    .await;
     for s in contains_any(&models.to_string(), &secrets) {
         leaks.push(format!("LB /v1/models shows {s}"));
     }
@@ -289,7 +388,10 @@ async fn secrets_never_appear_in_logs_or_status() {
         leaks.push(format!("server log shows {s}"));
     }
     assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
-    assert!(!lb.proc.log_text().is_empty(), "the LB logged nothing: the check above proves nothing");
+    assert!(
+        !lb.proc.log_text().is_empty(),
+        "the LB logged nothing: the check above proves nothing"
+    );
 }
 
 /// Send a raw request with `headers` through the LB; the echo backend records what arrived.
@@ -324,16 +426,41 @@ async fn hop_by_hop_headers_are_stripped_and_x_forwarded_for_is_appended() {
     assert!(resp.starts_with("HTTP/1.1 200"), "request failed: {resp}");
     let seen = echo.seen.lock().expect("seen").clone();
     let h = seen.last().expect("the backend received the request");
-    let get = |n: &str| h.iter().filter(|(k, _)| k == n).map(|(_, v)| v.clone()).collect::<Vec<_>>();
-    for hop in ["keep-alive", "te", "trailer", "proxy-authorization", "proxy-connection", "x-drop-me", "upgrade"] {
-        assert!(get(hop).is_empty(), "hop-by-hop header `{hop}` reached the backend: {h:?}");
+    let get = |n: &str| {
+        h.iter()
+            .filter(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
+    for hop in [
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+        "x-drop-me",
+        "upgrade",
+    ] {
+        assert!(
+            get(hop).is_empty(),
+            "hop-by-hop header `{hop}` reached the backend: {h:?}"
+        );
     }
     assert!(
-        get("connection").iter().all(|v| !v.to_ascii_lowercase().contains("x-drop-me")),
+        get("connection")
+            .iter()
+            .all(|v| !v.to_ascii_lowercase().contains("x-drop-me")),
         "the client's Connection header reached the backend: {h:?}"
     );
-    assert!(get("authorization").is_empty(), "the client's credentials reached the backend: {h:?}");
-    assert_eq!(get("x-keep-me"), vec!["yes".to_string()], "end-to-end headers must pass: {h:?}");
+    assert!(
+        get("authorization").is_empty(),
+        "the client's credentials reached the backend: {h:?}"
+    );
+    assert_eq!(
+        get("x-keep-me"),
+        vec!["yes".to_string()],
+        "end-to-end headers must pass: {h:?}"
+    );
     assert_eq!(
         get("x-forwarded-for"),
         vec!["203.0.113.7, 127.0.0.1".to_string()],
@@ -343,6 +470,10 @@ async fn hop_by_hop_headers_are_stripped_and_x_forwarded_for_is_appended() {
     let _ = raw_post(lb.addr, "", &body).await;
     let seen = echo.seen.lock().expect("seen").clone();
     let h = seen.last().expect("second request");
-    let xff: Vec<_> = h.iter().filter(|(k, _)| k == "x-forwarded-for").map(|(_, v)| v.as_str()).collect();
+    let xff: Vec<_> = h
+        .iter()
+        .filter(|(k, _)| k == "x-forwarded-for")
+        .map(|(_, v)| v.as_str())
+        .collect();
     assert_eq!(xff, vec!["127.0.0.1"], "{h:?}");
 }

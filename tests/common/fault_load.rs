@@ -78,7 +78,7 @@ pub async fn send(
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => return (Outcome::Lost(format!("send: {e}")), None),
+            Err(e) => return (Outcome::Lost(format!("send: {}", chain(&e))), None),
         };
         let status = resp.status().as_u16();
         let backend = resp
@@ -89,7 +89,12 @@ pub async fn send(
         if !stream || status != 200 {
             let bytes = match resp.bytes().await {
                 Ok(b) => b,
-                Err(e) => return (Outcome::Lost(format!("body ({status}): {e}")), backend),
+                Err(e) => {
+                    return (
+                        Outcome::Lost(format!("body ({status}): {}", chain(&e))),
+                        backend,
+                    )
+                }
             };
             return (classify_json(status, &bytes), backend);
         }
@@ -100,7 +105,11 @@ pub async fn send(
                 Ok(c) => buf.extend_from_slice(&c),
                 Err(e) => {
                     return (
-                        Outcome::Lost(format!("stream cut after {} bytes: {e}", buf.len())),
+                        Outcome::Lost(format!(
+                            "stream cut after {} bytes: {}",
+                            buf.len(),
+                            chain(&e)
+                        )),
                         backend,
                     )
                 }
@@ -116,6 +125,18 @@ pub async fn send(
             None,
         ),
     }
+}
+
+/// An error with its sources, `a: b: c`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 pub fn classify_json(status: u16, body: &[u8]) -> Outcome {

@@ -106,9 +106,7 @@ impl Proc {
         let log = log_dir.join(format!("{name}.log"));
         let err = std::fs::File::create(&log).expect("create log file");
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let out = child.stdout.take().expect("piped stdout");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
@@ -198,6 +196,17 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("FAULT_SHOW_LOGS").is_some() {
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "---- last lines of {} ({}) ----\n{}",
+                self.name,
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
         // A stopped process must be continued to die promptly on some kernels' accounting.
         signal_pid(self.pid(), "CONT");
         self.kill();
@@ -357,7 +366,16 @@ impl Lb {
         let port = free_port();
         let state_file = dir.join(format!("{name}-state.json"));
         let upgrade_sock = dir.join(format!("{name}-upgrade.sock"));
-        Self::start_at(name, &config, port, &state_file, &upgrade_sock, dir, env, false)
+        Self::start_at(
+            name,
+            &config,
+            port,
+            &state_file,
+            &upgrade_sock,
+            dir,
+            env,
+            false,
+        )
     }
 
     /// Start on a given port/state file (restart after a kill, or a graceful upgrade when
@@ -427,14 +445,23 @@ impl Lb {
     }
 
     /// Wait until backend `name` is (or is not) routable according to `/status`.
-    pub fn wait_backend_healthy(&mut self, name: &str, healthy: bool, timeout: Duration) -> Duration {
+    pub fn wait_backend_healthy(
+        &mut self,
+        name: &str,
+        healthy: bool,
+        timeout: Duration,
+    ) -> Duration {
         let start = Instant::now();
         loop {
             let b = self.backend_status(name);
             if b["healthy"].as_bool() == Some(healthy) {
                 return start.elapsed();
             }
-            assert!(self.proc.alive(), "the LB died; log:\n{}", self.proc.log_text());
+            assert!(
+                self.proc.alive(),
+                "the LB died; log:\n{}",
+                self.proc.log_text()
+            );
             assert!(
                 start.elapsed() < timeout,
                 "backend {name} not healthy={healthy} within {timeout:?}: {b}"
@@ -467,13 +494,46 @@ pub fn wait_http_any(proc: &mut Proc, addr: SocketAddr, timeout: Duration) {
     }
 }
 
-/// An LB config with fast health checks and short timeouts for fault tests; `backends` is a
-/// list of (name, url) serving `model`.
+/// Timings of an LB config for fault tests.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub health_interval_ms: u64,
+    pub health_timeout_ms: u64,
+    pub first_byte_ms: u64,
+    pub idle_ms: u64,
+    pub cooldown_ms: u64,
+}
+
+impl Default for Timing {
+    /// Fast checks, but slack enough for a loaded 2-core machine running two model servers.
+    fn default() -> Self {
+        Timing {
+            health_interval_ms: 500,
+            health_timeout_ms: 500,
+            first_byte_ms: 20_000,
+            idle_ms: 10_000,
+            cooldown_ms: 1000,
+        }
+    }
+}
+
+/// An LB config with fast health checks for fault tests; `backends` is a list of (name, url)
+/// serving `model`; `extra` is appended (top-level YAML keys not set here).
 pub fn lb_config(model: &str, backends: &[(&str, String)], extra: &str) -> String {
+    lb_config_with(model, backends, Timing::default(), extra)
+}
+
+pub fn lb_config_with(model: &str, backends: &[(&str, String)], t: Timing, extra: &str) -> String {
     let mut y = String::new();
-    y.push_str("health_check:\n  path: /health\n  interval: 200ms\n  timeout: 200ms\n  healthy_threshold: 1\n  unhealthy_threshold: 2\n  passive_failures: 2\n  ejection_cooldown: 1s\n");
+    y.push_str(&format!(
+        "health_check:\n  path: /health\n  interval: {}ms\n  timeout: {}ms\n  healthy_threshold: 1\n  unhealthy_threshold: 2\n  passive_failures: 2\n  ejection_cooldown: {}ms\n",
+        t.health_interval_ms, t.health_timeout_ms.min(t.health_interval_ms), t.cooldown_ms
+    ));
     y.push_str("retries:\n  max_attempts: 3\n  backoff: 10ms\n  max_backoff: 100ms\n");
-    y.push_str("timeouts:\n  connect: 500ms\n  first_byte: 3s\n  idle: 2s\n");
+    y.push_str(&format!(
+        "timeouts:\n  connect: 1s\n  first_byte: {}ms\n  idle: {}ms\n",
+        t.first_byte_ms, t.idle_ms
+    ));
     y.push_str("backends:\n");
     for (name, url) in backends {
         y.push_str(&format!(

@@ -93,7 +93,9 @@ impl FaultyBackend {
     }
 }
 
-async fn read_request(sock: &mut TcpStream) -> std::io::Result<Option<(String, Vec<(String, String)>, Vec<u8>)>> {
+async fn read_request(
+    sock: &mut TcpStream,
+) -> std::io::Result<Option<(String, Vec<(String, String)>, Vec<u8>)>> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 4096];
     let head_end = loop {
@@ -191,13 +193,19 @@ async fn serve(
                 sock.write_all(out.as_bytes()).await?;
             }
             Mode::Good => {
-                sock.write_all(response("200 OK", "application/json", &completion_json()).as_bytes())
-                    .await?;
+                sock.write_all(
+                    response("200 OK", "application/json", &completion_json()).as_bytes(),
+                )
+                .await?;
             }
             Mode::InvalidJson => {
                 sock.write_all(
-                    response("200 OK", "application/json", "{\"id\": \"x\", \"choices\": [ {oops")
-                        .as_bytes(),
+                    response(
+                        "200 OK",
+                        "application/json",
+                        "{\"id\": \"x\", \"choices\": [ {oops",
+                    )
+                    .as_bytes(),
                 )
                 .await?;
             }
@@ -213,8 +221,12 @@ async fn serve(
             }
             Mode::WrongContentType => {
                 sock.write_all(
-                    response("200 OK", "application/octet-stream", "\u{1}\u{2}binary\u{3}")
-                        .as_bytes(),
+                    response(
+                        "200 OK",
+                        "application/octet-stream",
+                        "\u{1}\u{2}binary\u{3}",
+                    )
+                    .as_bytes(),
                 )
                 .await?;
             }
