@@ -36,7 +36,10 @@ async fn get(url: &str) -> (u16, Value) {
     let r = http().get(url).send().await.expect("GET");
     let s = r.status().as_u16();
     let text = r.text().await.expect("body");
-    (s, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        s,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 async fn post(url: &str, body: &Value, token: Option<&str>) -> (u16, Value, Option<String>) {
@@ -52,7 +55,11 @@ async fn post(url: &str, body: &Value, token: Option<&str>) -> (u16, Value, Opti
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let text = r.text().await.expect("body");
-    (s, serde_json::from_str(&text).unwrap_or(Value::String(text)), backend)
+    (
+        s,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        backend,
+    )
 }
 
 async fn delete(url: &str, token: Option<&str>) -> (u16, Value) {
@@ -63,12 +70,18 @@ async fn delete(url: &str, token: Option<&str>) -> (u16, Value) {
     let r = req.send().await.expect("DELETE");
     let s = r.status().as_u16();
     let text = r.text().await.expect("body");
-    (s, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        s,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 fn assert_openai_error(v: &Value, what: &str) {
     assert!(
-        v["error"]["message"].is_string() && v["error"]["type"].is_string() && v["error"].get("param").is_some() && v["error"].get("code").is_some(),
+        v["error"]["message"].is_string()
+            && v["error"]["type"].is_string()
+            && v["error"].get("param").is_some()
+            && v["error"].get("code").is_some(),
         "{what}: not an OpenAI error JSON: {v}"
     );
 }
@@ -86,7 +99,11 @@ fn chat(model: &str, stream: bool) -> Value {
 fn backend_names(status: &Value) -> Vec<String> {
     status["backends"]
         .as_array()
-        .map(|a| a.iter().filter_map(|b| b["name"].as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b["name"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -117,15 +134,33 @@ async fn admin_api_requires_the_token_validates_and_persists_across_restart() {
     let (s, v, _) = post(&reg, &registration("a", &dead), Some("wrong-token-xyz")).await;
     assert_eq!(s, 403, "{v}");
     assert_openai_error(&v, "403");
-    assert!(backend_names(&lb.status()).is_empty(), "a refused registration must change nothing");
-    assert!(!lb.state_file.exists(), "a refused registration must not write the state file");
+    assert!(
+        backend_names(&lb.status()).is_empty(),
+        "a refused registration must change nothing"
+    );
+    assert!(
+        !lb.state_file.exists(),
+        "a refused registration must not write the state file"
+    );
 
     // Validation: URL scheme, name charset, link-local/metadata address, models.
     for (body, param) in [
-        (json!({"name": "a", "url": "ftp://127.0.0.1:1", "models": [MODEL]}), "url"),
-        (json!({"name": "a b", "url": dead, "models": [MODEL]}), "name"),
-        (json!({"name": "meta", "url": "http://169.254.169.254", "models": [MODEL]}), "url"),
-        (json!({"name": "v6meta", "url": "http://[fd00:ec2::254]", "models": [MODEL]}), "url"),
+        (
+            json!({"name": "a", "url": "ftp://127.0.0.1:1", "models": [MODEL]}),
+            "url",
+        ),
+        (
+            json!({"name": "a b", "url": dead, "models": [MODEL]}),
+            "name",
+        ),
+        (
+            json!({"name": "meta", "url": "http://169.254.169.254", "models": [MODEL]}),
+            "url",
+        ),
+        (
+            json!({"name": "v6meta", "url": "http://[fd00:ec2::254]", "models": [MODEL]}),
+            "url",
+        ),
         (json!({"name": "a", "url": dead, "models": []}), "models"),
     ] {
         let (s, v, _) = post(&reg, &body, Some(TOKEN)).await;
@@ -137,7 +172,10 @@ async fn admin_api_requires_the_token_validates_and_persists_across_restart() {
     // Register, duplicate 409, explicit replace.
     let (s, v, _) = post(&reg, &registration("a", &dead), Some(TOKEN)).await;
     assert_eq!(s, 201, "{v}");
-    assert_eq!(v["backend"]["health"], "pending", "a new backend starts pending: {v}");
+    assert_eq!(
+        v["backend"]["health"], "pending",
+        "a new backend starts pending: {v}"
+    );
     let (s, v, _) = post(&reg, &registration("a", &dead), Some(TOKEN)).await;
     assert_eq!(s, 409, "{v}");
     assert_openai_error(&v, "409");
@@ -153,10 +191,17 @@ async fn admin_api_requires_the_token_validates_and_persists_across_restart() {
     // Secrets stay out of /status and the log.
     let status = lb.status();
     let text = status.to_string();
-    assert!(!text.contains("sk-backend-secret-value"), "/status leaks the api key: {text}");
+    assert!(
+        !text.contains("sk-backend-secret-value"),
+        "/status leaks the api key: {text}"
+    );
     assert_eq!(lb.backend_status("a")["has_api_key"], true);
     assert_eq!(lb.backend_status("a")["weight"], 3);
-    assert_eq!(lb.backend_status("a")["healthy"], false, "a dead backend never becomes healthy");
+    assert_eq!(
+        lb.backend_status("a")["healthy"],
+        false,
+        "a dead backend never becomes healthy"
+    );
 
     // Unregister needs the token too.
     let (s, _) = delete(&format!("{}/backends/b", lb.url()), Some("wrong-token-xyz")).await;
@@ -166,32 +211,55 @@ async fn admin_api_requires_the_token_validates_and_persists_across_restart() {
 
     // Restart on the same state file: both registrations come back.
     let port = lb.addr.port();
-    let (config, state, sock) = (lb.config.clone(), lb.state_file.clone(), lb.upgrade_sock.clone());
+    let (config, state, sock) = (
+        lb.config.clone(),
+        lb.state_file.clone(),
+        lb.upgrade_sock.clone(),
+    );
     let log = lb.proc.log_text();
-    assert!(!log.contains("sk-backend-secret-value"), "the log leaks the api key");
+    assert!(
+        !log.contains("sk-backend-secret-value"),
+        "the log leaks the api key"
+    );
     assert!(!log.contains(TOKEN), "the log leaks the admin token");
     drop(lb);
     let lb = Lb::start_at("lb2", &config, port, &state, &sock, dir.path(), &[], false);
     let mut names = backend_names(&lb.status());
     names.sort();
-    assert_eq!(names, vec!["a", "b"], "registrations must survive a restart");
+    assert_eq!(
+        names,
+        vec!["a", "b"],
+        "registrations must survive a restart"
+    );
     assert_eq!(lb.backend_status("a")["weight"], 3);
 
     let (s, v) = delete(&format!("{}/backends/b", lb.url()), Some(TOKEN)).await;
     assert_eq!(s, 200, "{v}");
     drop(lb);
     let lb = Lb::start_at("lb3", &config, port, &state, &sock, dir.path(), &[], false);
-    assert_eq!(backend_names(&lb.status()), vec!["a"], "an unregistration must survive a restart");
+    assert_eq!(
+        backend_names(&lb.status()),
+        vec!["a"],
+        "an unregistration must survive a restart"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_token_from_the_environment_overrides_the_config() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let lb = Lb::start("lb", &config_with_token(""), dir.path(), &[("GPT_OSS_LB_ADMIN_TOKEN", "env-token-456789")]);
+    let lb = Lb::start(
+        "lb",
+        &config_with_token(""),
+        dir.path(),
+        &[("GPT_OSS_LB_ADMIN_TOKEN", "env-token-456789")],
+    );
     let reg = format!("{}/backends/register", lb.url());
     let dead = format!("http://127.0.0.1:{}", free_port());
     let (s, _, _) = post(&reg, &registration("a", &dead), Some(TOKEN)).await;
-    assert_eq!(s, 403, "the config's token is overridden by the environment's");
+    assert_eq!(
+        s, 403,
+        "the config's token is overridden by the environment's"
+    );
     let (s, v, _) = post(&reg, &registration("a", &dead), Some("env-token-456789")).await;
     assert_eq!(s, 201, "{v}");
 }
@@ -225,14 +293,24 @@ async fn without_a_token_the_admin_api_accepts_only_loopback_clients() {
     let local: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     procs::wait_http_any(&mut proc, local, Duration::from_secs(30));
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let (s, v, _) = post(&format!("http://{local}/backends/register"), &registration("a", &dead), None).await;
+    let (s, v, _) = post(
+        &format!("http://{local}/backends/register"),
+        &registration("a", &dead),
+        None,
+    )
+    .await;
     assert_eq!(s, 201, "loopback clients may register without a token: {v}");
     let Some(ip) = non_loopback_ip() else {
         eprintln!("no non-loopback address on this machine; the remote half is not exercised");
         return;
     };
     let remote = format!("http://{ip}:{port}");
-    let (s, v, _) = post(&format!("{remote}/backends/register"), &registration("b", &dead), None).await;
+    let (s, v, _) = post(
+        &format!("{remote}/backends/register"),
+        &registration("b", &dead),
+        None,
+    )
+    .await;
     assert_eq!(s, 403, "a non-loopback client must be refused: {v}");
     assert_openai_error(&v, "403");
     let (s, _) = delete(&format!("{remote}/backends/a"), None).await;
@@ -246,9 +324,18 @@ async fn without_a_token_the_admin_api_accepts_only_loopback_clients() {
 fn invalid_configs_are_refused_with_the_field_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (yaml, expected) in [
-        ("routes:\n  - model: a\n  - model: b\n    policy: fastest\n", "routes[1].policy: unknown value 'fastest'"),
-        ("backends:\n  - name: x\n    url: ftp://h\n    models: [m]\n", "backends[0].url:"),
-        ("timeouts:\n  idle: soon\n", "timeouts.idle: invalid duration"),
+        (
+            "routes:\n  - model: a\n  - model: b\n    policy: fastest\n",
+            "routes[1].policy: unknown value 'fastest'",
+        ),
+        (
+            "backends:\n  - name: x\n    url: ftp://h\n    models: [m]\n",
+            "backends[0].url:",
+        ),
+        (
+            "timeouts:\n  idle: soon\n",
+            "timeouts.idle: invalid duration",
+        ),
     ] {
         let path = dir.path().join("bad.yaml");
         std::fs::write(&path, yaml).expect("write");
@@ -263,21 +350,30 @@ fn invalid_configs_are_refused_with_the_field_path() {
         assert!(err.contains(expected), "expected `{expected}` in: {err}");
     }
     for example in ["minimal.yaml", "full.yaml"] {
-        let path = procs::workspace_root().join("config/examples").join(example);
+        let path = procs::workspace_root()
+            .join("config/examples")
+            .join(example);
         let out = std::process::Command::new(binary("gpt-oss-lb"))
             .arg("--config")
             .arg(&path)
             .arg("-t")
             .output()
             .expect("run gpt-oss-lb -t");
-        assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
     while !f().await {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -302,36 +398,67 @@ async fn health_is_503_until_a_backend_is_healthy_and_hot_reload_swaps_config() 
     let mut lb = Lb::start("lb", &empty_config(), dir.path(), &[]);
     let (s, v) = get(&format!("{}/health", lb.url())).await;
     assert_eq!(s, 503, "no backend: {v}");
-    let (s, v, _) = post(&format!("{}/v1/chat/completions", lb.url()), &chat(MODEL, false), None).await;
+    let (s, v, _) = post(
+        &format!("{}/v1/chat/completions", lb.url()),
+        &chat(MODEL, false),
+        None,
+    )
+    .await;
     assert_eq!(s, 404, "{v}");
     assert_openai_error(&v, "unknown model");
 
     // Reload: a file with a real backend.
     let server = Server::start("server", &ServerOpts::default(), dir.path());
-    std::fs::write(&lb.config, lb_config(MODEL, &[("s", server.url())], "")).expect("rewrite config");
+    std::fs::write(&lb.config, lb_config(MODEL, &[("s", server.url())], ""))
+        .expect("rewrite config");
     lb.wait_backend_healthy("s", true, Duration::from_secs(15));
     let (s, v) = get(&format!("{}/health", lb.url())).await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = get(&format!("{}/v1/models", lb.url())).await;
     assert_eq!(s, 200);
     assert_eq!(v["data"][0]["id"], MODEL, "{v}");
-    let (s, v, backend) = post(&format!("{}/v1/chat/completions", lb.url()), &chat(MODEL, false), None).await;
+    let (s, v, backend) = post(
+        &format!("{}/v1/chat/completions", lb.url()),
+        &chat(MODEL, false),
+        None,
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(backend.as_deref(), Some("s"));
 
     // An invalid file is rejected: the previous config stays in force.
     let failures = metric(&lb, "gpt_oss_lb_config_reload_failures_total").await;
-    std::fs::write(&lb.config, "routes:\n  - model: x\n    policy: fastest\n").expect("write bad config");
+    std::fs::write(&lb.config, "routes:\n  - model: x\n    policy: fastest\n")
+        .expect("write bad config");
     wait_for("the rejected reload", Duration::from_secs(10), async || {
         metric(&lb, "gpt_oss_lb_config_reload_failures_total").await > failures
     })
     .await;
-    let (s, _, _) = post(&format!("{}/v1/chat/completions", lb.url()), &chat(MODEL, false), None).await;
-    assert_eq!(s, 200, "the old config keeps serving after a rejected reload");
-    assert!(lb.proc.log_text().contains("routes[0].policy: unknown value 'fastest'"));
+    let (s, _, _) = post(
+        &format!("{}/v1/chat/completions", lb.url()),
+        &chat(MODEL, false),
+        None,
+    )
+    .await;
+    assert_eq!(
+        s, 200,
+        "the old config keeps serving after a rejected reload"
+    );
+    assert!(lb
+        .proc
+        .log_text()
+        .contains("routes[0].policy: unknown value 'fastest'"));
 
     // SIGHUP reloads (and does not kill the process).
-    std::fs::write(&lb.config, lb_config(MODEL, &[("s", server.url())], "default_policy: round_robin\n")).expect("write");
+    std::fs::write(
+        &lb.config,
+        lb_config(
+            MODEL,
+            &[("s", server.url())],
+            "default_policy: round_robin\n",
+        ),
+    )
+    .expect("write");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let reloads = metric(&lb, "gpt_oss_lb_config_reloads_total").await;
     lb.proc.signal("HUP");
@@ -341,8 +468,13 @@ async fn health_is_503_until_a_backend_is_healthy_and_hot_reload_swaps_config() 
     .await;
     assert!(lb.proc.alive(), "SIGHUP must not stop the LB");
     let status = lb.status();
-    let route = status["routes"].as_array().and_then(|r| r.iter().find(|r| r["name"] == MODEL).cloned());
-    assert_eq!(route.map(|r| r["policy"].clone()), Some(json!("round_robin")));
+    let route = status["routes"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == MODEL).cloned());
+    assert_eq!(
+        route.map(|r| r["policy"].clone()),
+        Some(json!("round_robin"))
+    );
 
     // The backend dies: /health goes back to 503.
     drop(server);
@@ -358,9 +490,11 @@ fn two_server_config(a: &Server, b: &Server, route: &str) -> String {
 async fn counts(lb: &Lb, n: usize, body: impl Fn(usize) -> Value) -> HashMap<String, usize> {
     let mut c = HashMap::new();
     for i in 0..n {
-        let (s, v, backend) = post(&format!("{}/v1/chat/completions", lb.url()), &body(i), None).await;
+        let (s, v, backend) =
+            post(&format!("{}/v1/chat/completions", lb.url()), &body(i), None).await;
         assert_eq!(s, 200, "request {i}: {v}");
-        *c.entry(backend.expect("x-gpt-oss-lb-backend header")).or_default() += 1;
+        *c.entry(backend.expect("x-gpt-oss-lb-backend header"))
+            .or_default() += 1;
     }
     c
 }
@@ -372,7 +506,10 @@ async fn routing_by_model_policies_failover_and_return() {
     let b = Server::start("server-b", &ServerOpts::default(), dir.path());
     let other = Server::start(
         "server-other",
-        &ServerOpts { model_name: "other".into(), ..ServerOpts::default() },
+        &ServerOpts {
+            model_name: "other".into(),
+            ..ServerOpts::default()
+        },
         dir.path(),
     );
     let extra = format!(
@@ -387,14 +524,27 @@ async fn routing_by_model_policies_failover_and_return() {
     // By model, by alias; unknown models get a 404 listing the models.
     let c = counts(&lb, 4, |_| chat("other", false)).await;
     assert_eq!(c.get("o"), Some(&4), "{c:?}");
-    let (s, v, backend) = post(&format!("{}/v1/chat/completions", lb.url()), &chat("tiny-alias", false), None).await;
+    let (s, v, backend) = post(
+        &format!("{}/v1/chat/completions", lb.url()),
+        &chat("tiny-alias", false),
+        None,
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     assert!(matches!(backend.as_deref(), Some("a" | "b")));
-    let (s, v, _) = post(&format!("{}/v1/chat/completions", lb.url()), &chat("gpt-5", false), None).await;
+    let (s, v, _) = post(
+        &format!("{}/v1/chat/completions", lb.url()),
+        &chat("gpt-5", false),
+        None,
+    )
+    .await;
     assert_eq!(s, 404, "{v}");
     assert_openai_error(&v, "unknown model");
     let msg = v["error"]["message"].as_str().unwrap_or_default();
-    assert!(msg.contains(MODEL) && msg.contains("other"), "the 404 lists the models: {msg}");
+    assert!(
+        msg.contains(MODEL) && msg.contains("other"),
+        "the 404 lists the models: {msg}"
+    );
     let (s, v) = get(&format!("{}/v1/models/other", lb.url())).await;
     assert_eq!((s, v["id"].clone()), (200, json!("other")));
     let (s, _) = get(&format!("{}/v1/models/nope", lb.url())).await;
@@ -402,14 +552,25 @@ async fn routing_by_model_policies_failover_and_return() {
 
     // round_robin: an even split.
     let c = counts(&lb, 8, |_| chat(MODEL, false)).await;
-    assert_eq!((c.get("a"), c.get("b")), (Some(&4), Some(&4)), "round robin: {c:?}");
+    assert_eq!(
+        (c.get("a"), c.get("b")),
+        (Some(&4), Some(&4)),
+        "round robin: {c:?}"
+    );
 
     // consistent_hash on `user` and on a header: sticky per key, spread over keys.
     let hash = format!("routes:\n  - model: {MODEL}\n    policy: consistent_hash\n");
     std::fs::write(&lb.config, two_server_config(&a, &b, &hash)).expect("write");
-    wait_for("consistent_hash in force", Duration::from_secs(10), async || {
-        lb.status()["routes"].as_array().is_some_and(|r| r.iter().any(|r| r["name"] == MODEL && r["policy"] == "consistent_hash"))
-    })
+    wait_for(
+        "consistent_hash in force",
+        Duration::from_secs(10),
+        async || {
+            lb.status()["routes"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|r| r["name"] == MODEL && r["policy"] == "consistent_hash")
+            })
+        },
+    )
     .await;
     let mut owner: HashMap<String, String> = HashMap::new();
     for round in 0..2 {
@@ -417,27 +578,46 @@ async fn routing_by_model_policies_failover_and_return() {
             let user = format!("user-{u}");
             let mut body = chat(MODEL, false);
             body["user"] = json!(user);
-            let (s, v, backend) = post(&format!("{}/v1/chat/completions", lb.url()), &body, None).await;
+            let (s, v, backend) =
+                post(&format!("{}/v1/chat/completions", lb.url()), &body, None).await;
             assert_eq!(s, 200, "{v}");
             let backend = backend.expect("backend header");
             if round == 0 {
                 owner.insert(user, backend);
             } else {
-                assert_eq!(owner.get(&user), Some(&backend), "{user} must stick to one backend");
+                assert_eq!(
+                    owner.get(&user),
+                    Some(&backend),
+                    "{user} must stick to one backend"
+                );
             }
         }
     }
     let used: std::collections::HashSet<_> = owner.values().collect();
-    assert_eq!(used.len(), 2, "8 users must spread over both backends: {owner:?}");
+    assert_eq!(
+        used.len(),
+        2,
+        "8 users must spread over both backends: {owner:?}"
+    );
 
     // least_outstanding (the default): sequential requests alternate between idle backends.
     std::fs::write(&lb.config, two_server_config(&a, &b, "")).expect("write");
-    wait_for("least_outstanding in force", Duration::from_secs(10), async || {
-        lb.status()["routes"].as_array().is_some_and(|r| r.iter().any(|r| r["name"] == MODEL && r["policy"] == "least_outstanding"))
-    })
+    wait_for(
+        "least_outstanding in force",
+        Duration::from_secs(10),
+        async || {
+            lb.status()["routes"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|r| r["name"] == MODEL && r["policy"] == "least_outstanding")
+            })
+        },
+    )
     .await;
     let c = counts(&lb, 6, |_| chat(MODEL, false)).await;
-    assert!(c.get("a").is_some_and(|n| *n >= 2) && c.get("b").is_some_and(|n| *n >= 2), "least outstanding: {c:?}");
+    assert!(
+        c.get("a").is_some_and(|n| *n >= 2) && c.get("b").is_some_and(|n| *n >= 2),
+        "least outstanding: {c:?}"
+    );
 
     // Failover: kill `a`; every request still succeeds (connect errors retried on `b`).
     let mut a = a;
@@ -446,15 +626,28 @@ async fn routing_by_model_policies_failover_and_return() {
     assert_eq!(c.get("b"), Some(&6), "all requests fail over to b: {c:?}");
     lb.wait_backend_healthy("a", false, Duration::from_secs(10));
     let st = lb.backend_status("a");
-    assert!(matches!(st["health"].as_str(), Some("ejected" | "unhealthy")), "{st}");
+    assert!(
+        matches!(st["health"].as_str(), Some("ejected" | "unhealthy")),
+        "{st}"
+    );
 
     // Return: `a` comes back on the same port and gets traffic after its probe.
     let port = a.addr.port();
     drop(a);
-    let a2 = Server::start("server-a2", &ServerOpts { port: Some(port), ..ServerOpts::default() }, dir.path());
+    let a2 = Server::start(
+        "server-a2",
+        &ServerOpts {
+            port: Some(port),
+            ..ServerOpts::default()
+        },
+        dir.path(),
+    );
     lb.wait_backend_healthy("a", true, Duration::from_secs(20));
     let c = counts(&lb, 6, |_| chat(MODEL, false)).await;
-    assert!(c.get("a").is_some_and(|n| *n >= 2), "the returned backend serves again: {c:?}");
+    assert!(
+        c.get("a").is_some_and(|n| *n >= 2),
+        "the returned backend serves again: {c:?}"
+    );
     drop(a2);
 }
 
@@ -463,12 +656,15 @@ fn read_sse(text: &str) -> (String, String, Vec<String>, bool) {
     let (mut content, mut reasoning, mut finishes) = (String::new(), String::new(), Vec::new());
     let mut done = false;
     for line in text.lines() {
-        let Some(data) = line.strip_prefix("data: ") else { continue };
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
         if data == "[DONE]" {
             done = true;
             continue;
         }
-        let v: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("bad SSE data {data}: {e}"));
+        let v: Value =
+            serde_json::from_str(data).unwrap_or_else(|e| panic!("bad SSE data {data}: {e}"));
         assert!(v.get("error").is_none(), "error event: {v}");
         for c in v["choices"].as_array().into_iter().flatten() {
             content.push_str(c["delta"]["content"].as_str().unwrap_or(""));
@@ -486,34 +682,67 @@ async fn post_text(url: &str, body: &Value) -> (u16, String) {
     (r.status().as_u16(), r.text().await.expect("body"))
 }
 
+/// `gpt-oss-server` serving its embedded gpt-oss-nano (no `--model-path`): a trained model
+/// that writes real harmony (analysis, then final), unlike the random tiny fixture.
+fn start_nano(name: &str, raw: bool, dir: &Path) -> (procs::Proc, String) {
+    let mut cmd = std::process::Command::new(binary("gpt-oss-server"));
+    cmd.args(["--host", "127.0.0.1", "--port", "0", "--device-map", "cpu"])
+        .env("RUST_LOG", "info");
+    cmd.args(["--default-max-tokens", "200"]);
+    if raw {
+        cmd.arg("--raw-output");
+    }
+    if let Some(lib) = procs::ort_dylib() {
+        cmd.env("ORT_DYLIB_PATH", lib);
+    }
+    let mut proc = procs::Proc::spawn(name, cmd, dir);
+    let line = proc.wait_stdout("listening on http://", Duration::from_secs(120));
+    let addr: std::net::SocketAddr = line
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse the address in '{line}'"));
+    procs::wait_http_ok(&mut proc, addr, "/health", Duration::from_secs(180));
+    (proc, format!("http://{addr}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_and_edge_rewriting_match_the_servers_own_parsing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let parsed = Server::start("parsed", &ServerOpts::default(), dir.path());
-    let raw = Server::start("raw", &ServerOpts { raw_output: true, model_name: "tiny-raw".into(), ..ServerOpts::default() }, dir.path());
-    let extra = format!(
-        "  - name: raw\n    url: {}\n    model_type: gpt-oss\n    models: [tiny-raw]\n",
-        raw.url()
+    let (_parsed, parsed_url) = start_nano("nano-parsed", false, dir.path());
+    let (_raw, raw_url) = start_nano("nano-raw", true, dir.path());
+    // Both serve `gpt-oss-20b`; the raw one is reached through the route `nano-raw`.
+    let cfg = format!(
+        "{}routes:\n  - model: nano-raw\n    backends: [raw]\n    upstream_model: gpt-oss-20b\n",
+        lb_config(
+            "gpt-oss-20b",
+            &[("parsed", parsed_url)],
+            &format!("  - name: raw\n    url: {raw_url}\n    model_type: gpt-oss\n    models: [nano-raw]\n"),
+        )
     );
-    let mut lb = Lb::start("lb", &lb_config(MODEL, &[("parsed", parsed.url())], &extra), dir.path(), &[]);
+    let mut lb = Lb::start("lb", &cfg, dir.path(), &[]);
     lb.wait_backend_healthy("parsed", true, Duration::from_secs(15));
     lb.wait_backend_healthy("raw", true, Duration::from_secs(15));
     let url = format!("{}/v1/chat/completions", lb.url());
 
-    let mut body = chat(MODEL, false);
-    body["max_tokens"] = json!(40);
+    let mut body = chat("gpt-oss-20b", false);
+    body["max_tokens"] = json!(200);
     body["seed"] = json!(7);
     body["separate_thinking"] = json!(true);
     body["messages"] = json!([
-        {"role": "system", "content": "Answer in one word."},
-        {"role": "user", "content": "Capital of the US?"}
+        {"role": "system", "content": "Always answer in just single word."},
+        {"role": "user", "content": "What is the capital of the US?"}
     ]);
     let mut raw_body = body.clone();
-    raw_body["model"] = json!("tiny-raw");
+    raw_body["model"] = json!("nano-raw");
 
     // The raw backend's own answer carries harmony text (checked directly, not through the LB).
-    let (s, direct) = post_text(&format!("{}/v1/chat/completions", raw.url()), &raw_body).await;
+    let (s, direct) = post_text(&format!("{raw_url}/v1/chat/completions"), &body).await;
     assert_eq!(s, 200, "{direct}");
+    assert!(
+        direct.contains("<|channel|>"),
+        "the raw backend must answer raw harmony: {direct}"
+    );
 
     // Non-streaming: the LB's rewrite of the raw backend equals the parsed server's answer.
     let (s, want, _) = post(&url, &body, None).await;
@@ -521,15 +750,34 @@ async fn streaming_and_edge_rewriting_match_the_servers_own_parsing() {
     let (s, got, backend) = post(&url, &raw_body, None).await;
     assert_eq!(s, 200, "{got}");
     assert_eq!(backend.as_deref(), Some("raw"));
-    let (w, g) = (&want["choices"][0]["message"], &got["choices"][0]["message"]);
+    let (w, g) = (
+        &want["choices"][0]["message"],
+        &got["choices"][0]["message"],
+    );
+    assert!(
+        w["reasoning_content"].is_string(),
+        "nano reasons before answering: {w}"
+    );
     for field in ["content", "reasoning_content", "tool_calls", "thinking"] {
-        assert_eq!(w[field], g[field], "field {field}: parsed {w} vs rewritten {g}; raw backend said {direct}");
+        assert_eq!(
+            w[field], g[field],
+            "field {field}: parsed {w} vs rewritten {g}; raw backend said {direct}"
+        );
     }
     assert_eq!(w["parsed"]["final"], g["parsed"]["final"]);
-    assert_eq!(w["parsed"]["developer_instructions"], g["parsed"]["developer_instructions"]);
-    assert_eq!(want["choices"][0]["finish_reason"], got["choices"][0]["finish_reason"]);
+    assert_eq!(
+        w["parsed"]["developer_instructions"],
+        g["parsed"]["developer_instructions"]
+    );
+    assert_eq!(
+        want["choices"][0]["finish_reason"],
+        got["choices"][0]["finish_reason"]
+    );
     let g_text = got.to_string();
-    assert!(!g_text.contains("<|channel|>") && !g_text.contains("<|message|>"), "special tokens leaked: {g_text}");
+    assert!(
+        !g_text.contains("<|channel|>") && !g_text.contains("<|message|>"),
+        "special tokens leaked: {g_text}"
+    );
 
     // Streaming through the LB, both backends: same text, one finish reason, [DONE].
     body["stream"] = json!(true);
@@ -541,6 +789,13 @@ async fn streaming_and_edge_rewriting_match_the_servers_own_parsing() {
     let w = read_sse(&want);
     let g = read_sse(&got);
     assert!(w.3 && g.3, "both streams end with [DONE]");
-    assert_eq!((w.0, w.1, w.2), (g.0, g.1, g.2), "rewritten stream differs from the parsed one");
-    assert!(!got.contains("<|channel|>"), "special tokens leaked into the stream");
+    assert_eq!(
+        (w.0, w.1, w.2),
+        (g.0, g.1, g.2),
+        "rewritten stream differs from the parsed one"
+    );
+    assert!(
+        !got.contains("<|channel|>"),
+        "special tokens leaked into the stream"
+    );
 }
