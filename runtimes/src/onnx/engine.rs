@@ -53,7 +53,7 @@ pub(crate) struct Counters {
 /// Where a sequence's KV cache lives.
 enum Cache {
     /// Its own buffers (prefill, and decode without batching).
-    Own(SequenceCache),
+    Own(Box<SequenceCache>),
     /// A row of the decode pool.
     Row(usize),
 }
@@ -291,7 +291,7 @@ fn admit(model: &OnnxModel, job: Job, batched: bool) -> Option<Active> {
             let sampler = Sampler::new(job.request.sampling.clone());
             Some(Active {
                 job,
-                cache: Cache::Own(cache),
+                cache: Cache::Own(Box::new(cache)),
                 sampler,
                 generated: 0,
                 prefilled: 0,
