@@ -161,9 +161,12 @@ def ratio(n, d):
     return round(n / d, 4) if d else None
 
 
-def evaluate(url, raw_url, items, max_tokens=256, workers=2):
-    """Runs the evaluation; returns (figures, failures)."""
-    figures, failures = {"items": len(items)}, []
+def evaluate(url, raw_url, all_items, max_tokens=256, workers=2, parsed_limit=None):
+    """Runs the evaluation; returns (figures, failures). The raw (strict) pass covers every
+    item; the parsed pass the first `parsed_limit` items (all by default)."""
+    figures, failures = {"items": len(all_items)}, []
+    items = all_items[:parsed_limit] if parsed_limit else all_items
+    figures["parsed_items"] = len(items)
     finals = [i for i, it in enumerate(items) if "final" in it["expect"]]
     calls = [i for i, it in enumerate(items) if "tool_call" in it["expect"]]
     parsed = run(eval_parsed, url, items, max_tokens, workers)
@@ -183,6 +186,9 @@ def evaluate(url, raw_url, items, max_tokens=256, workers=2):
         if not (p["exact"] and p["reasoning_separated"]):
             failures.append({"id": it["id"], "mode": "parsed", "expect": it["expect"], "got": p})
     if raw_url:
+        items = all_items
+        finals = [i for i, it in enumerate(items) if "final" in it["expect"]]
+        calls = [i for i, it in enumerate(items) if "tool_call" in it["expect"]]
         raw = run(eval_raw, raw_url, items, max_tokens, workers)
         figures["raw"] = {
             "well_formed": ratio(sum(r["well_formed"] for r in raw), len(raw)),
@@ -218,12 +224,13 @@ def main():
     ap.add_argument("--raw-url")
     ap.add_argument("--heldout", default=os.path.join(HERE, "heldout.jsonl"))
     ap.add_argument("--limit", type=int)
+    ap.add_argument("--parsed-limit", type=int, help="parsed-mode pass on the first N items only")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--show-failures", type=int, default=10)
     args = ap.parse_args()
     items = load(args.heldout, args.limit)
     figures, failures = evaluate(args.url.rstrip("/"), args.raw_url and args.raw_url.rstrip("/"), items,
-                                 workers=args.workers)
+                                 workers=args.workers, parsed_limit=args.parsed_limit)
     for f in failures[: args.show_failures]:
         print(json.dumps(f), file=sys.stderr)
     print(json.dumps(figures, indent=1))
