@@ -288,6 +288,9 @@ def generic_md(name):
     out = status_md(name)
     summary = os.path.join(OUT, name, "summary.md")
     if os.path.exists(summary):
+        if status(name) is None or status(name)[0] != "ok":
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.path.getmtime(summary)))
+            out += [f"_The figures below are from an earlier run of the part, written {when}._", ""]
         with open(summary, encoding="utf-8") as f:
             out += [f.read().rstrip()]
     elif status(name) and status(name)[0] == "ok":
