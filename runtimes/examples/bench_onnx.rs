@@ -29,6 +29,8 @@ struct Args {
     token_range: u32,
     intra_threads: Option<usize>,
     max_seq_len: Option<u32>,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`, as the server's `--device-map`.
+    device: DeviceMap,
 }
 
 fn parse() -> Result<Args, String> {
@@ -42,6 +44,7 @@ fn parse() -> Result<Args, String> {
         token_range: 3000,
         intra_threads: None,
         max_seq_len: None,
+        device: DeviceMap::Cpu,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,6 +70,11 @@ fn parse() -> Result<Args, String> {
             "--token-range" => a.token_range = value()?.parse().map_err(|_| "bad --token-range")?,
             "--max-seq-len" => {
                 a.max_seq_len = Some(value()?.parse().map_err(|_| "bad --max-seq-len")?)
+            }
+            "--device-map" => {
+                a.device = value()?
+                    .parse()
+                    .map_err(|e| format!("bad --device-map: {e}"))?
             }
             "--intra-threads" => {
                 a.intra_threads = Some(value()?.parse().map_err(|_| "bad --intra-threads")?)
@@ -145,7 +153,7 @@ async fn main() {
         };
         let mut config = OnnxBackendConfig::new(
             &args.model,
-            DeviceMap::Cpu,
+            args.device,
             slots,
             LibrarySearch::from_process(),
         );
