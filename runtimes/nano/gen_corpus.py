@@ -243,6 +243,7 @@ TOOL_SEARCH = {
 }
 ALL_TOOLS = {t["function"]["name"]: t for t in [TOOL_WEATHER, TOOL_TIME, TOOL_EMAIL, TOOL_SEARCH]}
 
+DATE_RNG = random.Random(0)
 DATES = ["2025-08-05", "2025-12-01", "2026-03-14", "2026-06-30", "2026-11-24", "2027-01-09"]
 
 # ---------------------------------------------------------------------------
@@ -333,8 +334,14 @@ def sample_context(rng):
     si = rng.randrange(len(systems))
     r = rng.random()
     effort = "low" if r < 0.2 else "high" if r < 0.3 else None
-    # the server may or may not put a date in the system message
+    # The server puts today's date in the system message: any date must do. The first
+    # training run saw only DATES; these draws stay so that the rest of the corpus is the
+    # same, and the date itself comes from its own stream, any day of 2025-2030 or none.
     date = rng.choice(DATES) if rng.random() < 0.4 else None
+    if DATE_RNG.random() < 0.8:
+        date = f"{DATE_RNG.randint(2025, 2030)}-{DATE_RNG.randint(1, 12):02d}-{DATE_RNG.randint(1, 28):02d}"
+    else:
+        date = None
     return dict(tools=tools, single=single, si=si, system=systems[si], effort=effort, date=date)
 
 
@@ -466,6 +473,7 @@ def main():
     args = ap.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
     rng = random.Random(args.seed)
+    DATE_RNG.seed(args.seed + 1)
 
     # held-out first, one example per context: their combinations are then excluded from training
     heldout, held_combos = [], set()

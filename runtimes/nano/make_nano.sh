@@ -3,13 +3,13 @@
 # runtimes/nano/gpt-oss-nano.tar.xz (embedded in gpt-oss-server) and heldout.jsonl (its
 # evaluation set). Work files go to runtimes/nano/out/ (gitignored).
 #
-#   runtimes/nano/make_nano.sh              # CPU: --minutes 25 of training
+#   runtimes/nano/make_nano.sh              # CPU: 30 minutes of training (one stage; see training.json for the shipped two-stage run)
 #   MINUTES=10 runtimes/nano/make_nano.sh
 #   DEVICE=cuda runtimes/nano/make_nano.sh  # on a GPU host
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=runtimes/nano/out
-MINUTES=${MINUTES:-25}
+MINUTES=${MINUTES:-30}
 DEVICE=${DEVICE:-cpu}
 PY=.venv-tools/bin/python
 mkdir -p "$OUT"
@@ -30,6 +30,6 @@ echo "== train ($MINUTES min on $DEVICE)"
 echo "== export with onnxruntime-genai's builder, pack"
 "$PY" runtimes/nano/export.py "$OUT/hf" "$OUT/onnx" --archive runtimes/nano/gpt-oss-nano.tar.xz
 cp "$OUT/data/heldout.jsonl" runtimes/nano/heldout.jsonl
-cp "$OUT/hf/nano_training.json" runtimes/nano/training.json
+cp "$OUT/hf/nano_training.json" "$OUT/training.json"
 echo "done: runtimes/nano/gpt-oss-nano.tar.xz ($(stat -c %s runtimes/nano/gpt-oss-nano.tar.xz) bytes)"
 echo "evaluate: cargo build --release -p gpt-oss-server && .venv/bin/python -m pytest -q tests/python/test_nano_eval.py"
