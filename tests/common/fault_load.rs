@@ -329,9 +329,29 @@ pub async fn run_load(
     tally: Arc<Tally>,
     make_body: Arc<dyn Fn(u64) -> Value + Send + Sync>,
 ) {
+    let http = client(deadline + Duration::from_secs(5));
+    run_load_on(
+        http, url, headers, clients, total, max_time, deadline, stop, tally, make_body,
+    )
+    .await
+}
+
+/// [`run_load`] with a caller's client (e.g. one that opens a new connection per request).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_load_on(
+    http: reqwest::Client,
+    url: String,
+    headers: Vec<(String, String)>,
+    clients: usize,
+    total: u64,
+    max_time: Duration,
+    deadline: Duration,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    make_body: Arc<dyn Fn(u64) -> Value + Send + Sync>,
+) {
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let http = client(deadline + Duration::from_secs(5));
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let (url, headers, stop, tally, next, make_body, http) = (
