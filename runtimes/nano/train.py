@@ -253,7 +253,7 @@ def main():
         return args.lr * (0.03 + 0.97 * 0.5 * (1 + math.cos(math.pi * t)))
 
     log_unused = math.log(n_unused)
-    step, t0 = 0, time.time()
+    step, t0, cpu0 = 0, time.time(), time.process_time()
     seen_tokens = 0
     ema = None
     while progress(step) < 1.0:
@@ -290,7 +290,8 @@ def main():
                 print(f"step {step}/{args.steps} loss {ema:.4f} lr {lr_at(step):.2e} "
                       f"{seen_tokens / el:.0f} tok/s {el:.0f}s", flush=True)
     train_s = time.time() - t0
-    print(f"training done in {train_s:.0f}s", flush=True)
+    cpu_s = time.process_time() - cpu0
+    print(f"training done in {train_s:.0f}s wall, {cpu_s:.0f}s CPU", flush=True)
 
     # scatter into the full vocabulary, every other row exactly zero
     full = GptOssForCausalLM(nano_config(args, VOCAB))
@@ -313,7 +314,7 @@ def main():
     os.makedirs(args.out_dir, exist_ok=True)
     full.save_pretrained(args.out_dir)
     with open(os.path.join(args.out_dir, "nano_training.json"), "w") as f:
-        json.dump({"train_seconds": round(train_s), "steps": step, "final_loss": loss.item(),
+        json.dump({"train_seconds": round(train_s), "train_cpu_seconds": round(cpu_s), "steps": step, "final_loss": loss.item(),
                    "used_rows": len(used), "compact_params": n_params, "args": vars(args),
                    "device": str(dev), "torch": torch.__version__}, f, indent=1)
     print(f"saved {args.out_dir}", flush=True)
