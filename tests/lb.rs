@@ -425,6 +425,18 @@ async fn health_is_503_until_a_backend_is_healthy_and_hot_reload_swaps_config() 
     .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(backend.as_deref(), Some("s"));
+    // No `model` (the seed's clients send none): the only model served takes it.
+    let mut no_model = chat(MODEL, false);
+    no_model.as_object_mut().map(|o| o.remove("model"));
+    let (s, v, backend) = post(
+        &format!("{}/v1/chat/completions", lb.url()),
+        &no_model,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(backend.as_deref(), Some("s"));
+    assert_eq!(v["model"], MODEL, "{v}");
 
     // An invalid file is rejected: the previous config stays in force.
     let failures = metric(&lb, "gpt_oss_lb_config_reload_failures_total").await;
@@ -545,6 +557,19 @@ async fn routing_by_model_policies_failover_and_return() {
         msg.contains(MODEL) && msg.contains("other"),
         "the 404 lists the models: {msg}"
     );
+    // No `model` with several models served and no `default_model`: a 400 naming them.
+    let mut no_model = chat(MODEL, false);
+    no_model.as_object_mut().map(|o| o.remove("model"));
+    let (s, v, _) = post(
+        &format!("{}/v1/chat/completions", lb.url()),
+        &no_model,
+        None,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["param"], "model", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains(MODEL) && msg.contains("other"), "{msg}");
     let (s, v) = get(&format!("{}/v1/models/other", lb.url())).await;
     assert_eq!((s, v["id"].clone()), (200, json!("other")));
     let (s, _) = get(&format!("{}/v1/models/nope", lb.url())).await;
@@ -713,7 +738,7 @@ async fn streaming_and_edge_rewriting_match_the_servers_own_parsing() {
     let (_raw, raw_url) = start_nano("nano-raw", true, dir.path());
     // Both serve `gpt-oss-20b`; the raw one is reached through the route `nano-raw`.
     let cfg = format!(
-        "{}routes:\n  - model: nano-raw\n    backends: [raw]\n    upstream_model: gpt-oss-20b\n",
+        "{}default_model: gpt-oss-20b\nroutes:\n  - model: nano-raw\n    backends: [raw]\n    upstream_model: gpt-oss-20b\n",
         lb_config(
             "gpt-oss-20b",
             &[("parsed", parsed_url)],
@@ -777,6 +802,30 @@ async fn streaming_and_edge_rewriting_match_the_servers_own_parsing() {
     assert!(
         !g_text.contains("<|channel|>") && !g_text.contains("<|message|>"),
         "special tokens leaked: {g_text}"
+    );
+
+    // The seed's curl exactly (no `model`, temperature 0.7): `default_model` takes it, and
+    // the answer is "Washington" with the reasoning apart.
+    let seed = json!({
+        "messages": [
+            {"role": "system", "content": "Always answer in just single word."},
+            {"role": "user", "content": "What is the capital of the US?"}
+        ],
+        "max_tokens": 1000,
+        "temperature": 0.7,
+        "separate_thinking": true
+    });
+    let (s, v, backend) = post(&url, &seed, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(backend.as_deref(), Some("parsed"));
+    let m = &v["choices"][0]["message"];
+    assert_eq!(m["content"], "Washington", "{v}");
+    assert!(
+        m["reasoning_content"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+            && m["thinking"]["analysis"] == m["reasoning_content"],
+        "{v}"
     );
 
     // Streaming through the LB, both backends: same text, one finish reason, [DONE].

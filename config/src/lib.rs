@@ -29,6 +29,9 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Policy for models that have no route.
     pub default_policy: Policy,
+    /// The model a request without `model` goes to. Unset: the only model served, when
+    /// exactly one is (the seed's clients send no `model`); otherwise such a request is a 400.
+    pub default_model: Option<String>,
     pub health_check: HealthCheckConfig,
     pub retries: RetryConfig,
     pub timeouts: TimeoutConfig,

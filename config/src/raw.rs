@@ -32,6 +32,7 @@ pub struct RawConfig {
     #[serde(default, deserialize_with = "null_as_empty")]
     pub routes: Vec<RawRoute>,
     pub default_policy: Option<String>,
+    pub default_model: Option<String>,
     pub health_check: Option<RawHealth>,
     pub retries: Option<RawRetries>,
     pub timeouts: Option<RawTimeouts>,

@@ -301,6 +301,16 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
         }
     }
 
+    let default_model = match raw.default_model {
+        Some(m) if m.trim().is_empty() => {
+            return Err(ConfigError::invalid(
+                "default_model",
+                "must be a non-empty model name",
+            ))
+        }
+        other => other,
+    };
+
     Ok(Config {
         listen: raw.listen,
         admin,
@@ -308,6 +318,7 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
         backends,
         routes,
         default_policy,
+        default_model,
         health_check,
         retries,
         timeouts,

@@ -120,30 +120,71 @@ pub fn route_completion(
     body: Bytes,
     chat: bool,
 ) -> Result<Routed, ApiError> {
-    let mut v: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            ErrorKind::InvalidRequest,
-            format!("We could not parse the JSON body of your request: {e}"),
-            None,
-            Some("invalid_json"),
-        )
-    })?;
-    let obj = v.as_object().ok_or_else(|| {
+    // Only the fields routing needs are built; `messages` and the rest are skipped by the
+    // parser without allocating (a full `Value` tree costs as much as the whole proxying).
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(default)]
+        model: Option<Value>,
+        #[serde(default)]
+        stream: Option<Value>,
+        #[serde(default)]
+        separate_thinking: Option<Value>,
+        #[serde(default)]
+        user: Option<Value>,
+    }
+    let not_object = || {
         ApiError::new(
             ErrorKind::InvalidRequest,
             "the request body must be a JSON object",
             None,
             Some("invalid_json"),
         )
-    })?;
-    let model = match obj.get("model") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid(
-                "you must provide a `model` parameter",
-                "model",
-            ))
+    };
+    let bad_json = |e: serde_json::Error| {
+        ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("We could not parse the JSON body of your request: {e}"),
+            None,
+            Some("invalid_json"),
+        )
+    };
+    // A derived struct also accepts a JSON array; the body must be an object.
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        _ => {
+            // Report a syntax error (an empty body included) as such, anything else as
+            // "not an object".
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+                    Err(e) => bad_json(e),
+                    Ok(_) => not_object(),
+                },
+            );
         }
+    }
+    let head: Head = serde_json::from_slice(&body).map_err(bad_json)?;
+    // The seed's clients send no `model`: such a request goes to `default_model`, or to the
+    // only model served; with several models and no default it is a 400 naming them.
+    let (model, model_given) = match head.model {
+        Some(Value::String(s)) if !s.is_empty() => (s, true),
+        None | Some(Value::Null) => match snap.default_model() {
+            Some(m) => (m, false),
+            None => {
+                let available = snap.available_models();
+                return Err(ApiError::invalid(
+                    if available.is_empty() {
+                        "you must provide a `model` parameter".to_string()
+                    } else {
+                        format!(
+                            "you must provide a `model` parameter; available models: {}",
+                            available.join(", ")
+                        )
+                    },
+                    "model",
+                ));
+            }
+        },
         Some(_) => {
             return Err(ApiError::invalid(
                 "`model` must be a non-empty string",
@@ -151,13 +192,16 @@ pub fn route_completion(
             ))
         }
     };
-    let stream = match obj.get("stream") {
+    let stream = match head.stream {
         None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
+        Some(Value::Bool(b)) => b,
         Some(_) => return Err(ApiError::invalid("`stream` must be a boolean", "stream")),
     };
-    let separate_thinking = matches!(obj.get("separate_thinking"), Some(Value::Bool(true)));
-    let user = obj.get("user").and_then(Value::as_str).map(str::to_string);
+    let separate_thinking = matches!(head.separate_thinking, Some(Value::Bool(true)));
+    let user = match head.user {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
 
     let route = snap
         .routes
@@ -182,7 +226,9 @@ pub fn route_completion(
         .upstream_model
         .clone()
         .unwrap_or_else(|| route.model.clone());
-    let body = if upstream_name != model {
+    let body = if upstream_name != model || !model_given {
+        // Rare (aliases, or no `model` sent): rebuild the body with the upstream's model name.
+        let mut v: Value = serde_json::from_slice(&body).map_err(bad_json)?;
         if let Some(o) = v.as_object_mut() {
             o.insert("model".into(), Value::String(upstream_name));
         }

@@ -1,33 +1,33 @@
 //! Header rewriting between client and backend.
 
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::backend::Backend;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded. Parsed once: removing by
+/// `HeaderName` is a hash lookup, removing by `&str` parses the name on every call.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
-/// Names listed in `Connection` plus the fixed hop-by-hop set.
-fn hop_by_hop_names(headers: &http::HeaderMap) -> Vec<String> {
-    let mut names: Vec<String> = HOP_BY_HOP.iter().map(|s| s.to_string()).collect();
-    for v in headers.get_all(http::header::CONNECTION) {
+/// The names listed in `Connection` (most requests have none).
+fn connection_listed(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    let mut names = Vec::new();
+    for v in headers.get_all(header::CONNECTION) {
         if let Ok(s) = v.to_str() {
-            for n in s.split(',') {
-                let n = n.trim().to_ascii_lowercase();
-                if !n.is_empty() {
-                    names.push(n);
-                }
-            }
+            names.extend(
+                s.split(',')
+                    .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+            );
         }
     }
     names
@@ -41,12 +41,18 @@ pub fn upstream_request(
     client_ip: Option<std::net::IpAddr>,
     body_len: usize,
 ) -> pingora::Result<()> {
-    for name in hop_by_hop_names(&req.headers) {
-        req.remove_header(name.as_str());
+    if req.headers.contains_key(header::CONNECTION) {
+        for name in connection_listed(&req.headers) {
+            req.remove_header(&name);
+        }
     }
-    req.remove_header("authorization");
-    req.remove_header("content-length");
-    req.remove_header("expect");
+    for name in HOP_BY_HOP.iter().chain(&[
+        header::AUTHORIZATION,
+        header::CONTENT_LENGTH,
+        header::EXPECT,
+    ]) {
+        req.remove_header(name);
+    }
     if let Some(ip) = client_ip {
         let prior = req
             .headers
@@ -62,9 +68,12 @@ pub fn upstream_request(
         };
         req.insert_header("x-forwarded-for", xff)?;
     }
-    req.insert_header("x-forwarded-proto", "http")?;
-    req.insert_header("host", backend.url.authority())?;
-    req.insert_header("content-length", body_len.to_string())?;
+    req.insert_header(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    )?;
+    req.insert_header(header::HOST, backend.url.authority())?;
+    req.insert_header(header::CONTENT_LENGTH, HeaderValue::from(body_len))?;
     if let Some(key) = &backend.def.api_key {
         req.insert_header("authorization", format!("Bearer {key}"))?;
     }
@@ -86,10 +95,17 @@ pub fn upstream_request(
 
 /// Strip hop-by-hop headers from the backend's response (framing is Pingora's job).
 pub fn downstream_response(resp: &mut ResponseHeader) {
-    for name in hop_by_hop_names(&resp.headers) {
-        if name == "transfer-encoding" {
-            continue;
+    if resp.headers.contains_key(header::CONNECTION) {
+        for name in connection_listed(&resp.headers) {
+            if name != header::TRANSFER_ENCODING {
+                resp.remove_header(&name);
+            }
         }
-        resp.remove_header(name.as_str());
+    }
+    for name in HOP_BY_HOP
+        .iter()
+        .filter(|n| **n != header::TRANSFER_ENCODING)
+    {
+        resp.remove_header(name);
     }
 }

@@ -61,6 +61,17 @@ impl Snapshot {
         self.backends.iter().find(|b| b.name() == name)
     }
 
+    /// The model for requests that name none: the configured `default_model`, else the only
+    /// model served (aliases of it included), else none.
+    pub fn default_model(&self) -> Option<String> {
+        if let Some(m) = &self.config.default_model {
+            return Some(m.clone());
+        }
+        let mut models = self.routes.values().map(|r| r.model.as_str());
+        let first = models.next()?;
+        models.all(|m| m == first).then(|| first.to_string())
+    }
+
     /// Models (and aliases) that have at least one healthy backend, sorted.
     pub fn available_models(&self) -> Vec<String> {
         let set: BTreeSet<String> = self
