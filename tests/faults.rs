@@ -398,3 +398,81 @@ async fn invalid_json_under_a_json_content_type_is_a_clear_error() {
         "invalid JSON from the backend must become a 502 OpenAI error: {o:?}"
     );
 }
+
+/// Bodies larger than Pingora's 64 KiB retry buffer (and within `body_limit`) reach the
+/// backend whole, also when failover replays them after a 503; a chunked body (no length)
+/// that large gets a 411 with an OpenAI error, a small chunked one goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_64_kib_reach_the_backend_whole_also_on_failover() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let busy = FaultyBackend::start(Mode::Busy503, Duration::from_millis(10)).await;
+    let good = FaultyBackend::start(Mode::Good, Duration::from_millis(10)).await;
+    let cfg = lb_config(
+        MODEL,
+        &[("busy", busy.url()), ("good", good.url())],
+        &format!("body_limit: 4194304\nroutes:\n  - model: {MODEL}\n    policy: round_robin\n"),
+    );
+    let mut lb = Lb::start("lb", &cfg, dir.path(), &[]);
+    lb.wait_backend_healthy("busy", true, Duration::from_secs(10));
+    lb.wait_backend_healthy("good", true, Duration::from_secs(10));
+    let http = fault_load::client(Duration::from_secs(30));
+    let url = format!("{}/v1/chat/completions", lb.url());
+    for (i, size) in [70_000usize, 300_000, 3_000_000].into_iter().enumerate() {
+        let mut body = chat_body(MODEL, false, 1);
+        body["messages"][0]["content"] = serde_json::Value::String("y".repeat(size));
+        let sent = serde_json::to_vec(&body).expect("encode").len();
+        let r = http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{size}: {}", fault_load::chain(&e)));
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "{size}-byte message: {text}");
+        let seen = good.seen.lock().expect("seen").clone();
+        let last = seen.last().expect("the good backend got the request");
+        let get = |k: &str| {
+            last.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            get(":body-bytes"),
+            sent.to_string(),
+            "request {i}: body cut"
+        );
+        assert_eq!(get(":body-json"), "true", "request {i}");
+    }
+    assert!(
+        busy.completions_seen() >= 1,
+        "round robin sends some first attempts to the busy backend, which fail over"
+    );
+
+    // Chunked: a small body goes through; one over 64 KiB needs Content-Length (411).
+    for (size, want) in [(1_000usize, 200u16), (200_000, 411)] {
+        let mut body = chat_body(MODEL, false, 1);
+        body["messages"][0]["content"] = serde_json::Value::String("z".repeat(size));
+        let bytes = serde_json::to_vec(&body).expect("encode");
+        let stream = futures::stream::iter(
+            bytes
+                .chunks(16 * 1024)
+                .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+                .collect::<Vec<_>>(),
+        );
+        let r = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(stream))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("chunked {size}: {}", fault_load::chain(&e)));
+        let status = r.status().as_u16();
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        assert_eq!(status, want, "chunked {size}: {v}");
+        if want != 200 {
+            assert_eq!(v["error"]["code"], "length_required", "{v}");
+        }
+    }
+}

@@ -14,7 +14,7 @@ fn empty_file_gives_defaults() {
     assert_eq!(c.default_policy, Policy::LeastOutstanding);
     assert_eq!(c.health_check.path, "/health");
     assert_eq!(c.retries.max_attempts, 3);
-    assert_eq!(c.body_limit, 64 * 1024);
+    assert_eq!(c.body_limit, 8 * 1024 * 1024);
     assert_eq!(c, Config::default());
 }
 
@@ -55,7 +55,7 @@ fn durations_and_limits_are_checked() {
     );
     let e = err("timeouts:\n  idle: 0ms\n");
     assert!(e.starts_with("timeouts.idle:"), "got {e}");
-    let e = err("body_limit: 10000000\n");
+    let e = err("body_limit: 1000000000\n");
     assert!(e.starts_with("body_limit:"), "got {e}");
     let e = err("retries:\n  max_attempts: 0\n");
     assert!(e.starts_with("retries.max_attempts:"), "got {e}");

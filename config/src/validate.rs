@@ -9,9 +9,13 @@ use crate::{
     Policy, RetryConfig, RouteConfig, TimeoutConfig,
 };
 
-/// The most a request body may be. Failover replays the body from Pingora's retry buffer,
-/// which holds 64 KiB, so a larger body could not be replayed.
-pub const MAX_BODY_LIMIT: usize = 64 * 1024;
+/// The most `body_limit` may be: the LB holds each accepted body in memory to replay it on
+/// failover.
+pub const MAX_BODY_LIMIT: usize = 256 * 1024 * 1024;
+
+/// `body_limit` when unset: above `gpt-oss-server`'s default `--max-body-bytes` (4 MiB), so
+/// a long prompt reaches the backend, which answers for its own limit.
+pub const DEFAULT_BODY_LIMIT: usize = 8 * 1024 * 1024;
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -276,7 +280,7 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
     };
 
     let body_limit = match raw.body_limit {
-        None => MAX_BODY_LIMIT,
+        None => DEFAULT_BODY_LIMIT,
         Some(Scalar::Int(n)) => n as usize,
         Some(other) => {
             return Err(ConfigError::invalid(
@@ -288,7 +292,7 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
     if body_limit == 0 || body_limit > MAX_BODY_LIMIT {
         return Err(ConfigError::invalid(
             "body_limit",
-            format!("must be between 1 and {MAX_BODY_LIMIT} bytes (the retry buffer that replays bodies on failover)"),
+            format!("must be between 1 and {MAX_BODY_LIMIT} bytes"),
         ));
     }
 

@@ -65,7 +65,22 @@ impl Reply {
     }
 }
 
+/// Pingora replays a request body to the backend (and on failover) from its retry buffer,
+/// which holds at most this much; see `read_body`.
+const RETRY_BUFFER: u64 = 64 * 1024;
+
+/// How much of a refused (over-limit) body is read and dropped, and for how long, so that a
+/// client that sends its whole body before reading the answer gets the 413, not a reset.
+const DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
+const DRAIN_MAX_TIME: Duration = Duration::from_secs(5);
+
 /// Read the whole request body, at most `limit` bytes (413 beyond).
+///
+/// The body is kept here and sent upstream by `request_body_filter` on every attempt. Pingora
+/// only calls that filter for a body it has already read when its retry buffer holds
+/// something (and holds at most 64 KiB), so buffering is switched on before the read that can
+/// bring the last 64 KiB of a `Content-Length` body: the buffer then holds that tail and is
+/// never truncated. A chunked body (no length) must fit the buffer whole, else it is a 411.
 async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -75,26 +90,32 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ApiErro
             Some("request_too_large"),
         )
     };
-    if let Some(cl) = session
+    session.set_read_timeout(Some(Duration::from_secs(30)));
+    let content_length = session
         .req_header()
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-    {
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(cl) = content_length {
         if cl > limit as u64 {
+            drain_body(session, cl).await;
             return Err(too_large());
         }
     }
-    // Keep the body for replay on failover (Pingora's retry buffer holds up to 64 KiB,
-    // which is why `body_limit` is capped there).
-    session.as_downstream_mut().enable_retry_buffering();
-    session.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buffering = false;
     let mut buf = BytesMut::new();
     loop {
+        if !buffering
+            && content_length.is_none_or(|cl| cl.saturating_sub(buf.len() as u64) <= RETRY_BUFFER)
+        {
+            session.as_downstream_mut().enable_retry_buffering();
+            buffering = true;
+        }
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if buf.len() + chunk.len() > limit {
+                    drain_body(session, DRAIN_MAX_BYTES).await;
                     return Err(too_large());
                 }
                 buf.extend_from_slice(&chunk);
@@ -110,7 +131,37 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ApiErro
             }
         }
     }
+    if !buf.is_empty() && session.as_downstream().get_retry_buffer().is_none() {
+        return Err(ApiError::new(
+            ErrorKind::LengthRequired,
+            format!(
+                "a request body over {} KiB must be sent with Content-Length",
+                RETRY_BUFFER / 1024
+            ),
+            None,
+            Some("length_required"),
+        ));
+    }
     Ok(buf.freeze())
+}
+
+/// Read and drop the rest of a refused body, bounded in bytes and time. A client that is
+/// still sending when the socket closes gets a reset that can overtake the 413; a body too
+/// large to drain within the bounds still gets that, and the connection is closed after it.
+async fn drain_body(session: &mut Session, expected: u64) {
+    if expected > DRAIN_MAX_BYTES {
+        return;
+    }
+    let _ = tokio::time::timeout(DRAIN_MAX_TIME, async {
+        let mut n = 0u64;
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            n += chunk.len() as u64;
+            if n > DRAIN_MAX_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Validate and route a completion body.

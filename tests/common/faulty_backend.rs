@@ -26,6 +26,8 @@ pub enum Mode {
     Html200,
     /// The status line arrives one byte every `drip`.
     SlowDrip,
+    /// 503 after reading the whole request (a busy backend: the LB fails over).
+    Busy503,
 }
 
 impl Mode {
@@ -41,7 +43,9 @@ impl Mode {
 pub struct FaultyBackend {
     pub addr: SocketAddr,
     pub mode: Arc<Mutex<Mode>>,
-    /// Header blocks of the completion requests received (lowercased names).
+    /// Header blocks of the completion requests received (lowercased names), each with a
+    /// pseudo-header `:body-bytes` (the body's length as read) and `:body-json` (`true` when
+    /// the body parsed as JSON).
     pub seen: Arc<Mutex<Vec<Vec<(String, String)>>>>,
     pub drip: Duration,
     task: tokio::task::JoinHandle<()>,
@@ -174,6 +178,10 @@ async fn serve(
                 .await?;
             continue;
         }
+        let mut headers = headers;
+        headers.push((":body-bytes".into(), body.len().to_string()));
+        let json_ok = serde_json::from_slice::<serde_json::Value>(&body).is_ok();
+        headers.push((":body-json".into(), json_ok.to_string()));
         seen.lock().expect("seen").push(headers);
         let stream = serde_json::from_slice::<serde_json::Value>(&body)
             .map(|v| v["stream"].as_bool() == Some(true))
@@ -238,6 +246,13 @@ async fn serve(
                         "<html><body><h1>Welcome to nginx!</h1></body></html>",
                     )
                     .as_bytes(),
+                )
+                .await?;
+            }
+            Mode::Busy503 => {
+                let e = r#"{"error":{"message":"busy","type":"service_unavailable","param":null,"code":null}}"#;
+                sock.write_all(
+                    response("503 Service Unavailable", "application/json", e).as_bytes(),
                 )
                 .await?;
             }

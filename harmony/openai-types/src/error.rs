@@ -30,6 +30,8 @@ pub enum ErrorKind {
     NotFound,
     /// 409
     Conflict,
+    /// 411: a body the server cannot take without its length.
+    LengthRequired,
     /// 413
     RequestTooLarge,
     /// 429
@@ -52,6 +54,7 @@ impl ErrorKind {
             ErrorKind::Permission => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
+            ErrorKind::LengthRequired => 411,
             ErrorKind::RequestTooLarge => 413,
             ErrorKind::RateLimit => 429,
             ErrorKind::Server => 500,
@@ -67,7 +70,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest | ErrorKind::NotFound | ErrorKind::Conflict => {
                 "invalid_request_error"
             }
-            ErrorKind::RequestTooLarge => "invalid_request_error",
+            ErrorKind::RequestTooLarge | ErrorKind::LengthRequired => "invalid_request_error",
             ErrorKind::Authentication => "authentication_error",
             ErrorKind::Permission => "permission_error",
             ErrorKind::RateLimit => "rate_limit_error",
