@@ -645,7 +645,6 @@ async fn routing_by_model_policies_failover_and_return() {
     );
 
     // Failover: kill `a`; every request still succeeds (connect errors retried on `b`).
-    let mut a = a;
     a.proc.signal("KILL");
     let c = counts(&lb, 6, |_| chat(MODEL, false)).await;
     assert_eq!(c.get("b"), Some(&6), "all requests fail over to b: {c:?}");
@@ -847,4 +846,119 @@ async fn streaming_and_edge_rewriting_match_the_servers_own_parsing() {
         !got.contains("<|channel|>"),
         "special tokens leaked into the stream"
     );
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it; returns (CA PEM, leaf DER, key DER).
+fn test_pki() -> (String, Vec<u8>, Vec<u8>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("ca key");
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("leaf params")
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf cert");
+    (ca.pem(), leaf.der().to_vec(), leaf_key.serialize_der())
+}
+
+/// Terminate TLS on a loopback port and relay each connection to `upstream` (a real
+/// gpt-oss-server): the server itself speaks plain HTTP.
+async fn tls_terminator(
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    upstream: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio_rustls::rustls;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![rustls::pki_types::CertificateDer::from(cert)],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
+        )
+        .expect("tls config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(sock).await else {
+                    return; // a client that refused our certificate
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// `https://` backends: the LB verifies the backend's certificate against
+/// `upstream_tls.ca_file` (health checks and proxied requests, streaming included); without
+/// that CA the backend never becomes healthy, and `verify: false` accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_backends_are_verified_against_the_configured_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start("server", &ServerOpts::default(), dir.path());
+    let (ca_pem, cert, key) = test_pki();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca_pem).expect("write ca");
+    let (tls_addr, _task) = tls_terminator(cert, key, server.addr).await;
+    let backend_url = format!("https://127.0.0.1:{}", tls_addr.port());
+
+    let cfg = format!(
+        "{}upstream_tls:\n  ca_file: {}\n",
+        lb_config(MODEL, &[("tls", backend_url.clone())], ""),
+        ca_path.display()
+    );
+    let mut lb = Lb::start("lb", &cfg, dir.path(), &[]);
+    lb.wait_backend_healthy("tls", true, Duration::from_secs(15));
+    let url = format!("{}/v1/chat/completions", lb.url());
+    let (s, v, backend) = post(&url, &chat(MODEL, false), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(backend.as_deref(), Some("tls"));
+    assert!(v["choices"][0]["message"].is_object(), "{v}");
+    let (s, text) = post_text(&url, &chat(MODEL, true)).await;
+    assert_eq!(s, 200, "{text}");
+    assert!(read_sse(&text).3, "the stream ends with [DONE]: {text}");
+
+    // Without the CA (system roots only) the certificate is refused: never healthy.
+    let no_ca = lb_config(MODEL, &[("tls", backend_url.clone())], "");
+    let lb2 = Lb::start("lb-no-ca", &no_ca, dir.path(), &[]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, status) = get(&format!("{}/status", lb2.url())).await;
+    assert_eq!(
+        status["backends"][0]["healthy"], false,
+        "an unverifiable certificate must not be trusted: {status}"
+    );
+    let (s, v, _) = post(
+        &format!("{}/v1/chat/completions", lb2.url()),
+        &chat(MODEL, false),
+        None,
+    )
+    .await;
+    assert_eq!(s, 503, "{v}");
+    drop(lb2);
+
+    // `verify: false` (development only) accepts it.
+    let insecure = format!("{no_ca}upstream_tls:\n  verify: false\n");
+    let mut lb3 = Lb::start("lb-insecure", &insecure, dir.path(), &[]);
+    lb3.wait_backend_healthy("tls", true, Duration::from_secs(15));
+    let (s, v, _) = post(
+        &format!("{}/v1/chat/completions", lb3.url()),
+        &chat(MODEL, false),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
 }

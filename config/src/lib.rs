@@ -39,6 +39,28 @@ pub struct Config {
     pub body_limit: usize,
     /// When non-empty, clients must send `Authorization: Bearer <one of these>`.
     pub client_api_keys: Vec<String>,
+    /// How `https://` backends are verified.
+    pub upstream_tls: UpstreamTlsConfig,
+}
+
+/// TLS to `https://` backends (health checks included).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTlsConfig {
+    /// PEM file of the CAs that sign backend certificates. Unset: the system's roots (and
+    /// `SSL_CERT_FILE`). Read at start; a reload does not change it.
+    pub ca_file: Option<String>,
+    /// Verify the backend's certificate and host name (default true). `false` is for
+    /// development with self-signed certificates only.
+    pub verify: bool,
+}
+
+impl Default for UpstreamTlsConfig {
+    fn default() -> Self {
+        UpstreamTlsConfig {
+            ca_file: None,
+            verify: true,
+        }
+    }
 }
 
 /// The admin API's protection.

@@ -37,8 +37,16 @@ pub struct RawConfig {
     pub retries: Option<RawRetries>,
     pub timeouts: Option<RawTimeouts>,
     pub body_limit: Option<Scalar>,
+    pub upstream_tls: Option<RawUpstreamTls>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub client_api_keys: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca_file: Option<String>,
+    pub verify: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

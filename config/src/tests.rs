@@ -143,3 +143,20 @@ fn example_files_validate() {
     }
     assert!(n >= 2, "expected at least two example files, found {n}");
 }
+
+#[test]
+fn upstream_tls_and_default_model_are_validated() {
+    let e = err("upstream_tls:\n  ca_file: /nonexistent/ca.pem\n");
+    assert!(
+        e.starts_with("upstream_tls.ca_file: cannot read"),
+        "got {e}"
+    );
+    let e = err("upstream_tls:\n  verify: maybe\n");
+    assert!(e.contains("verify"), "got {e}");
+    let e = err("default_model: ''\n");
+    assert!(e.starts_with("default_model:"), "got {e}");
+    let c = Config::from_yaml("upstream_tls:\n  verify: false\ndefault_model: m\n").expect("valid");
+    assert!(!c.upstream_tls.verify);
+    assert_eq!(c.default_model.as_deref(), Some("m"));
+    assert!(Config::default().upstream_tls.verify);
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::raw::{RawConfig, Scalar};
 use crate::{
     check, AdminConfig, BackendConfig, Config, ConfigError, HashKey, HealthCheckConfig, ModelType,
-    Policy, RetryConfig, RouteConfig, TimeoutConfig,
+    Policy, RetryConfig, RouteConfig, TimeoutConfig, UpstreamTlsConfig,
 };
 
 /// The most `body_limit` may be: the LB holds each accepted body in memory to replay it on
@@ -296,6 +296,33 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
         ));
     }
 
+    let upstream_tls = match raw.upstream_tls {
+        None => UpstreamTlsConfig::default(),
+        Some(t) => {
+            if let Some(path) = &t.ca_file {
+                match std::fs::read_to_string(path) {
+                    Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => {}
+                    Ok(_) => {
+                        return Err(ConfigError::invalid(
+                            "upstream_tls.ca_file",
+                            format!("{path} holds no PEM certificate"),
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(ConfigError::invalid(
+                            "upstream_tls.ca_file",
+                            format!("cannot read {path}: {e}"),
+                        ))
+                    }
+                }
+            }
+            UpstreamTlsConfig {
+                ca_file: t.ca_file,
+                verify: t.verify.unwrap_or(true),
+            }
+        }
+    };
+
     for (i, k) in raw.client_api_keys.iter().enumerate() {
         if k.trim().len() < 8 {
             return Err(ConfigError::invalid(
@@ -328,5 +355,6 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
         timeouts,
         body_limit,
         client_api_keys: raw.client_api_keys,
+        upstream_tls,
     })
 }

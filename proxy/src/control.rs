@@ -54,15 +54,19 @@ pub async fn reload(shared: &Shared) -> bool {
 }
 
 async fn health_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
-    let connector = Arc::new(Connector::new(None));
+    // Health checks reach `https://` backends with the same CAs as proxied requests.
+    let mut options = pingora::connectors::ConnectorOptions::new(64);
+    options.ca_file = shared.load().config.upstream_tls.ca_file.clone();
+    let connector = Arc::new(Connector::new(Some(options)));
     loop {
         let snap = shared.load();
         let cfg = snap.config.health_check.clone();
+        let tls = snap.config.upstream_tls.clone();
         let mut set = tokio::task::JoinSet::new();
         for b in snap.backends.iter().cloned() {
-            let cfg = cfg.clone();
+            let (cfg, tls) = (cfg.clone(), tls.clone());
             let conn = connector.clone();
-            set.spawn(async move { crate::health::check_one(&conn, b, &cfg).await });
+            set.spawn(async move { crate::health::check_one(&conn, b, &cfg, &tls).await });
         }
         while set.join_next().await.is_some() {}
         let delay = crate::health::next_delay(&snap.backends, &cfg);

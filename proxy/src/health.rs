@@ -230,9 +230,12 @@ pub async fn probe(
     connector: &Connector,
     backend: &Backend,
     cfg: &HealthCheckConfig,
+    tls: &config::UpstreamTlsConfig,
 ) -> Result<Bytes, String> {
     let fut = async {
         let mut peer = HttpPeer::new(backend.addr, backend.url.tls, backend.url.host.clone());
+        peer.options.verify_cert = tls.verify;
+        peer.options.verify_hostname = tls.verify;
         peer.options.connection_timeout = Some(cfg.timeout);
         peer.options.read_timeout = Some(cfg.timeout);
         peer.options.write_timeout = Some(cfg.timeout);
@@ -285,11 +288,16 @@ pub async fn probe(
 }
 
 /// Check one backend and record the result.
-pub async fn check_one(connector: &Connector, backend: Arc<Backend>, cfg: &HealthCheckConfig) {
+pub async fn check_one(
+    connector: &Connector,
+    backend: Arc<Backend>,
+    cfg: &HealthCheckConfig,
+    tls: &config::UpstreamTlsConfig,
+) {
     if !backend.health.due_for_check(cfg) {
         return;
     }
-    let result = probe(connector, &backend, cfg).await;
+    let result = probe(connector, &backend, cfg, tls).await;
     let outcome = match result {
         Ok(body) => {
             backend.set_queue_depth(parse_queue_depth(&body));

@@ -183,6 +183,8 @@ fn main() -> anyhow::Result<()> {
         // Pingora's default of 128, 256 concurrent clients make ~7% of requests open a new
         // upstream connection (measured with strace in benches/proxy).
         upstream_keepalive_pool_size: 1024,
+        // CAs for `https://` backends (system roots when unset).
+        ca_file: config.upstream_tls.ca_file.clone(),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);

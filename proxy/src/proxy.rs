@@ -238,6 +238,8 @@ impl ProxyHttp for Lb {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
         let mut peer = HttpPeer::new(backend.addr, backend.url.tls, backend.url.host.clone());
+        peer.options.verify_cert = cfg.upstream_tls.verify;
+        peer.options.verify_hostname = cfg.upstream_tls.verify;
         let t = &cfg.timeouts;
         peer.options.connection_timeout = Some(t.connect);
         peer.options.total_connection_timeout = Some(t.connect);
