@@ -190,12 +190,8 @@ fn main() -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service(
-        &server.configuration,
-        Lb {
-            shared: shared.clone(),
-        },
-    );
+    let mut proxy =
+        pingora::proxy::http_proxy_service(&server.configuration, Lb::new(shared.clone(), 1024));
     proxy.add_tcp(&listen);
     server.add_service(proxy);
     server.add_service(pingora::services::background::background_service(

@@ -13,7 +13,10 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::backend::InflightGuard;
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
+
+use crate::backend::{Backend, InflightGuard};
 use crate::dispatch::{self, Outcome, Routed};
 use crate::error::{write_reply, ApiError, Reply};
 use crate::rewrite::{self, RewriteOptions};
@@ -22,6 +25,20 @@ use crate::stream::ResponseState;
 
 pub struct Lb {
     pub shared: Arc<Shared>,
+    /// Upstream connections of non-streaming requests (`buffered`); streams use Pingora's
+    /// proxy path and its own connector. Both trust `upstream_tls.ca_file`.
+    pub(crate) connector: Connector,
+}
+
+impl Lb {
+    pub fn new(shared: Arc<Shared>, pool_size: usize) -> Lb {
+        let mut options = ConnectorOptions::new(pool_size);
+        options.ca_file = shared.load().config.upstream_tls.ca_file.clone();
+        Lb {
+            shared,
+            connector: Connector::new(Some(options)),
+        }
+    }
 }
 
 /// Per-request state.
@@ -29,22 +46,39 @@ pub struct Ctx {
     started: Instant,
     endpoint: &'static str,
     /// The snapshot this request was admitted under; kept for its whole life.
-    snap: Option<Arc<Snapshot>>,
-    routed: Option<Box<Routed>>,
+    pub(crate) snap: Option<Arc<Snapshot>>,
+    pub(crate) routed: Option<Box<Routed>>,
     /// Attempts made so far.
-    attempt: u32,
-    tried: Vec<String>,
+    pub(crate) attempt: u32,
+    pub(crate) tried: Vec<String>,
     /// The backend of the current attempt, holding one in-flight slot.
-    current: Option<InflightGuard>,
+    pub(crate) current: Option<InflightGuard>,
     attempt_started: Option<Instant>,
     body_sent: bool,
     response: Option<ResponseState>,
     /// The error to report if the request fails.
-    failure: Option<ApiError>,
+    pub(crate) failure: Option<ApiError>,
+}
+
+/// The peer for one attempt at `backend`: TLS trust, and the timeouts. Pingora applies one
+/// read timeout to every read. A non-streaming answer arrives all at once after generation,
+/// so its reads wait up to `first_byte`; a stream's header comes at once and its chunks must
+/// each arrive within `idle`.
+pub(crate) fn peer_for(backend: &Backend, cfg: &config::Config, stream: bool) -> HttpPeer {
+    let mut peer = HttpPeer::new(backend.addr, backend.url.tls, backend.url.host.clone());
+    peer.options.verify_cert = cfg.upstream_tls.verify;
+    peer.options.verify_hostname = cfg.upstream_tls.verify;
+    let t = &cfg.timeouts;
+    peer.options.connection_timeout = Some(t.connect);
+    peer.options.total_connection_timeout = Some(t.connect);
+    peer.options.read_timeout = Some(if stream { t.idle } else { t.first_byte });
+    peer.options.write_timeout = Some(t.idle);
+    peer.options.idle_timeout = Some(Duration::from_secs(60));
+    peer
 }
 
 /// Map a Pingora error to what the client sees.
-fn classify(e: &Error, backend: Option<&str>) -> ApiError {
+pub(crate) fn classify(e: &Error, backend: Option<&str>) -> ApiError {
     let who = backend
         .map(|b| format!("backend '{b}'"))
         .unwrap_or_else(|| "the backend".into());
@@ -101,7 +135,7 @@ fn classify(e: &Error, backend: Option<&str>) -> ApiError {
 }
 
 impl Lb {
-    fn backoff(&self, cfg: &config::RetryConfig, attempt: u32) -> Duration {
+    pub(crate) fn backoff(&self, cfg: &config::RetryConfig, attempt: u32) -> Duration {
         let factor = 1u32
             .checked_shl(attempt.saturating_sub(1))
             .unwrap_or(u32::MAX);
@@ -118,8 +152,28 @@ impl Lb {
             && *e.esource() != ErrorSource::Downstream
     }
 
+    /// The error for a request with no backend left to try: the last attempt's failure, or
+    /// 503 when none could be tried.
+    pub(crate) fn final_failure(&self, ctx: &mut Ctx, model: &str) -> ApiError {
+        match ctx.failure.take() {
+            Some(mut last) if ctx.attempt > 0 => {
+                last.body.error.message = format!(
+                    "all {} attempt(s) failed; last error: {}",
+                    ctx.attempt, last.body.error.message
+                );
+                last
+            }
+            _ => ApiError::new(
+                ErrorKind::Unavailable,
+                format!("no healthy backend for model `{model}`"),
+                Some("model"),
+                Some("no_healthy_backend"),
+            ),
+        }
+    }
+
     /// Record a failed attempt against the current backend (passive health).
-    fn attempt_failed(&self, ctx: &mut Ctx, e: &Error) {
+    pub(crate) fn attempt_failed(&self, ctx: &mut Ctx, e: &Error) {
         let Some(guard) = ctx.current.as_ref() else {
             return;
         };
@@ -179,9 +233,15 @@ impl ProxyHttp for Lb {
                 write_reply(session, reply).await?;
                 Ok(true)
             }
-            Outcome::Proxy(routed) => {
+            Outcome::Proxy(routed) if routed.stream => {
                 ctx.routed = Some(routed);
                 Ok(false)
+            }
+            // Non-streaming: read the whole answer, check it, then send it.
+            Outcome::Proxy(routed) => {
+                ctx.routed = Some(routed);
+                crate::buffered::forward(self, session, ctx).await?;
+                Ok(true)
             }
         }
     }
@@ -204,21 +264,8 @@ impl ProxyHttp for Lb {
             tokio::time::sleep(self.backoff(&cfg.retries, ctx.attempt)).await;
         }
         let Some(backend) = routed.route.select(&ctx.tried, routed.hash_key.as_deref()) else {
-            let err = match ctx.failure.take() {
-                Some(mut last) if ctx.attempt > 0 => {
-                    last.body.error.message = format!(
-                        "all {} attempt(s) failed; last error: {}",
-                        ctx.attempt, last.body.error.message
-                    );
-                    last
-                }
-                _ => ApiError::new(
-                    ErrorKind::Unavailable,
-                    format!("no healthy backend for model `{}`", routed.model),
-                    Some("model"),
-                    Some("no_healthy_backend"),
-                ),
-            };
+            let model = routed.model.clone();
+            let err = self.final_failure(ctx, &model);
             let status = err.status;
             ctx.failure = Some(err);
             return Err(Error::explain(
@@ -237,18 +284,7 @@ impl ProxyHttp for Lb {
             .upstream_attempts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 
-        let mut peer = HttpPeer::new(backend.addr, backend.url.tls, backend.url.host.clone());
-        peer.options.verify_cert = cfg.upstream_tls.verify;
-        peer.options.verify_hostname = cfg.upstream_tls.verify;
-        let t = &cfg.timeouts;
-        peer.options.connection_timeout = Some(t.connect);
-        peer.options.total_connection_timeout = Some(t.connect);
-        // Pingora applies one read timeout to every read. A non-streaming answer arrives all
-        // at once after generation, so its reads wait up to `first_byte`; a stream's header
-        // comes at once and its chunks must each arrive within `idle`.
-        peer.options.read_timeout = Some(if routed.stream { t.idle } else { t.first_byte });
-        peer.options.write_timeout = Some(t.idle);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        let peer = peer_for(&backend, cfg, routed.stream);
         Ok(Box::new(peer))
     }
 
@@ -351,7 +387,7 @@ impl ProxyHttp for Lb {
             let another = ctx
                 .routed
                 .as_ref()
-                .is_some_and(|r| r.route.select(&ctx.tried, None).is_some());
+                .is_some_and(|r| r.route.has_untried(&ctx.tried));
             let retry = another && self.may_retry(session, ctx, &e);
             e.set_retry(retry);
             return Err(e);
@@ -371,7 +407,7 @@ impl ProxyHttp for Lb {
             let another = ctx
                 .routed
                 .as_ref()
-                .is_some_and(|r| r.route.select(&ctx.tried, None).is_some());
+                .is_some_and(|r| r.route.has_untried(&ctx.tried));
             if another && self.may_retry(session, ctx, &e) {
                 e.set_retry(true);
                 return Err(e);

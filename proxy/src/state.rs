@@ -33,6 +33,13 @@ impl Route {
         self.group.iter().any(|b| b.health.routable())
     }
 
+    /// Whether a healthy backend not in `tried` remains (does not move any policy's state).
+    pub fn has_untried(&self, tried: &[String]) -> bool {
+        self.group
+            .iter()
+            .any(|b| b.health.routable() && !tried.iter().any(|t| t == b.name()))
+    }
+
     /// Choose a healthy backend not in `tried`.
     pub fn select(&self, tried: &[String], key: Option<&[u8]>) -> Option<Arc<Backend>> {
         let eligible = |i: usize| {
