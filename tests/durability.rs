@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fault_load::{chat_body, run_load, scale, Tally};
+use fault_load::{chat_body, run_load, scale, Outcome, Tally};
 use fault_procs::{lb_config, Lb, Server, ServerOpts};
 use faulty_backend::{FaultyBackend, Mode};
 use serde_json::json;
@@ -48,6 +48,14 @@ async fn the_state_file_survives_sigkill_at_any_moment_and_restart_restores_it()
     let http = fault_load::client(Duration::from_secs(10));
     // What the LB acknowledged: registered and not unregistered since.
     let mut acked: BTreeSet<String> = BTreeSet::new();
+    // Admin writes answered before a kill: acknowledged (ok) or refused (clear error). A write
+    // cut by the kill is neither (nothing was promised); a lost one fails the assertion below.
+    let tally = fault_load::Tally::default();
+    let outcome = |r: &reqwest::Result<reqwest::Response>, ok: u16| match r {
+        Ok(r) if r.status() == ok => Outcome::Ok,
+        Ok(r) => Outcome::ClearError(r.status().as_u16(), "refused".into()),
+        Err(e) => Outcome::Lost(format!("no answer: {e}")),
+    };
     let mut seq = 0u64;
     let rounds = 12 * scale();
     for round in 0..rounds {
@@ -61,20 +69,24 @@ async fn the_state_file_survives_sigkill_at_any_moment_and_restart_restores_it()
             let drop_one = seq % 3 == 0 && !acked.is_empty();
             if drop_one {
                 let victim = acked.iter().next().cloned().expect("non-empty");
+                let t0 = Instant::now();
                 let r = http
                     .delete(format!("{base}/backends/{victim}"))
                     .send()
                     .await;
+                tally.record(&outcome(&r, 200), t0.elapsed(), None);
                 if r.is_ok_and(|r| r.status() == 200) {
                     acked.remove(&victim);
                 }
             } else {
                 let body = json!({"name": name, "url": echo.url(), "model_type": "openai", "models": ["m"]});
+                let t0 = Instant::now();
                 let r = http
                     .post(format!("{base}/backends/register"))
                     .json(&body)
                     .send()
                     .await;
+                tally.record(&outcome(&r, 201), t0.elapsed(), None);
                 if r.is_ok_and(|r| r.status() == 201) {
                     acked.insert(name);
                 }
@@ -126,6 +138,9 @@ async fn the_state_file_survives_sigkill_at_any_moment_and_restart_restores_it()
         acked = got;
     }
     assert!(seq > rounds * 2, "too few registry writes happened: {seq}");
+    tally.report(&format!(
+        "state file: {rounds} SIGKILLs, admin writes (every ack restored)"
+    ));
     eprintln!("[state file] {rounds} SIGKILLs over {seq} registry writes: every restart restored the acknowledged set");
 }
 

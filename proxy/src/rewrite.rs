@@ -9,6 +9,7 @@
 //! are rewritten frame by frame: only an incomplete SSE event is held back, and a special
 //! token split across frames is held back by `TextParser` until it is complete.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
@@ -16,6 +17,9 @@ use harmony::message::Role;
 use harmony::openai::{DeltaMapper, ResponseAccumulator, SeedContext, StopCause};
 use harmony::parser::TextParser;
 use openai_types::{ChatCompletionRequest, ChatDelta, FinishReason};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 /// Rewrites a response body chunk by chunk.
@@ -135,6 +139,132 @@ pub fn rewrite_completion(body: &[u8], seed: Option<&SeedContext>) -> Option<Vec
     changed.then(|| serde_json::to_vec(&v).ok()).flatten()
 }
 
+/// The data of an SSE event: its `data:` lines joined by newlines (borrowed when there is
+/// one, the usual case); `None` when it has none.
+fn sse_data(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let mut found: Option<Cow<'_, [u8]>> = None;
+    for line in raw.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(d) = line.strip_prefix(b"data:") else {
+            continue;
+        };
+        let d = d.strip_prefix(b" ").unwrap_or(d);
+        found = Some(match found {
+            None => Cow::Borrowed(d),
+            Some(prev) => {
+                let mut joined = prev.into_owned();
+                joined.push(b'\n');
+                joined.extend_from_slice(d);
+                Cow::Owned(joined)
+            }
+        });
+    }
+    found
+}
+
+/// A streamed chunk, borrowed from its text: the members other than `choices` (the
+/// envelope: `id`, `object`, `created`, `model`, ...) as raw JSON, and the choices' fields
+/// that rewriting reads. A choice of another shape fails the parse (the general path takes it).
+struct Frame<'a> {
+    envelope: Vec<(Key<'a>, &'a RawValue)>,
+    choices: Option<Vec<FrameChoice<'a>>>,
+}
+
+/// An object key, borrowed unless it had escapes.
+#[derive(Deserialize)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Frame<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Frame<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a chat completion chunk")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Frame<'de>, A::Error> {
+                let mut envelope = Vec::with_capacity(8);
+                let mut choices = None;
+                while let Some(k) = m.next_key::<Key<'de>>()? {
+                    if k.0 == "choices" {
+                        choices = m.next_value::<Option<Vec<FrameChoice<'de>>>>()?;
+                    } else {
+                        envelope.push((k, m.next_value::<&'de RawValue>()?));
+                    }
+                }
+                Ok(Frame { envelope, choices })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl Frame<'_> {
+    /// `{` and the envelope's members, each followed by a comma: a frame appends its
+    /// `"choices":[...]` and `}`.
+    fn envelope_prefix(&self) -> String {
+        let mut s = String::with_capacity(128);
+        s.push('{');
+        for (k, v) in &self.envelope {
+            match &k.0 {
+                Cow::Borrowed(k) => {
+                    s.push('"');
+                    s.push_str(k);
+                    s.push('"');
+                }
+                Cow::Owned(k) => {
+                    s.push_str(&serde_json::to_string(k).unwrap_or_else(|_| "\"\"".into()))
+                }
+            }
+            s.push(':');
+            s.push_str(v.get());
+            s.push(',');
+        }
+        s
+    }
+}
+
+/// The fields of a streamed choice that rewriting reads.
+#[derive(Deserialize)]
+struct FrameChoice<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    delta: Option<FrameDelta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct FrameDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    reasoning_content: Option<IgnoredAny>,
+    #[serde(default)]
+    reasoning: Option<IgnoredAny>,
+    #[serde(default)]
+    tool_calls: Option<IgnoredAny>,
+    #[serde(default)]
+    thinking: Option<IgnoredAny>,
+    #[serde(default)]
+    parsed: Option<IgnoredAny>,
+}
+
+impl FrameDelta<'_> {
+    /// As `already_parsed`: a parsed field that is present and not null.
+    fn already_parsed(&self) -> bool {
+        self.reasoning_content.is_some()
+            || self.reasoning.is_some()
+            || self.tool_calls.is_some()
+            || self.thinking.is_some()
+            || self.parsed.is_some()
+    }
+}
+
 /// Non-streaming: the body is one JSON document, so it is held until complete.
 struct JsonRewriter {
     buf: BytesMut,
@@ -246,8 +376,96 @@ impl SseRewriter {
         out.extend_from_slice(b"}]}\n\n");
     }
 
-    /// Rewrite one complete event.
+    /// Rewrite one complete event. The common shape (one `data:` line holding a JSON chunk
+    /// whose choices have the usual fields) is handled on borrowed slices: the envelope is
+    /// copied as raw JSON and only `index`, `delta.content` and `finish_reason` are read.
+    /// Anything else takes the general path on a `serde_json::Value`.
     fn event(&mut self, raw: &[u8], out: &mut BytesMut) {
+        let Some(data) = sse_data(raw) else {
+            out.extend_from_slice(raw); // comments, other fields
+            return;
+        };
+        let Ok(text) = std::str::from_utf8(&data) else {
+            return self.event_general(raw, out);
+        };
+        let Ok(frame) = serde_json::from_str::<Frame<'_>>(text) else {
+            return self.event_general(raw, out); // [DONE], errors, odd shapes
+        };
+        let Some(choices) = frame.choices.as_deref().filter(|c| !c.is_empty()) else {
+            out.extend_from_slice(raw); // e.g. the usage chunk
+            return;
+        };
+        // Decide each choice's mode first: an event whose choices all pass through is sent
+        // exactly as it came.
+        let mut rewrite = 0;
+        for c in choices {
+            let content = c.delta.as_ref().and_then(|d| d.content.as_deref());
+            let st = self
+                .choices
+                .entry(c.index.unwrap_or(0))
+                .or_insert_with(|| ChoiceStream {
+                    parser: TextParser::new(Some(Role::Assistant)),
+                    mapper: Some(DeltaMapper::new()),
+                    mode: Mode::Undecided,
+                });
+            if st.mode == Mode::Undecided {
+                let tokens = content.is_some_and(has_harmony_tokens);
+                if !tokens && c.delta.as_ref().is_some_and(FrameDelta::already_parsed) {
+                    st.mode = Mode::Passthrough;
+                } else if content.is_some() || c.finish_reason.is_some() {
+                    st.mode = Mode::Rewrite;
+                }
+            }
+            rewrite += usize::from(st.mode == Mode::Rewrite);
+        }
+        if rewrite == 0 {
+            out.extend_from_slice(raw);
+            return;
+        }
+        if rewrite < choices.len() {
+            // Some choices rewritten, others passed on (n > 1 with a parsed-mode choice):
+            // the general path re-emits each choice in its own frame.
+            return self.event_general(raw, out);
+        }
+        let prefix = frame.envelope_prefix();
+        for c in choices {
+            let index = c.index.unwrap_or(0);
+            let Some(st) = self.choices.get_mut(&index) else {
+                continue;
+            };
+            let mut deltas = Vec::new();
+            let ChoiceStream { parser, mapper, .. } = st;
+            if let (Some(text), Some(m)) = (
+                c.delta.as_ref().and_then(|d| d.content.as_deref()),
+                mapper.as_mut(),
+            ) {
+                parser.push_str(text, &mut |e| m.on_event(e, &mut deltas));
+            }
+            let mut final_reason = None;
+            if let Some(fr) = c.finish_reason.as_deref() {
+                if let Some(mut m) = mapper.take() {
+                    parser.finish(&mut |e| m.on_event(e, &mut deltas));
+                    let parsed = m.finish(cause_of(Some(fr)), self.seed.as_ref(), &mut deltas);
+                    final_reason = Some(
+                        parsed
+                            .finish_reason
+                            .map(FinishReason::as_str)
+                            .unwrap_or(fr)
+                            .to_string(),
+                    );
+                }
+            }
+            for d in &deltas {
+                Self::frame(out, &prefix, index, d, None);
+            }
+            if let Some(fr) = final_reason {
+                Self::frame(out, &prefix, index, &ChatDelta::default(), Some(&fr));
+            }
+        }
+    }
+
+    /// The general path of `event`, on a `serde_json::Value`.
+    fn event_general(&mut self, raw: &[u8], out: &mut BytesMut) {
         let text = String::from_utf8_lossy(raw);
         let data: String = text
             .lines()
@@ -365,6 +583,75 @@ impl BodyRewriter for SseRewriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The borrowed fast path of `SseRewriter::event` writes the same frames as the general
+    /// path on `Value`s, for a stream cut at every 7th byte.
+    #[test]
+    fn fast_path_equals_the_general_path() {
+        let raw = "<|channel|>analysis<|message|>Think \"hard\"\n, é.<|end|><|start|>assistant<|channel|>final<|message|>Washington<|return|>";
+        let env = r#""id":"c1","object":"chat.completion.chunk","created":1,"model":"m","system_fingerprint":null"#;
+        let mut sse = format!(
+            "data: {{{env},\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\"}},\"finish_reason\":null}}]}}\n\n"
+        );
+        let chars: Vec<char> = raw.chars().collect();
+        for piece in chars.chunks(3) {
+            let c = serde_json::to_string(&piece.iter().collect::<String>()).expect("json");
+            sse.push_str(&format!(
+                "data: {{{env},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{c}}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+            ));
+        }
+        sse.push_str(&format!(
+            "data: {{{env},\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\n"
+        ));
+        sse.push_str(&format!(
+            "data: {{{env},\"choices\":[],\"usage\":{{\"total_tokens\":3}}}}\n\n"
+        ));
+        sse.push_str(": a comment\n\ndata: [DONE]\n\n");
+
+        let mut fast = SseRewriter::new(None);
+        let mut a = Vec::new();
+        for piece in sse.as_bytes().chunks(7) {
+            a.extend_from_slice(&fast.chunk(piece));
+        }
+        a.extend_from_slice(&fast.finish());
+
+        let mut general = SseRewriter::new(None);
+        let mut b = BytesMut::new();
+        let mut rest = sse.as_bytes();
+        while let Some(end) = SseRewriter::event_end(rest) {
+            general.event_general(&rest[..end], &mut b);
+            rest = &rest[end..];
+        }
+        let frames = |bytes: &[u8]| -> Vec<Value> {
+            String::from_utf8_lossy(bytes)
+                .split("\n\n")
+                .filter(|f| !f.is_empty())
+                .map(|f| match f.strip_prefix("data: ") {
+                    Some(d) => serde_json::from_str(d).unwrap_or_else(|_| json!(d)),
+                    None => json!(f),
+                })
+                .collect()
+        };
+        let (fa, fb) = (frames(&a), frames(&b));
+        assert_eq!(fa, fb);
+        let text: String = fa
+            .iter()
+            .filter_map(|f| {
+                f.pointer("/choices/0/delta/content")
+                    .and_then(Value::as_str)
+            })
+            .collect();
+        assert_eq!(text, "Washington");
+        let reasoning: String = fa
+            .iter()
+            .filter_map(|f| {
+                f.pointer("/choices/0/delta/reasoning_content")
+                    .and_then(Value::as_str)
+            })
+            .collect();
+        assert_eq!(reasoning, "Think \"hard\"\n, é.");
+        assert!(String::from_utf8_lossy(&a).ends_with("data: [DONE]\n\n"));
+    }
 
     const RAW: &str = "<|channel|>analysis<|message|>User asks capital.<|end|><|start|>assistant<|channel|>final<|message|>Washington<|return|>";
 

@@ -37,35 +37,44 @@ impl ResponseState {
     }
 
     fn track_done(&mut self, data: &[u8]) {
-        if self.done_seen || !self.sse {
+        if self.done_seen || !self.sse || data.is_empty() {
             return;
         }
-        let mut window = std::mem::take(&mut self.tail);
-        window.extend_from_slice(data);
-        if window.windows(DONE.len()).any(|w| w == DONE) {
+        // `[DONE]` may straddle two chunks: search the previous chunk's tail with this one's
+        // head, then this chunk.
+        let head = &data[..data.len().min(DONE.len() - 1)];
+        let mut seam = std::mem::take(&mut self.tail);
+        seam.extend_from_slice(head);
+        if memchr::memmem::find(&seam, DONE).is_some() || memchr::memmem::find(data, DONE).is_some()
+        {
             self.done_seen = true;
         }
-        let keep = window.len().min(DONE.len());
-        self.tail = window[window.len() - keep..].to_vec();
+        let keep = DONE.len() - 1;
+        if data.len() >= keep {
+            self.tail = data[data.len() - keep..].to_vec();
+        } else {
+            let start = seam.len().saturating_sub(keep);
+            self.tail = seam[start..].to_vec();
+        }
     }
 
     /// Filter one body chunk on its way downstream. At the end of a stream that never sent
     /// `[DONE]`, append an error event and `[DONE]` so that no client hangs or mistakes a
-    /// truncated stream for a complete one. Returns true when it did so.
+    /// truncated stream for a complete one. Returns true when it did so. Without a rewriter
+    /// the chunk is passed on as it is (no copy).
     pub fn on_body(&mut self, body: &mut Option<Bytes>, end_of_stream: bool) -> bool {
-        let mut out = BytesMut::new();
-        if let Some(data) = body.take() {
-            match self.rewriter.as_mut() {
-                Some(r) => out.extend_from_slice(&r.chunk(&data)),
-                None => out.extend_from_slice(&data),
-            }
-        }
+        let mut out: Option<Bytes> = match (self.rewriter.as_mut(), body.take()) {
+            (Some(r), Some(data)) => Some(r.chunk(&data)),
+            (_, data) => data,
+        };
         if end_of_stream {
             if let Some(r) = self.rewriter.as_mut() {
-                out.extend_from_slice(&r.finish());
+                out = Some(concat(out, r.finish()));
             }
         }
-        self.track_done(&out);
+        if let Some(o) = &out {
+            self.track_done(o);
+        }
         let mut broke = false;
         if end_of_stream && self.sse && !self.done_seen && !self.terminated && self.status < 300 {
             let e = ApiError::new(
@@ -74,16 +83,12 @@ impl ResponseState {
                 None,
                 Some("stream_truncated"),
             );
-            out.extend_from_slice(&e.sse_termination());
+            out = Some(concat(out, e.sse_termination()));
             self.terminated = true;
             self.done_seen = true;
             broke = true;
         }
-        *body = if out.is_empty() {
-            None
-        } else {
-            Some(out.freeze())
-        };
+        *body = out.filter(|o| !o.is_empty());
         broke
     }
 
@@ -99,6 +104,21 @@ impl ResponseState {
         }
         out.extend_from_slice(&err.sse_termination());
         Some(out.freeze())
+    }
+}
+
+/// `a` then `b`, copying only when both have bytes.
+fn concat(a: Option<Bytes>, b: Bytes) -> Bytes {
+    match a {
+        None => b,
+        Some(a) if b.is_empty() => a,
+        Some(a) if a.is_empty() => b,
+        Some(a) => {
+            let mut m = BytesMut::with_capacity(a.len() + b.len());
+            m.extend_from_slice(&a);
+            m.extend_from_slice(&b);
+            m.freeze()
+        }
     }
 }
 
