@@ -299,6 +299,71 @@ def generic_md(name):
     return out
 
 
+# ---------------------------------------------------------------- README
+
+
+README_BEGIN = "<!-- benches/run: begin (written by benches/report.py; do not edit by hand) -->"
+README_END = "<!-- benches/run: end -->"
+
+
+def readme_block(proxy, started):
+    """The summary the README quotes: the ratios against each peer and the goals, from the same
+    figures as RESULTS.md."""
+    m = load(os.path.join(OUT, "machine.json")) or {}
+    out = [README_BEGIN, "",
+           f"From `benches/run`, run {started or '(start time unknown)'} on {m.get('cpu', 'this machine')}, "
+           f"{m.get('cpus', '?')} CPUs (every figure, with the settings: [benches/RESULTS.md](benches/RESULTS.md)).", ""]
+    if proxy:
+        out += ["**Proxy** (gpt-oss-lb / nginx as reverse proxy, same upstream, saturated; "
+                f"{proxy['settings']['duration_s']} s per point):", "",
+                "| body | conns | req/s ratio | p99 ratio | CPU per request ratio |", "|---|---:|---:|---:|---:|"]
+        for x in proxy["ratios"]:
+            out.append(f"| {x['body']} | {x['connections']} | **{x['rps_lb_over_nginx']:.2f}x** | "
+                       f"{x['p99_lb_over_nginx']}x | {x['cpu_lb_over_nginx']}x |")
+        out += [""]
+        for g in proxy["goals"]:
+            verdict = "NOT MEASURED" if g["met"] is None else ("met" if g["met"] else "MISSED")
+            out.append(f"- **{verdict}**: {g['goal']}: {g['figure']}")
+        out += [""]
+    ins = [l for l in instructions_md() if "gpt-oss-lb / nginx" in l or "rewriting / pass-through" in l]
+    if ins:
+        out += ["Instructions per request (callgrind): " + ins[0].split(". Top functions")[0] + ".", ""]
+    ratio_lines = [l.strip() for l in part_log_lines("harmony", ("ratio",)) if l.lstrip().startswith("ratio")]
+    if ratio_lines:
+        out += ["**harmony** against openai-harmony (`cargo bench -p benches --bench harmony`):", "", "```"] + ratio_lines + ["```", ""]
+    for name, title in (("runtime", "**Runtime** against onnxruntime-genai's Generator, same model folder"),
+                        ("server", "**gpt-oss-server** HTTP overhead")):
+        summary = os.path.join(OUT, name, "summary.md")
+        if os.path.exists(summary) and status(name) and status(name)[0] == "ok":
+            with open(summary, encoding="utf-8") as f:
+                keep = [l.rstrip() for l in f if l.startswith(("|", "- MET", "- MISSED", "- NOT"))]
+            out += [title + ":", ""] + keep + [""]
+    plots = [(t, p) for t, p in (("latency against offered load, proxy paths", "benches/proxy_latency.png"),
+                                 ("runtime tokens/s against concurrency", "benches/runtime_throughput.png"))
+             if os.path.exists(os.path.join(ROOT, p))]
+    if plots:
+        out += ["Plots: " + ", ".join(f"[{t}]({p})" for t, p in plots) + ".", ""]
+    out.append(README_END)
+    return out
+
+
+def update_readme(block):
+    path = os.path.join(ROOT, "README.md")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return
+    if README_BEGIN not in text or README_END not in text:
+        print("report: README.md has no benches markers; not updated", file=sys.stderr)
+        return
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(head + "\n".join(block) + tail)
+    print("report: updated the benchmark summary in README.md", file=sys.stderr)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -306,6 +371,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     ap.add_argument("--machine-only", action="store_true")
+    ap.add_argument("--readme", action="store_true", help="also rewrite the summary block in README.md")
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
     if args.machine_only:
@@ -363,6 +429,8 @@ def main():
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     print(f"report: wrote {args.out}", file=sys.stderr)
+    if args.readme:
+        update_readme(readme_block(proxy, started))
     return 1 if bad else 0
 
 
