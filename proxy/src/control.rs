@@ -53,11 +53,30 @@ pub async fn reload(shared: &Shared) -> bool {
     }
 }
 
-async fn health_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
-    // Health checks reach `https://` backends with the same CAs as proxied requests.
+/// The connector of health checks: `https://` backends are reached with the same CAs as
+/// proxied requests.
+fn health_connector(shared: &Shared) -> Connector {
     let mut options = pingora::connectors::ConnectorOptions::new(64);
     options.ca_file = shared.load().config.upstream_tls.ca_file.clone();
-    let connector = Arc::new(Connector::new(Some(options)));
+    Connector::new(Some(options))
+}
+
+/// Check every backend once, concurrently (bounded by the health check timeout).
+pub async fn initial_health_round(shared: &Shared) {
+    let connector = Arc::new(health_connector(shared));
+    let snap = shared.load();
+    let cfg = snap.config.health_check.clone();
+    let tls = snap.config.upstream_tls.clone();
+    let mut set = tokio::task::JoinSet::new();
+    for b in snap.backends.iter().cloned() {
+        let (cfg, tls, conn) = (cfg.clone(), tls.clone(), connector.clone());
+        set.spawn(async move { crate::health::check_one(&conn, b, &cfg, &tls).await });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+async fn health_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
+    let connector = Arc::new(health_connector(&shared));
     loop {
         let snap = shared.load();
         let cfg = snap.config.health_check.clone();

@@ -144,7 +144,6 @@ fn main() -> anyhow::Result<()> {
         admin_token_override.clone(),
         1,
     ));
-    drop(rt);
     tracing::info!(
         listen = %listen,
         backends = snapshot.backends.len(),
@@ -163,6 +162,12 @@ fn main() -> anyhow::Result<()> {
         admin_token_override,
         started: Instant::now(),
     });
+
+    // One health round before serving: backends that answer are routable from the first
+    // request (a new backend otherwise waits for its first good check). This matters most
+    // for a graceful upgrade, where the new process takes over a socket with traffic on it.
+    rt.block_on(gpt_oss_lb::control::initial_health_round(&shared));
+    drop(rt);
 
     let opt = Opt {
         upgrade: args.upgrade,

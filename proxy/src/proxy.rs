@@ -523,18 +523,31 @@ impl ProxyHttp for Lb {
             .unwrap_or_else(|| classify(e, backend.as_deref()));
         if session.response_written().is_some() {
             let status = session.response_written().map_or(0, |h| h.status.as_u16());
-            if let Some(frames) = ctx.response.as_mut().and_then(|r| r.termination(&err)) {
+            // A stream that ended with an error event and `[DONE]` (the request body was read
+            // whole before proxying) leaves the client connection usable; closing it would
+            // race the client's next request on that keep-alive connection.
+            let mut ended_cleanly = false;
+            if ctx
+                .response
+                .as_ref()
+                .is_some_and(|r| r.terminated && r.done_seen())
+            {
+                ended_cleanly = session.finish_body().await.is_ok();
+            } else if let Some(frames) = ctx.response.as_mut().and_then(|r| r.termination(&err)) {
                 self.shared
                     .metrics
                     .streams_broken
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let Err(we) = session.write_response_body(Some(frames), true).await {
-                    tracing::debug!(error = %we, "client gone before the stream's error event");
+                match session.write_response_body(Some(frames), true).await {
+                    Ok(()) => ended_cleanly = session.finish_body().await.is_ok(),
+                    Err(we) => {
+                        tracing::debug!(error = %we, "client gone before the stream's error event")
+                    }
                 }
             }
             return FailToProxy {
                 error_code: status,
-                can_reuse_downstream: false,
+                can_reuse_downstream: ended_cleanly,
             };
         }
         if *e.esource() == ErrorSource::Downstream

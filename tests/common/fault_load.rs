@@ -62,6 +62,14 @@ pub fn chat_body(model: &str, stream: bool, max_tokens: u32) -> Value {
 
 /// One request and its classification. `deadline` bounds the whole exchange: a request still
 /// running at the deadline counts as lost (hung).
+/// A request that failed because the idle connection it was written on had been closed.
+fn is_stale_connection(e: &reqwest::Error) -> bool {
+    let text = chain(e);
+    e.is_request()
+        && (text.contains("connection closed before message completed")
+            || text.contains("Connection reset by peer"))
+}
+
 pub async fn send(
     client: &reqwest::Client,
     url: &str,
@@ -76,8 +84,25 @@ pub async fn send(
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
+        let again = req.try_clone();
         let resp = match req.send().await {
             Ok(r) => r,
+            // A pooled keep-alive connection that the server closed (after an error it had
+            // to end a response with) as this request went out on it: the request was never
+            // read, and HTTP clients, the OpenAI SDKs among them, send it again on a new
+            // connection. So do we, once; any other send error is a loss.
+            Err(e) if is_stale_connection(&e) => match again {
+                Some(r) => match r.send().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return (
+                            Outcome::Lost(format!("send (retried): {}", chain(&e))),
+                            None,
+                        )
+                    }
+                },
+                None => return (Outcome::Lost(format!("send: {}", chain(&e))), None),
+            },
             Err(e) => return (Outcome::Lost(format!("send: {}", chain(&e))), None),
         };
         let status = resp.status().as_u16();
