@@ -303,6 +303,67 @@ struct ChoiceStream {
     mode: Mode,
 }
 
+impl ChoiceStream {
+    fn new() -> Self {
+        ChoiceStream {
+            parser: TextParser::new(Some(Role::Assistant)),
+            mapper: Some(DeltaMapper::new()),
+            mode: Mode::Undecided,
+        }
+    }
+
+    /// Settle the mode on the first delta that says something: raw harmony (or plain content,
+    /// or the finish) is rewritten; parsed fields without special tokens pass through.
+    fn decide(
+        &mut self,
+        content: Option<&str>,
+        finish: bool,
+        parsed: impl FnOnce() -> bool,
+    ) -> Mode {
+        if self.mode == Mode::Undecided {
+            let tokens = content.is_some_and(has_harmony_tokens);
+            if !tokens && parsed() {
+                self.mode = Mode::Passthrough;
+            } else if content.is_some() || finish {
+                self.mode = Mode::Rewrite;
+            }
+        }
+        self.mode
+    }
+
+    /// Parse one delta's content (and the finish, when it came) and write the OpenAI frames
+    /// it makes after `prefix` (the envelope).
+    fn rewrite(
+        &mut self,
+        content: Option<&str>,
+        finish: Option<&str>,
+        seed: Option<&SeedContext>,
+        prefix: &str,
+        index: u64,
+        out: &mut BytesMut,
+    ) {
+        let mut deltas = Vec::new();
+        let ChoiceStream { parser, mapper, .. } = self;
+        if let (Some(text), Some(m)) = (content, mapper.as_mut()) {
+            parser.push_str(text, &mut |e| m.on_event(e, &mut deltas));
+        }
+        let mut final_reason = None;
+        if let Some(fr) = finish {
+            if let Some(mut m) = mapper.take() {
+                parser.finish(&mut |e| m.on_event(e, &mut deltas));
+                let parsed = m.finish(cause_of(Some(fr)), seed, &mut deltas);
+                final_reason = Some(parsed.finish_reason.map(FinishReason::as_str).unwrap_or(fr));
+            }
+        }
+        for d in &deltas {
+            SseRewriter::frame(out, prefix, index, d, None);
+        }
+        if let Some(fr) = final_reason {
+            SseRewriter::frame(out, prefix, index, &ChatDelta::default(), Some(fr));
+        }
+    }
+}
+
 /// Streaming: SSE events are rewritten one by one as they complete.
 pub struct SseRewriter {
     pending: BytesMut,
@@ -400,23 +461,14 @@ impl SseRewriter {
         let mut rewrite = 0;
         for c in choices {
             let content = c.delta.as_ref().and_then(|d| d.content.as_deref());
-            let st = self
+            let mode = self
                 .choices
                 .entry(c.index.unwrap_or(0))
-                .or_insert_with(|| ChoiceStream {
-                    parser: TextParser::new(Some(Role::Assistant)),
-                    mapper: Some(DeltaMapper::new()),
-                    mode: Mode::Undecided,
+                .or_insert_with(ChoiceStream::new)
+                .decide(content, c.finish_reason.is_some(), || {
+                    c.delta.as_ref().is_some_and(FrameDelta::already_parsed)
                 });
-            if st.mode == Mode::Undecided {
-                let tokens = content.is_some_and(has_harmony_tokens);
-                if !tokens && c.delta.as_ref().is_some_and(FrameDelta::already_parsed) {
-                    st.mode = Mode::Passthrough;
-                } else if content.is_some() || c.finish_reason.is_some() {
-                    st.mode = Mode::Rewrite;
-                }
-            }
-            rewrite += usize::from(st.mode == Mode::Rewrite);
+            rewrite += usize::from(mode == Mode::Rewrite);
         }
         if rewrite == 0 {
             out.extend_from_slice(raw);
@@ -430,36 +482,15 @@ impl SseRewriter {
         let prefix = frame.envelope_prefix();
         for c in choices {
             let index = c.index.unwrap_or(0);
-            let Some(st) = self.choices.get_mut(&index) else {
-                continue;
-            };
-            let mut deltas = Vec::new();
-            let ChoiceStream { parser, mapper, .. } = st;
-            if let (Some(text), Some(m)) = (
-                c.delta.as_ref().and_then(|d| d.content.as_deref()),
-                mapper.as_mut(),
-            ) {
-                parser.push_str(text, &mut |e| m.on_event(e, &mut deltas));
-            }
-            let mut final_reason = None;
-            if let Some(fr) = c.finish_reason.as_deref() {
-                if let Some(mut m) = mapper.take() {
-                    parser.finish(&mut |e| m.on_event(e, &mut deltas));
-                    let parsed = m.finish(cause_of(Some(fr)), self.seed.as_ref(), &mut deltas);
-                    final_reason = Some(
-                        parsed
-                            .finish_reason
-                            .map(FinishReason::as_str)
-                            .unwrap_or(fr)
-                            .to_string(),
-                    );
-                }
-            }
-            for d in &deltas {
-                Self::frame(out, &prefix, index, d, None);
-            }
-            if let Some(fr) = final_reason {
-                Self::frame(out, &prefix, index, &ChatDelta::default(), Some(&fr));
+            if let Some(st) = self.choices.get_mut(&index) {
+                st.rewrite(
+                    c.delta.as_ref().and_then(|d| d.content.as_deref()),
+                    c.finish_reason.as_deref(),
+                    self.seed.as_ref(),
+                    &prefix,
+                    index,
+                    out,
+                );
             }
         }
     }
@@ -504,20 +535,11 @@ impl SseRewriter {
                 .pointer("/delta/content")
                 .and_then(Value::as_str)
                 .map(str::to_string);
-            let st = self.choices.entry(index).or_insert_with(|| ChoiceStream {
-                parser: TextParser::new(Some(Role::Assistant)),
-                mapper: Some(DeltaMapper::new()),
-                mode: Mode::Undecided,
+            let st = self.choices.entry(index).or_insert_with(ChoiceStream::new);
+            let mode = st.decide(content.as_deref(), finish.is_some(), || {
+                choice.get("delta").is_some_and(already_parsed)
             });
-            if st.mode == Mode::Undecided {
-                let tokens = content.as_deref().is_some_and(has_harmony_tokens);
-                if !tokens && choice.get("delta").is_some_and(already_parsed) {
-                    st.mode = Mode::Passthrough;
-                } else if content.is_some() || finish.is_some() {
-                    st.mode = Mode::Rewrite;
-                }
-            }
-            if st.mode != Mode::Rewrite {
+            if mode != Mode::Rewrite {
                 // Undecided (a role-only first delta) or a parsed-mode backend: as it is.
                 let mut chunk = envelope.clone();
                 if let Some(obj) = chunk.as_object_mut() {
@@ -526,35 +548,15 @@ impl SseRewriter {
                 out.extend_from_slice(format!("data: {chunk}\n\n").as_bytes());
                 continue;
             }
-            let mut deltas = Vec::new();
-            if let Some(c) = &content {
-                let ChoiceStream { parser, mapper, .. } = st;
-                if let Some(m) = mapper.as_mut() {
-                    parser.push_str(c, &mut |e| m.on_event(e, &mut deltas));
-                }
-            }
-            let mut final_reason = None;
-            if let Some(fr) = finish.as_deref() {
-                let ChoiceStream { parser, mapper, .. } = st;
-                if let Some(mut m) = mapper.take() {
-                    parser.finish(&mut |e| m.on_event(e, &mut deltas));
-                    let parsed = m.finish(cause_of(Some(fr)), self.seed.as_ref(), &mut deltas);
-                    final_reason = Some(
-                        parsed
-                            .finish_reason
-                            .map(FinishReason::as_str)
-                            .unwrap_or(fr)
-                            .to_string(),
-                    );
-                }
-            }
             let prefix = prefix.get_or_insert_with(|| Self::envelope_prefix(&envelope));
-            for d in &deltas {
-                Self::frame(out, prefix, index, d, None);
-            }
-            if let Some(fr) = final_reason {
-                Self::frame(out, prefix, index, &ChatDelta::default(), Some(&fr));
-            }
+            st.rewrite(
+                content.as_deref(),
+                finish.as_deref(),
+                self.seed.as_ref(),
+                prefix,
+                index,
+                out,
+            );
         }
     }
 }
