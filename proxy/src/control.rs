@@ -64,9 +64,13 @@ fn health_connector(shared: &Shared) -> Connector {
 /// Check every backend once, concurrently (bounded by the health check timeout).
 pub async fn initial_health_round(shared: &Shared) {
     let connector = Arc::new(health_connector(shared));
-    let snap = shared.load();
-    let cfg = snap.config.health_check.clone();
-    let tls = snap.config.upstream_tls.clone();
+    health_round(&connector, &shared.load()).await;
+}
+
+/// One check of each backend of `snap` that is due, concurrently.
+async fn health_round(connector: &Arc<Connector>, snap: &crate::state::Snapshot) {
+    let cfg = &snap.config.health_check;
+    let tls = &snap.config.upstream_tls;
     let mut set = tokio::task::JoinSet::new();
     for b in snap.backends.iter().cloned() {
         let (cfg, tls, conn) = (cfg.clone(), tls.clone(), connector.clone());
@@ -79,16 +83,8 @@ async fn health_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
     let connector = Arc::new(health_connector(&shared));
     loop {
         let snap = shared.load();
-        let cfg = snap.config.health_check.clone();
-        let tls = snap.config.upstream_tls.clone();
-        let mut set = tokio::task::JoinSet::new();
-        for b in snap.backends.iter().cloned() {
-            let (cfg, tls) = (cfg.clone(), tls.clone());
-            let conn = connector.clone();
-            set.spawn(async move { crate::health::check_one(&conn, b, &cfg, &tls).await });
-        }
-        while set.join_next().await.is_some() {}
-        let delay = crate::health::next_delay(&snap.backends, &cfg);
+        health_round(&connector, &snap).await;
+        let delay = crate::health::next_delay(&snap.backends, &snap.config.health_check);
         drop(snap);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

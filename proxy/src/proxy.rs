@@ -351,14 +351,11 @@ impl ProxyHttp for Lb {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_ascii_lowercase);
-        // A 2xx answer to a completion must be JSON (SSE when streaming): an HTML page or a
-        // binary body is a broken backend. Nothing reached the client yet, so it is a 502 that
-        // counts against the backend and is retried elsewhere while attempts remain.
-        let expected = if ctx.routed.as_ref().is_some_and(|r| r.stream) {
-            "text/event-stream"
-        } else {
-            "application/json"
-        };
+        // Only streams come this way (`buffered` takes the rest): a 2xx answer must be SSE;
+        // an HTML page or a binary body is a broken backend. Nothing reached the client yet,
+        // so it is a 502 that counts against the backend and is retried elsewhere while
+        // attempts remain.
+        let expected = "text/event-stream";
         if (200..300).contains(&status)
             && ctx.routed.is_some()
             && !content_type
