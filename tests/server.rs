@@ -472,11 +472,13 @@ async fn wait_queue(url: &str, what: &str, want: u64, timeout: Duration) {
     }
 }
 
-/// A greedy generation long enough to stay in flight for the whole test.
+/// A generation that stays in flight for the whole test: `min_tokens` keeps the stop tokens
+/// out (the tiny model stops this greedy story after about 330 tokens without it), and the
+/// unread stream fills the socket buffers long before 4,000 tokens, so the engine waits.
 fn long_stream() -> Value {
     json!({
         "messages": [{"role": "user", "content": "Write a very long story."}],
-        "max_tokens": 3000, "temperature": 0.0, "stream": true
+        "max_tokens": 4000, "min_tokens": 4000, "temperature": 0.0, "stream": true
     })
 }
 

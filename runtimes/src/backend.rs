@@ -18,6 +18,9 @@ pub struct SamplingParams {
     pub top_k: Option<u32>,
     /// Makes sampling reproducible: the same seed, prompt and parameters give the same tokens.
     pub seed: Option<u64>,
+    /// vLLM's `min_tokens`: the request's stop tokens cannot be sampled until this many tokens
+    /// were generated. 0 disables it.
+    pub min_tokens: u32,
 }
 
 impl SamplingParams {
@@ -28,6 +31,7 @@ impl SamplingParams {
             top_p: 1.0,
             top_k: None,
             seed: None,
+            min_tokens: 0,
         }
     }
 

@@ -35,8 +35,14 @@ impl Sampler {
 
     /// The next token for these logits (one row, one value per vocabulary entry).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        self.sample_excluding(logits, &[])
+    }
+
+    /// The next token for these logits, never one of `excluded` (unless every token is excluded).
+    /// This is how `min_tokens` keeps stop tokens out: as if their logits were minus infinity.
+    pub fn sample_excluding(&mut self, logits: &[f32], excluded: &[u32]) -> u32 {
         if self.params.is_greedy() || logits.len() <= 1 {
-            return argmax(logits);
+            return argmax_excluding(logits, excluded);
         }
         let temperature = self.params.temperature.max(1e-6);
         let top_k = match self.params.top_k {
@@ -49,7 +55,7 @@ impl Sampler {
             1.0
         };
 
-        let max = logits[argmax(logits) as usize];
+        let max = logits[argmax_excluding(logits, excluded) as usize];
         // Softmax normaliser over the whole top-k set, computed without sorting it.
         let scratch = &mut self.scratch;
         scratch.clear();
@@ -60,8 +66,11 @@ impl Sampler {
                 .filter(|(_, l)| !l.is_nan())
                 .map(|(i, &l)| (l, i as u32)),
         );
+        if !excluded.is_empty() {
+            scratch.retain(|(_, id)| !excluded.contains(id));
+        }
         if scratch.is_empty() {
-            return argmax(logits);
+            return argmax_excluding(logits, excluded);
         }
         let top_k = top_k.min(scratch.len());
         if top_k < scratch.len() {
@@ -115,7 +124,8 @@ impl Sampler {
                 return id;
             }
         }
-        kept.last().map_or_else(|| argmax(logits), |&(_, id)| id)
+        kept.last()
+            .map_or_else(|| argmax_excluding(logits, excluded), |&(_, id)| id)
     }
 }
 
@@ -137,6 +147,24 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// [`argmax`] among the tokens not in `excluded`; plain [`argmax`] when that leaves none.
+pub fn argmax_excluding(logits: &[f32], excluded: &[u32]) -> u32 {
+    let best = argmax(logits);
+    if !excluded.contains(&best) {
+        return best;
+    }
+    let mut found = None;
+    let mut best_value = f32::NEG_INFINITY;
+    for (i, &v) in logits.iter().enumerate() {
+        let id = i as u32;
+        if (found.is_none() || v > best_value) && !v.is_nan() && !excluded.contains(&id) {
+            found = Some(id);
+            best_value = v;
+        }
+    }
+    found.unwrap_or(best)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +180,7 @@ mod tests {
             top_p,
             top_k,
             seed,
+            min_tokens: 0,
         }
     }
 
@@ -166,6 +195,40 @@ mod tests {
         let mut s = Sampler::new(SamplingParams::greedy());
         assert_eq!(s.sample(&[0.0, 3.0, 1.0, 3.0]), 1);
         assert_eq!(s.sample(&[f32::NAN, -1.0, -2.0]), 1);
+    }
+
+    #[test]
+    fn excluded_tokens_are_never_chosen() {
+        // Token 0 holds almost all the mass; excluding it (and token 1) leaves token 2 the best.
+        let mut l = vec![-5.0f32; 300];
+        l[0] = 20.0;
+        l[1] = 19.0;
+        l[2] = 3.0;
+        l[3] = 2.5;
+        let mut g = Sampler::new(SamplingParams::greedy());
+        assert_eq!(g.sample_excluding(&l, &[0, 1]), 2);
+        assert_eq!(g.sample_excluding(&l, &[]), 0);
+        assert_eq!(
+            argmax_excluding(&[1.0, 2.0], &[0, 1]),
+            1,
+            "all excluded: plain argmax"
+        );
+        for (temperature, top_p, top_k) in [(1.0, 1.0, None), (1.0, 0.5, None), (2.0, 1.0, Some(2))]
+        {
+            let mut s = Sampler::new(params(temperature, top_p, top_k, Some(5)));
+            let draws: Vec<u32> = (0..500).map(|_| s.sample_excluding(&l, &[0, 1])).collect();
+            assert!(
+                draws.iter().all(|&t| t >= 2),
+                "excluded tokens were drawn at temperature {temperature}, top_p {top_p}, top_k {top_k:?}"
+            );
+            if top_k == Some(2) {
+                assert!(
+                    draws.iter().all(|&t| t == 2 || t == 3),
+                    "top_k counts allowed tokens only"
+                );
+                assert!(draws.contains(&3));
+            }
+        }
     }
 
     #[test]

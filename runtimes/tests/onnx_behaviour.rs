@@ -20,6 +20,7 @@ fn sampled(seed: u64) -> SamplingParams {
         top_p: 0.95,
         top_k: None,
         seed: Some(seed),
+        min_tokens: 0,
     }
 }
 
@@ -76,6 +77,62 @@ async fn a_stop_token_ends_generation_with_stop_and_is_the_last_token() {
         checked > 0,
         "the golden set must have prompts that reach a stop token"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_tokens_keeps_stop_tokens_out_until_it_is_reached() {
+    let backend = load(1);
+    let stops = stop_ids();
+    let p = golden()["prompts"]
+        .as_array()
+        .expect("prompts")
+        .iter()
+        .find(|p| p["first_stop_index"].is_u64())
+        .expect("the golden set has a prompt that reaches a stop token");
+    let index = p["first_stop_index"].as_u64().expect("index") as usize;
+    let (name, prompt, expected) = prompts()
+        .into_iter()
+        .find(|(n, ..)| n == p["name"].as_str().expect("name"))
+        .expect("prompt");
+    let min = index as u32 + 6;
+    for sampling in [
+        SamplingParams {
+            min_tokens: min,
+            ..SamplingParams::greedy()
+        },
+        SamplingParams {
+            min_tokens: min,
+            ..sampled(3)
+        },
+    ] {
+        let greedy = sampling.is_greedy();
+        let (tokens, reason) = run(
+            &backend,
+            request(&name, prompt.clone(), sampling, stops.clone(), min + 4),
+        )
+        .await;
+        assert!(
+            tokens.len() >= min as usize,
+            "{name}: {} tokens before min_tokens {min} ({reason:?})",
+            tokens.len()
+        );
+        assert!(
+            tokens[..min as usize].iter().all(|t| !stops.contains(t)),
+            "{name}: a stop token came before min_tokens: {tokens:?}"
+        );
+        if greedy {
+            assert_eq!(
+                tokens[..index],
+                expected[..index],
+                "{name}: before the stop token, greedy output is unchanged"
+            );
+        }
+        match reason {
+            StopReason::StopToken(t) => assert_eq!(Some(&t), tokens.last()),
+            StopReason::Length => assert_eq!(tokens.len(), min as usize + 4),
+            StopReason::Cancelled => panic!("{name}: cancelled"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,6 +110,34 @@ def test_tools_round_trip(server):
     assert names == ["get_weather"]
 
 
+def test_min_tokens_holds_off_stop_tokens_and_stop_strings(server):
+    """vLLM's `min_tokens`, sent as the SDK sends extensions (`extra_body`)."""
+    client = server.client()
+    story = [{"role": "user", "content": "Write a very long story."}]
+    kw = dict(model="gpt-oss-20b", messages=story, max_tokens=600, temperature=0)
+    plain = client.chat.completions.create(**kw)
+    assert plain.choices[0].finish_reason == "stop"
+    n = plain.usage.completion_tokens
+    assert n < 500, "the tiny model ends this greedy story by itself"
+    held = client.chat.completions.create(extra_body={"min_tokens": n + 50}, **kw)
+    assert held.usage.completion_tokens >= n + 50
+
+    # A stop string in the text of the first min_tokens tokens does not end the completion.
+    kw = dict(model="gpt-oss-20b", prompt="The capital", max_tokens=30, temperature=0)
+    text = client.completions.create(**kw).choices[0].text
+    stop = text[:12].split()[-1]
+    early = client.completions.create(stop=[stop], **kw).choices[0]
+    assert early.finish_reason == "stop" and stop not in early.text
+    late = client.completions.create(stop=[stop], extra_body={"min_tokens": 20}, **kw)
+    assert late.choices[0].text.startswith(text[: text.index(stop) + len(stop)])
+    assert late.usage.completion_tokens >= 20
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model="gpt-oss-20b", messages=story, max_tokens=600, extra_body={"min_tokens": 700})
+    assert e.value.body["param"] == "min_tokens"
+
+
 def test_bad_request_error_names_the_field(server):
     client = server.client()
     with pytest.raises(openai.BadRequestError) as e:
@@ -134,6 +162,7 @@ def test_rate_limit_error_when_the_queue_is_full(busy_server):
     holder = client.chat.completions.create(
         model="gpt-oss-20b", messages=[{"role": "user", "content": "Write a very long story."}],
         max_tokens=3000, temperature=0, stream=True,
+        extra_body={"min_tokens": 3000},  # the tiny model would end this story in about a second
     )
     first = next(iter(holder))  # the slot is now taken
     assert first.choices[0].delta.role == "assistant"

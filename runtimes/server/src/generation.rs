@@ -54,6 +54,8 @@ pub struct GenerationParts {
     pub parser: Box<dyn DeltaParser>,
     /// Applied to `content` deltas.
     pub stop: StopMatcher,
+    /// Stop strings are not looked for in the text of the first `min_tokens` tokens (vLLM).
+    pub min_tokens: u32,
     pub permit: Permit,
     pub cancel: DropGuard,
     pub metrics: Arc<Metrics>,
@@ -73,8 +75,9 @@ struct Run {
 impl Run {
     /// Runs `content` through the stop matcher and drops deltas that became empty.
     fn filter(&mut self, deltas: &mut Vec<GenEvent>) {
+        let stops_apply = self.completion_tokens >= self.parts.min_tokens;
         for mut d in self.scratch.drain(..) {
-            if self.parts.stop.is_active() {
+            if stops_apply && self.parts.stop.is_active() {
                 if let Some(c) = d.content.take() {
                     if !self.parts.stop.matched() {
                         let kept = self.parts.stop.push(&c);

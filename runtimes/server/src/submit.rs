@@ -42,9 +42,11 @@ pub async fn admit_and_start(
         ));
     }
     let room = caps.context_length - prompt_tokens;
+    // Without a limit from the request, the server's default, raised to `min_tokens`.
+    let min_tokens = sub.sampling.min_tokens;
     let max_new_tokens = sub
         .max_tokens
-        .unwrap_or(state.config.default_max_tokens)
+        .unwrap_or(state.config.default_max_tokens.max(min_tokens))
         .min(room);
 
     let permit = state.admission.acquire().await.map_err(|e| match e {
@@ -76,6 +78,7 @@ pub async fn admit_and_start(
         tokens,
         parser: sub.parser,
         stop: StopMatcher::new(sub.stop),
+        min_tokens,
         permit,
         cancel: cancel.drop_guard(),
         metrics: Arc::clone(&state.metrics),

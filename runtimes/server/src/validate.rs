@@ -123,12 +123,52 @@ fn max_tokens(value: Option<i64>, param: &str) -> Result<Option<u32>, ApiError> 
     }
 }
 
-fn sampling(
+/// The sampling fields every generation endpoint shares.
+struct SamplingFields {
     temperature: Option<f64>,
     top_p: Option<f64>,
     top_k: Option<i64>,
     seed: Option<i64>,
+    min_tokens: Option<i64>,
+}
+
+/// `min_tokens` (vLLM): at least 0 and, when the request sets one, at most its token limit.
+fn min_tokens(
+    value: Option<i64>,
+    max_tokens: Option<u32>,
+    max_param: &str,
+) -> Result<u32, ApiError> {
+    let Some(v) = value else { return Ok(0) };
+    if v < 0 {
+        return Err(ApiError::field(
+            "min_tokens",
+            format!("must be at least 0, got {v}"),
+        ));
+    }
+    let v = u32::try_from(v).unwrap_or(u32::MAX);
+    if let Some(max) = max_tokens {
+        if v > max {
+            return Err(ApiError::field(
+                "min_tokens",
+                format!("must be at most `{max_param}` ({max}), got {v}"),
+            ));
+        }
+    }
+    Ok(v)
+}
+
+fn sampling(
+    fields: SamplingFields,
+    max_tokens: Option<u32>,
+    max_param: &str,
 ) -> Result<SamplingParams, ApiError> {
+    let SamplingFields {
+        temperature,
+        top_p,
+        top_k,
+        seed,
+        min_tokens: min,
+    } = fields;
     let temperature = temperature.unwrap_or(1.0);
     if !temperature.is_finite() || !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::field(
@@ -159,6 +199,7 @@ fn sampling(
         top_k,
         // Negative seeds are accepted, as OpenAI does; their bits make the u64 seed.
         seed: seed.map(|s| s as u64),
+        min_tokens: min_tokens(min, max_tokens, max_param)?,
     })
 }
 
@@ -325,11 +366,22 @@ pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidC
     check_model(req.model.as_deref(), served_model)?;
     unknown_fields(&req.extra, IGNORED_CHAT_FIELDS)?;
     messages(&req.messages)?;
-    let max_tokens = match req.max_completion_tokens {
-        Some(_) => max_tokens(req.max_completion_tokens, "max_completion_tokens")?,
-        None => max_tokens(req.max_tokens, "max_tokens")?,
+    let max_param = match req.max_completion_tokens {
+        Some(_) => "max_completion_tokens",
+        None => "max_tokens",
     };
-    let sampling = sampling(req.temperature, req.top_p, req.top_k, req.seed)?;
+    let max_tokens = max_tokens(req.max_completion_tokens.or(req.max_tokens), max_param)?;
+    let sampling = sampling(
+        SamplingFields {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            seed: req.seed,
+            min_tokens: req.min_tokens,
+        },
+        max_tokens,
+        max_param,
+    )?;
     let stop = stop(req.stop.as_ref())?;
     n(req.n)?;
     unsupported_if(
@@ -498,10 +550,21 @@ pub fn completion(req: CompletionRequest, served_model: &str) -> Result<ValidCom
         "is only allowed when `stream` is true",
     )?;
     n(req.n)?;
+    let max_tokens = max_tokens(req.max_tokens, "max_tokens")?;
     Ok(ValidCompletion {
         prompt,
-        max_tokens: max_tokens(req.max_tokens, "max_tokens")?,
-        sampling: sampling(req.temperature, req.top_p, req.top_k, req.seed)?,
+        max_tokens,
+        sampling: sampling(
+            SamplingFields {
+                temperature: req.temperature,
+                top_p: req.top_p,
+                top_k: req.top_k,
+                seed: req.seed,
+                min_tokens: req.min_tokens,
+            },
+            max_tokens,
+            "max_tokens",
+        )?,
         stop: stop(req.stop.as_ref())?,
         echo: req.echo.unwrap_or(false),
         stream,
@@ -556,6 +619,18 @@ mod tests {
                 "top_p",
             ),
             (r#"{"messages":[{"role":"user","content":"x"}],"n":3}"#, "n"),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"min_tokens":-1}"#,
+                "min_tokens",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":4,"min_tokens":5}"#,
+                "min_tokens",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"max_completion_tokens":4,"min_tokens":9}"#,
+                "min_tokens",
+            ),
             (
                 r#"{"messages":[{"role":"user","content":"x"}],"stop":["a","b","c","d","e"]}"#,
                 "stop",

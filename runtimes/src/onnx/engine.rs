@@ -113,7 +113,13 @@ impl Active {
 
     /// Samples from `logits`, streams the token and decides whether the sequence is done.
     fn accept(&mut self, logits: &[f32]) -> bool {
-        let token = self.sampler.sample(logits);
+        let request = &self.job.request;
+        let token = if self.generated < request.sampling.min_tokens {
+            self.sampler
+                .sample_excluding(logits, &request.stop_token_ids)
+        } else {
+            self.sampler.sample(logits)
+        };
         self.generated += 1;
         self.pending = Some(token);
         if self.job.events.send(TokenEvent::Token(token)).is_err() {
