@@ -15,7 +15,7 @@ DEVICE=${DEVICE:-cpu}
 PY=.venv-tools/bin/python
 mkdir -p "$OUT"
 
-[ -x "$PY" ] || runtimes/fixture/make_venv.sh
+"$PY" -c "import onnxruntime_genai, onnx_ir" 2>/dev/null || runtimes/fixture/make_venv.sh
 
 echo "== corpus (templates, held-out combinations excluded from training)"
 "$PY" runtimes/nano/gen_corpus.py "$OUT/data" --train 40000 --heldout 300 --seed 1234

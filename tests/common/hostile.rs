@@ -377,6 +377,9 @@ pub fn case(i: u64, model: &str) -> Case {
                 r#""reasoning_effort":"extreme""#,
                 r#""stream_options":{"include_usage":"yes"}"#,
                 r#""n":2"#,
+                r#""min_tokens":-3"#,
+                r#""min_tokens":2"#,
+                r#""min_tokens":"many""#,
             ]);
             let body = format!(
                 "{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}],\"max_tokens\":1,{extra}}}"
