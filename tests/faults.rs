@@ -371,11 +371,14 @@ async fn a_garbage_backend_next_to_a_good_one_costs_no_request() {
     );
 }
 
-/// A backend answering 200 `application/json` with a body that is not JSON: the LB reads a
-/// non-streaming answer whole and checks it before sending anything, so the client gets a
-/// clear 502 (no other backend to retry on here).
+/// A backend answering 200 `application/json` with a body that is not JSON. Every request
+/// takes Pingora's phases, which send the response header when it arrives; the LB holds the
+/// body and checks it before its end goes out, so the client never gets the broken body as a
+/// complete answer: the response is cut before its last chunk (an incomplete message, which
+/// the OpenAI SDKs treat as a connection error and retry), and the backend is counted
+/// against and ejected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_json_under_a_json_content_type_is_a_clear_error() {
+async fn invalid_json_under_a_json_content_type_is_never_a_complete_answer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = FaultyBackend::start(Mode::InvalidJson, Duration::from_millis(10)).await;
     let cfg = lb_config(MODEL, &[("bad", bad.url())], "");
@@ -383,17 +386,30 @@ async fn invalid_json_under_a_json_content_type_is_a_clear_error() {
     lb.wait_backend_healthy("bad", true, Duration::from_secs(10));
     let http = fault_load::client(Duration::from_secs(30));
     let url = format!("{}/v1/chat/completions", lb.url());
-    let (o, _, _) = send(
-        &http,
-        &url,
-        &[],
-        &chat_body(MODEL, false, 8),
-        Duration::from_secs(20),
-    )
-    .await;
-    assert!(
-        matches!(o, Outcome::ClearError(502, _)),
-        "invalid JSON from the backend must become a 502 OpenAI error: {o:?}"
+    for i in 0..3 {
+        let (o, _, _) = send(
+            &http,
+            &url,
+            &[],
+            &chat_body(MODEL, false, 8),
+            Duration::from_secs(20),
+        )
+        .await;
+        assert!(
+            !matches!(o, Outcome::Ok),
+            "request {i}: invalid JSON from the backend must never arrive as a complete answer: {o:?}"
+        );
+        assert!(
+            lb.proc.alive(),
+            "the LB crashed; log:\n{}",
+            lb.proc.log_text()
+        );
+    }
+    assert_eq!(
+        lb.backend_status("bad")["healthy"],
+        false,
+        "a backend answering broken JSON is ejected: {}",
+        lb.backend_status("bad")
     );
 }
 
@@ -471,6 +487,274 @@ async fn bodies_over_64_kib_reach_the_backend_whole_also_on_failover() {
         assert_eq!(status, want, "chunked {size}: {v}");
         if want != 200 {
             assert_eq!(v["error"]["code"], "length_required", "{v}");
+        }
+    }
+}
+
+/// A backend whose `/health` answers 200 but whose completions all fail with 500, next to a
+/// good one: the 500s are retried on the good backend (no client sees one), the bad backend
+/// is ejected by outlier detection, and after each ejection one trial request re-ejects it,
+/// so over many cooldowns it costs one attempt per return, not `passive_failures`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_failing_with_500_behind_a_healthy_health_check_costs_no_client_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = FaultyBackend::start(Mode::Error500, Duration::from_millis(10)).await;
+    let good = FaultyBackend::start(Mode::Good, Duration::from_millis(10)).await;
+    let t = Timing {
+        health_interval_ms: 100,
+        health_timeout_ms: 100,
+        cooldown_ms: 200,
+        ..Timing::default()
+    };
+    let cfg = lb_config_with(
+        MODEL,
+        &[("bad", bad.url()), ("good", good.url())],
+        t,
+        "default_policy: round_robin\nhealth_check:\n  path: /health\n  interval: 100ms\n  timeout: 100ms\n  passive_failures: 2\n  ejection_cooldown: 200ms\n  max_ejection_time: 200ms\n",
+    );
+    // `health_check` appears twice: keep the second (fast, capped) one.
+    let first = cfg.find("health_check:").expect("health_check");
+    let end = cfg[first..].find("retries:").expect("retries") + first;
+    let cfg = format!("{}{}", &cfg[..first], &cfg[end..]);
+    let mut lb = Lb::start("lb", &cfg, dir.path(), &[]);
+    lb.wait_backend_healthy("bad", true, Duration::from_secs(10));
+    lb.wait_backend_healthy("good", true, Duration::from_secs(10));
+    let http = fault_load::client(Duration::from_secs(30));
+    let url = format!("{}/v1/chat/completions", lb.url());
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let (o, _, _) = send(
+            &http,
+            &url,
+            &[],
+            &chat_body(MODEL, sent % 2 == 1, 8),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(
+            matches!(o, Outcome::Ok),
+            "request {sent}: a 500 must be retried on the healthy backend: {o:?}"
+        );
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let attempts_at_bad = bad.completions_seen();
+    // Without trials each return from a 200 ms cooldown would cost `passive_failures` (2)
+    // attempts: about 2 per 300 ms. With one trial per return it is about 1 per return.
+    let returns = (started.elapsed().as_millis() / 300) as usize + 2;
+    assert!(
+        attempts_at_bad <= returns + 2,
+        "{attempts_at_bad} attempts reached the failing backend in {} ms ({sent} requests): one trial per return expected",
+        started.elapsed().as_millis()
+    );
+    assert!(attempts_at_bad >= 2, "the failing backend was tried");
+}
+
+/// A backend answering 429 with `Retry-After: 30` next to a good one: after the first 429
+/// new requests avoid it for 30 s, so it sees one attempt, not one per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_of_a_429_keeps_new_requests_off_the_backend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limited = FaultyBackend::start(Mode::RateLimited429, Duration::from_millis(10)).await;
+    let good = FaultyBackend::start(Mode::Good, Duration::from_millis(10)).await;
+    let cfg = lb_config(
+        MODEL,
+        &[("limited", limited.url()), ("good", good.url())],
+        "default_policy: round_robin\n",
+    );
+    let mut lb = Lb::start("lb", &cfg, dir.path(), &[]);
+    lb.wait_backend_healthy("limited", true, Duration::from_secs(10));
+    lb.wait_backend_healthy("good", true, Duration::from_secs(10));
+    let http = fault_load::client(Duration::from_secs(30));
+    let url = format!("{}/v1/chat/completions", lb.url());
+    for i in 0..10 {
+        let (o, _, _) = send(
+            &http,
+            &url,
+            &[],
+            &chat_body(MODEL, false, 8),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(matches!(o, Outcome::Ok), "request {i}: {o:?}");
+    }
+    assert_eq!(
+        limited.completions_seen(),
+        1,
+        "after its 429 with Retry-After: 30 the backend gets no new request"
+    );
+    assert_eq!(
+        lb.backend_status("limited")["healthy"],
+        true,
+        "a 429 does not eject: the backend works, it is busy"
+    );
+    // Alone, the rate-limited backend's 429 reaches the client (with its Retry-After).
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let cfg = lb_config(MODEL, &[("limited", limited.url())], "");
+    let mut lb2 = Lb::start("lb2", &cfg, dir2.path(), &[]);
+    lb2.wait_backend_healthy("limited", true, Duration::from_secs(10));
+    let r = http
+        .post(format!("{}/v1/chat/completions", lb2.url()))
+        .json(&chat_body(MODEL, false, 8))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("30")
+    );
+    drop(lb);
+}
+
+/// Raw harmony whose JSON string carries an unpaired surrogate escape (`"\ud83d"`, valid JSON
+/// text) is still rewritten, in JSON and in SSE: raw harmony never reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_harmony_with_a_lone_surrogate_is_still_rewritten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw = FaultyBackend::start(Mode::RawSurrogate, Duration::from_millis(10)).await;
+    let cfg = lb_config(MODEL, &[("raw", raw.url())], "")
+        .replace("model_type: openai", "model_type: gpt-oss");
+    let mut lb = Lb::start("lb", &cfg, dir.path(), &[]);
+    lb.wait_backend_healthy("raw", true, Duration::from_secs(10));
+    let http = fault_load::client(Duration::from_secs(30));
+    let url = format!("{}/v1/chat/completions", lb.url());
+    for stream in [false, true] {
+        let r = http
+            .post(&url)
+            .json(&chat_body(MODEL, stream, 8))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status().as_u16(), 200);
+        let text = r.text().await.expect("body");
+        assert!(
+            !text.contains("<|"),
+            "stream={stream}: raw harmony leaked: {text}"
+        );
+        assert!(
+            text.contains("Paris"),
+            "stream={stream}: the answer: {text}"
+        );
+        assert!(
+            text.contains("Think"),
+            "stream={stream}: the reasoning is kept: {text}"
+        );
+    }
+}
+
+/// `Expect: 100-continue` is answered at once: a client that waits for it (curl does, for
+/// bodies over 1 MB) is not held for its own timeout before it sends the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = FaultyBackend::start(Mode::Good, Duration::from_millis(10)).await;
+    let cfg = lb_config(MODEL, &[("good", good.url())], "");
+    let mut lb = Lb::start("lb", &cfg, dir.path(), &[]);
+    lb.wait_backend_healthy("good", true, Duration::from_secs(10));
+    let mut body = chat_body(MODEL, false, 1);
+    body["messages"][0]["content"] = serde_json::Value::String("x".repeat(1_500_000));
+    let bytes = serde_json::to_vec(&body).expect("encode");
+    let mut sock = tokio::net::TcpStream::connect(lb.url().trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: lb\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
+        bytes.len()
+    );
+    sock.write_all(head.as_bytes()).await.expect("write head");
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_millis(900), sock.read(&mut buf))
+        .await
+        .expect("100 Continue within 900 ms (curl waits 1 s without it)")
+        .expect("read");
+    let got = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(got.starts_with("HTTP/1.1 100"), "got {got:?}");
+    assert!(started.elapsed() < Duration::from_millis(900));
+    sock.write_all(&bytes).await.expect("write body");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut b = [0u8; 4096];
+        while let Ok(n) = sock.read(&mut b).await {
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&b[..n]);
+            if String::from_utf8_lossy(&rest).contains("chatcmpl") {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.contains("HTTP/1.1 200"),
+        "the request then completes: {text}"
+    );
+}
+
+/// A client that closes its connection during a non-streamed request is passed on at once:
+/// the upstream connection closes, the backend stops generating (its queue empties) and the
+/// LB's in-flight count drops, as for streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_during_a_non_streamed_request_stops_the_backend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start("backend", &ServerOpts::default(), dir.path());
+    let cfg = lb_config(MODEL, &[("a", server.url())], "");
+    let mut lb = Lb::start("lb", &cfg, dir.path(), &[]);
+    lb.wait_backend_healthy("a", true, Duration::from_secs(10));
+    let http = fault_load::client(Duration::from_secs(60));
+    for stream in [false, true] {
+        let mut body = chat_body(MODEL, stream, 4000);
+        body["min_tokens"] = serde_json::json!(4000);
+        let url = format!("{}/v1/chat/completions", lb.url());
+        let req = tokio::spawn({
+            let http = http.clone();
+            async move {
+                let r = http.post(url).json(&body).send().await;
+                if let Ok(r) = r {
+                    let _ = r.bytes().await;
+                }
+            }
+        });
+        let queue = format!("{}/queue/status", server.url());
+        let running = |http: reqwest::Client, queue: String| async move {
+            let v: serde_json::Value = http
+                .get(&queue)
+                .send()
+                .await
+                .expect("queue")
+                .json()
+                .await
+                .expect("json");
+            v["running"].as_u64().unwrap_or(0)
+        };
+        let start = Instant::now();
+        while running(http.clone(), queue.clone()).await == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "generation never started"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        req.abort();
+        let gone = Instant::now();
+        loop {
+            let busy = running(http.clone(), queue.clone()).await;
+            let inflight = lb.backend_status("a")["in_flight"].as_u64().unwrap_or(99);
+            if busy == 0 && inflight == 0 {
+                break;
+            }
+            assert!(
+                gone.elapsed() < Duration::from_secs(2),
+                "stream={stream}: {} ms after the client left the backend still runs {busy} and the LB counts {inflight} in flight",
+                gone.elapsed().as_millis()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

@@ -15,6 +15,8 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use duration::parse_duration;
+pub use raw::RawBackend;
+pub use validate::backend as validate_backend;
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +39,9 @@ pub struct Config {
     pub timeouts: TimeoutConfig,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// The largest SSE event the edge rewriting holds (bytes, default 4 MiB); a larger one
+    /// ends the stream with an error event and `[DONE]`.
+    pub max_event_bytes: usize,
     /// When non-empty, clients must send `Authorization: Bearer <one of these>`.
     pub client_api_keys: Vec<String>,
     /// How `https://` backends are verified.
@@ -111,8 +116,28 @@ impl ModelType {
     }
 }
 
-/// A backend declared in the config file.
-#[derive(Clone, PartialEq)]
+impl serde::Serialize for ModelType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ModelType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ModelType::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown model_type '{s}' (expected one of {})",
+                ModelType::NAMES.join(", ")
+            ))
+        })
+    }
+}
+
+/// A backend: one definition for the config file's `backends`, the admin API's registrations
+/// and the state file, validated by [`validate_backend`]. Two equal definitions are the same
+/// backend.
+#[derive(Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BackendConfig {
     pub name: String,
     pub url: String,
@@ -120,6 +145,7 @@ pub struct BackendConfig {
     pub models: Vec<String>,
     pub weight: u32,
     /// Sent to the backend as `Authorization: Bearer ...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
 }
 
@@ -206,10 +232,15 @@ pub struct HealthCheckConfig {
     pub healthy_threshold: u32,
     /// Consecutive failed checks that mark a backend unhealthy.
     pub unhealthy_threshold: u32,
-    /// Consecutive failed requests that eject a backend (passive check).
+    /// Consecutive failed requests (5xx, connection failures, timeouts, broken answers) that
+    /// eject a backend: Envoy's outlier detection `consecutive_5xx`.
     pub passive_failures: u32,
-    /// How long an ejected backend waits before its half-open probe.
+    /// Envoy's `base_ejection_time`: the first ejection lasts this long; the n-th ejection in
+    /// a row lasts n times as long, up to `max_ejection_time`. After it, a passing health
+    /// check returns the backend on trial: its next request decides (one failure re-ejects).
     pub ejection_cooldown: Duration,
+    /// Envoy's `max_ejection_time`: the cap of an ejection's length.
+    pub max_ejection_time: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -219,6 +250,11 @@ pub struct RetryConfig {
     /// Backoff before the second attempt; doubles each time up to `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
+    /// Resend a request to another backend when its connection failed after the request was
+    /// written and before any response byte (a reset after delivery). The backend may have
+    /// started generating, so a replay can cost one wasted generation; the client never gets
+    /// two answers, since nothing reached it. `false`: such a request fails with a 502.
+    pub replay_after_reset: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

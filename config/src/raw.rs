@@ -37,6 +37,7 @@ pub struct RawConfig {
     pub retries: Option<RawRetries>,
     pub timeouts: Option<RawTimeouts>,
     pub body_limit: Option<Scalar>,
+    pub max_event_bytes: Option<i64>,
     pub upstream_tls: Option<RawUpstreamTls>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub client_api_keys: Vec<String>,
@@ -57,7 +58,9 @@ pub struct RawAdmin {
     pub allow_link_local: bool,
 }
 
-#[derive(Debug, Deserialize)]
+/// A backend definition as written (YAML `backends[i]`, or an admin API registration body):
+/// every field optional; [`crate::validate_backend`] checks it.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
     pub name: Option<String>,
@@ -92,6 +95,7 @@ pub struct RawHealth {
     pub unhealthy_threshold: Option<i64>,
     pub passive_failures: Option<i64>,
     pub ejection_cooldown: Option<Scalar>,
+    pub max_ejection_time: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +104,7 @@ pub struct RawRetries {
     pub max_attempts: Option<i64>,
     pub backoff: Option<Scalar>,
     pub max_backoff: Option<Scalar>,
+    pub replay_after_reset: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

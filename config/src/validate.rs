@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::raw::{RawConfig, Scalar};
+use crate::raw::{RawBackend, RawConfig, Scalar};
 use crate::{
     check, AdminConfig, BackendConfig, Config, ConfigError, HashKey, HealthCheckConfig, ModelType,
     Policy, RetryConfig, RouteConfig, TimeoutConfig, UpstreamTlsConfig,
@@ -101,52 +101,15 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
     let mut names = HashSet::new();
     let mut backends = Vec::with_capacity(raw.backends.len());
     for (i, b) in raw.backends.into_iter().enumerate() {
-        let p = |f: &str| format!("backends[{i}].{f}");
-        let name = b
-            .name
-            .ok_or_else(|| ConfigError::invalid(p("name"), "is required"))?;
-        check::backend_name(&name).map_err(|e| ConfigError::invalid(p("name"), e))?;
-        if !names.insert(name.clone()) {
+        let prefix = format!("backends[{i}].");
+        let backend = backend(b, &prefix)?;
+        if !names.insert(backend.name.clone()) {
             return Err(ConfigError::invalid(
-                p("name"),
-                format!("duplicate backend name '{name}'"),
+                format!("{prefix}name"),
+                format!("duplicate backend name '{}'", backend.name),
             ));
         }
-        let url = b
-            .url
-            .ok_or_else(|| ConfigError::invalid(p("url"), "is required"))?;
-        check::backend_url(&url).map_err(|e| ConfigError::invalid(p("url"), e))?;
-        let model_type = match b.model_type.as_deref() {
-            None => ModelType::GptOss,
-            Some(s) => ModelType::parse(s).ok_or_else(|| {
-                ConfigError::invalid(
-                    p("model_type"),
-                    format!(
-                        "unknown value '{s}' (expected one of {})",
-                        ModelType::NAMES.join(", ")
-                    ),
-                )
-            })?,
-        };
-        if b.models.is_empty() {
-            return Err(ConfigError::invalid(
-                p("models"),
-                "must list at least one model",
-            ));
-        }
-        for (j, m) in b.models.iter().enumerate() {
-            check::model_id(m)
-                .map_err(|e| ConfigError::invalid(format!("{}[{j}]", p("models")), e))?;
-        }
-        let weight = count(&p("weight"), b.weight, 1, 1, 1000)?;
-        backends.push(BackendConfig {
-            name,
-            url,
-            model_type,
-            models: b.models,
-            weight,
-            api_key: b.api_key,
-        });
+        backends.push(backend);
     }
 
     let default_policy =
@@ -263,6 +226,12 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
             ms(10_000),
             ms(0),
         )?,
+        max_ejection_time: duration(
+            "health_check.max_ejection_time",
+            h.max_ejection_time,
+            ms(300_000),
+            ms(0),
+        )?,
     };
 
     let r = raw.retries.unwrap_or_default();
@@ -270,6 +239,7 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
         max_attempts: count("retries.max_attempts", r.max_attempts, 3, 1, 10)?,
         backoff: duration("retries.backoff", r.backoff, ms(50), ms(0))?,
         max_backoff: duration("retries.max_backoff", r.max_backoff, ms(1000), ms(0))?,
+        replay_after_reset: r.replay_after_reset.unwrap_or(true),
     };
 
     let t = raw.timeouts.unwrap_or_default();
@@ -278,6 +248,13 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
         first_byte: duration("timeouts.first_byte", t.first_byte, ms(120_000), ms(1))?,
         idle: duration("timeouts.idle", t.idle, ms(60_000), ms(1))?,
     };
+    let max_event_bytes = count(
+        "max_event_bytes",
+        raw.max_event_bytes,
+        4 * 1024 * 1024,
+        1024,
+        1 << 30,
+    )? as usize;
 
     let body_limit = match raw.body_limit {
         None => DEFAULT_BODY_LIMIT,
@@ -352,9 +329,67 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
         default_model,
         health_check,
         retries,
+        max_event_bytes,
         timeouts,
         body_limit,
         client_api_keys: raw.client_api_keys,
         upstream_tls,
+    })
+}
+
+/// Validate one backend definition: the YAML's `backends[i]` and the admin API's
+/// registration body alike. `prefix` goes before each field name in errors
+/// (`backends[2].` in the YAML, empty for the admin API).
+///
+/// Rules: `name` (letters, digits, `-_.`) and `url` (`http://` or `https://`) required;
+/// `model_type` `gpt-oss` (default) or `openai`; 1 to 256 `models`; `weight` 1 to 1000
+/// (default 1); `api_key` 1 to 4096 printable characters.
+pub fn backend(b: RawBackend, prefix: &str) -> Result<BackendConfig> {
+    let p = |f: &str| format!("{prefix}{f}");
+    let name = b
+        .name
+        .ok_or_else(|| ConfigError::invalid(p("name"), "is required"))?;
+    check::backend_name(&name).map_err(|e| ConfigError::invalid(p("name"), e))?;
+    let url = b
+        .url
+        .ok_or_else(|| ConfigError::invalid(p("url"), "is required"))?;
+    check::backend_url(&url).map_err(|e| ConfigError::invalid(p("url"), e))?;
+    let model_type = match b.model_type.as_deref() {
+        None => ModelType::GptOss,
+        Some(s) => ModelType::parse(s).ok_or_else(|| {
+            ConfigError::invalid(
+                p("model_type"),
+                format!(
+                    "unknown value '{s}' (expected one of {})",
+                    ModelType::NAMES.join(", ")
+                ),
+            )
+        })?,
+    };
+    if b.models.is_empty() || b.models.len() > 256 {
+        return Err(ConfigError::invalid(
+            p("models"),
+            "must list 1 to 256 model ids",
+        ));
+    }
+    for (j, m) in b.models.iter().enumerate() {
+        check::model_id(m).map_err(|e| ConfigError::invalid(format!("{}[{j}]", p("models")), e))?;
+    }
+    let weight = count(&p("weight"), b.weight, 1, 1, 1000)?;
+    if let Some(k) = &b.api_key {
+        if k.is_empty() || k.len() > 4096 || k.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::invalid(
+                p("api_key"),
+                "must be 1 to 4096 printable characters",
+            ));
+        }
+    }
+    Ok(BackendConfig {
+        name,
+        url,
+        model_type,
+        models: b.models,
+        weight,
+        api_key: b.api_key,
     })
 }

@@ -1,91 +1,19 @@
 //! The admin API: `POST /backends/register`, `DELETE /backends/{name}`.
 //!
-//! Auth: `Authorization: Bearer <admin token>` when a token is configured (401 without one,
-//! 403 with a wrong one); with no token configured, only loopback clients (403 otherwise).
-
-use std::net::IpAddr;
+//! Its callers check the admin credentials first (`auth::authorize_admin`).
 
 use openai_types::ErrorKind;
 use serde_json::{json, Value};
 
-use crate::backend::{Definition, Source};
+use crate::backend::Source;
 use crate::error::{ApiError, Reply};
 use crate::registry::write_atomic;
-use crate::state::{resolve, Shared, Snapshot};
+use crate::state::{resolve, Shared};
 
-/// Constant-time comparison of two secrets.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The token of `Authorization: Bearer <token>`.
-pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
-    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Check the admin credentials of a request.
-pub fn authorize(
-    snap: &Snapshot,
-    headers: &http::HeaderMap,
-    client: Option<IpAddr>,
-) -> Result<(), ApiError> {
-    match &snap.admin_token {
-        Some(token) => match bearer(headers) {
-            None => Err(ApiError::new(
-                ErrorKind::Authentication,
-                "The admin API requires Authorization: Bearer <admin token>.",
-                None,
-                Some("missing_admin_token"),
-            )),
-            Some(given) if same_secret(given.as_bytes(), token.as_bytes()) => Ok(()),
-            Some(_) => Err(ApiError::new(
-                ErrorKind::Permission,
-                "The admin token is not valid.",
-                None,
-                Some("invalid_admin_token"),
-            )),
-        },
-        None if client.is_some_and(|ip| ip.is_loopback()) => Ok(()),
-        None => Err(ApiError::new(
-            ErrorKind::Permission,
-            "No admin token is configured: the admin API only accepts clients on loopback.",
-            None,
-            Some("admin_loopback_only"),
-        )),
-    }
-}
-
-/// Check client API keys, when configured, for `/v1/*`.
-pub fn authorize_client(snap: &Snapshot, headers: &http::HeaderMap) -> Result<(), ApiError> {
-    let keys = &snap.config.client_api_keys;
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let ok = bearer(headers).is_some_and(|given| {
-        keys.iter()
-            .any(|k| same_secret(given.as_bytes(), k.as_bytes()))
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorKind::Authentication,
-            "Incorrect or missing API key. Send Authorization: Bearer <key>.",
-            None,
-            Some("invalid_api_key"),
-        ))
-    }
-}
-
-fn field_str(v: &Value, name: &str, required: bool) -> Result<Option<String>, ApiError> {
+/// A field of the registration body that must be a string (or absent).
+fn string_field(v: &Value, name: &str) -> Result<Option<String>, ApiError> {
     match v.get(name) {
-        None | Some(Value::Null) if !required => Ok(None),
-        None | Some(Value::Null) => Err(ApiError::invalid(format!("`{name}` is required"), name)),
+        None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(ApiError::invalid(
             format!("`{name}` must be a string"),
@@ -94,8 +22,13 @@ fn field_str(v: &Value, name: &str, required: bool) -> Result<Option<String>, Ap
     }
 }
 
-/// Validate a registration body into a definition and the `replace` flag.
-pub fn parse_registration(body: &[u8]) -> Result<(Definition, bool), ApiError> {
+/// Read a registration body into the one backend definition (`config::BackendConfig`,
+/// validated by `config::validate_backend` exactly as the YAML's `backends[i]`) and the
+/// `replace` flag.
+///
+/// Errors: 400 naming the field: not a JSON object, a field of the wrong JSON type, an
+/// unknown field, or what `config::validate_backend` refuses.
+pub fn parse_registration(body: &[u8]) -> Result<(config::BackendConfig, bool), ApiError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             ErrorKind::InvalidRequest,
@@ -104,49 +37,43 @@ pub fn parse_registration(body: &[u8]) -> Result<(Definition, bool), ApiError> {
             Some("invalid_json"),
         )
     })?;
-    if !v.is_object() {
+    let Some(obj) = v.as_object() else {
         return Err(ApiError::new(
             ErrorKind::InvalidRequest,
             "the body must be a JSON object",
             None,
             Some("invalid_json"),
         ));
-    }
-    let name = field_str(&v, "name", true)?.unwrap_or_default();
-    config::check::backend_name(&name).map_err(|e| ApiError::invalid(e, "name"))?;
-    let url = field_str(&v, "url", true)?.unwrap_or_default();
-    config::check::backend_url(&url).map_err(|e| ApiError::invalid(e, "url"))?;
-    let model_type = field_str(&v, "model_type", false)?.unwrap_or_else(|| "gpt-oss".into());
-    if config::ModelType::parse(&model_type).is_none() {
+    };
+    const FIELDS: &[&str] = &[
+        "name",
+        "url",
+        "model_type",
+        "models",
+        "weight",
+        "api_key",
+        "replace",
+    ];
+    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError::invalid(
             format!(
-                "unknown model_type '{model_type}' (expected one of {})",
-                config::ModelType::NAMES.join(", ")
+                "unknown field `{unknown}` (expected one of {})",
+                FIELDS.join(", ")
             ),
-            "model_type",
+            unknown,
         ));
     }
     let models = match v.get("models") {
-        Some(Value::Array(a)) if !a.is_empty() && a.len() <= 256 => {
-            let mut out = Vec::with_capacity(a.len());
-            for (i, m) in a.iter().enumerate() {
-                let p = format!("models[{i}]");
-                let s = m
-                    .as_str()
-                    .ok_or_else(|| ApiError::invalid("must be a string", &p))?;
-                config::check::model_id(s).map_err(|e| ApiError::invalid(e, &p))?;
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => {
+            let mut out = Vec::with_capacity(a.len().min(257));
+            for (i, m) in a.iter().enumerate().take(257) {
+                let s = m.as_str().ok_or_else(|| {
+                    ApiError::invalid("must be a string", &format!("models[{i}]"))
+                })?;
                 out.push(s.to_string());
             }
             out
-        }
-        Some(Value::Array(_)) => {
-            return Err(ApiError::invalid(
-                "`models` must list 1 to 256 model ids",
-                "models",
-            ))
-        }
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid("`models` is required", "models"))
         }
         Some(_) => {
             return Err(ApiError::invalid(
@@ -156,49 +83,38 @@ pub fn parse_registration(body: &[u8]) -> Result<(Definition, bool), ApiError> {
         }
     };
     let weight = match v.get("weight") {
-        None | Some(Value::Null) => 1,
-        Some(w) => match w.as_u64() {
-            Some(n) if (1..=1000).contains(&n) => n as u32,
-            _ => {
-                return Err(ApiError::invalid(
-                    "`weight` must be an integer from 1 to 1000",
-                    "weight",
-                ))
-            }
-        },
+        None | Some(Value::Null) => None,
+        Some(w) => Some(w.as_i64().ok_or_else(|| {
+            ApiError::invalid("`weight` must be an integer from 1 to 1000", "weight")
+        })?),
     };
-    let api_key = field_str(&v, "api_key", false)?;
-    if let Some(k) = &api_key {
-        if k.is_empty() || k.len() > 4096 || k.chars().any(|c| c.is_control()) {
-            return Err(ApiError::invalid(
-                "`api_key` must be 1 to 4096 printable characters",
-                "api_key",
-            ));
+    let raw = config::RawBackend {
+        name: string_field(&v, "name")?,
+        url: string_field(&v, "url")?,
+        model_type: string_field(&v, "model_type")?,
+        models,
+        weight,
+        api_key: string_field(&v, "api_key")?,
+    };
+    let def = config::validate_backend(raw, "").map_err(|e| match e {
+        config::ConfigError::Invalid { path, message } => {
+            ApiError::invalid(format!("`{path}` {message}"), &path)
         }
-    }
+        other => ApiError::invalid(other.to_string(), "body"),
+    })?;
     let replace = match v.get("replace") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(ApiError::invalid("`replace` must be a boolean", "replace")),
     };
-    Ok((
-        Definition {
-            name,
-            url,
-            model_type,
-            models,
-            weight,
-            api_key,
-        },
-        replace,
-    ))
+    Ok((def, replace))
 }
 
-fn backend_json(d: &Definition, health: &str) -> Value {
+fn backend_json(d: &config::BackendConfig, health: &str) -> Value {
     json!({
         "name": d.name,
         "url": d.url,
-        "model_type": d.model_type,
+        "model_type": d.model_type.as_str(),
         "models": d.models,
         "weight": d.weight,
         "health": health,
@@ -394,15 +310,27 @@ mod tests {
     }
 
     #[test]
-    fn bearer_parsing_and_secret_comparison() {
-        let mut h = http::HeaderMap::new();
-        h.insert(
-            http::header::AUTHORIZATION,
-            http::HeaderValue::from_static("Bearer abc"),
+    fn the_admin_api_and_the_yaml_validate_a_backend_alike() {
+        // The same definition, refused for the same reason by both.
+        let yaml = "backends:\n  - {name: a, url: \"ftp://x\", models: [m]}\n";
+        let from_yaml = config::Config::from_yaml(yaml)
+            .expect_err("refused")
+            .to_string();
+        let from_api = parse_registration(br#"{"name":"a","url":"ftp://x","models":["m"]}"#)
+            .expect_err("refused");
+        assert_eq!(from_api.body.error.param.as_deref(), Some("url"));
+        let reason = from_yaml
+            .strip_prefix("backends[0].url: ")
+            .expect("the YAML error names the field");
+        assert!(
+            from_api.body.error.message.contains(reason),
+            "{} vs {from_yaml}",
+            from_api.body.error.message
         );
-        assert_eq!(bearer(&h), Some("abc"));
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abc", b"abd"));
-        assert!(!same_secret(b"abc", b"abcd"));
+        let yaml = "backends:\n  - {name: a, url: \"http://x:1\", models: [m], api_key: \"\"}\n";
+        assert!(
+            config::Config::from_yaml(yaml).is_err(),
+            "an empty api_key is refused in YAML too"
+        );
     }
 }

@@ -1,10 +1,9 @@
 //! Local endpoints: `/health`, `/status`, `/v1/models`, `/v1/models/{id}`, `/metrics`.
 
-use openai_types::ErrorKind;
 use openai_types::{Model, ModelList};
 use serde_json::json;
 
-use crate::error::{ApiError, Reply};
+use crate::error::Reply;
 use crate::state::{Shared, Snapshot};
 
 /// `GET /health`: 200 when at least one backend is healthy, else 503.
@@ -102,33 +101,16 @@ pub fn model(snap: &Snapshot, id: &str) -> Reply {
             200,
             &serde_json::to_value(model_entry(snap, id)).unwrap_or_default(),
         ),
-        _ => Reply::error(&unknown_model(snap, id)),
+        _ => Reply::error(&crate::routing::unknown_model(&snap.routes, id)),
     }
 }
 
 /// 404 for a model no healthy backend serves, listing those that are available.
-pub fn unknown_model(snap: &Snapshot, id: &str) -> ApiError {
-    let avail = snap.available_models();
-    let list = if avail.is_empty() {
-        "none (no healthy backend)".to_string()
-    } else {
-        avail.join(", ")
-    };
-    ApiError::new(
-        ErrorKind::NotFound,
-        format!(
-            "The model `{id}` does not exist or has no healthy backend. Available models: {list}"
-        ),
-        Some("model"),
-        Some("model_not_found"),
-    )
-}
-
 pub fn metrics(shared: &Shared, snap: &Snapshot) -> Reply {
     Reply {
         status: 200,
         content_type: "text/plain; version=0.0.4",
-        body: bytes::Bytes::from(shared.metrics.render(snap)),
+        body: bytes::Bytes::from(shared.metrics.render(&snap.backends, snap.generation)),
         headers: Vec::new(),
     }
 }

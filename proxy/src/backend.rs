@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use config::check::BackendUrl;
-use config::ModelType;
-use serde::{Deserialize, Serialize};
+use config::{BackendConfig, ModelType};
+use serde::Serialize;
 
 use crate::health::HealthState;
 
@@ -23,46 +23,8 @@ pub enum Source {
     Registered,
 }
 
-/// What defines a backend. Two equal definitions are the same backend.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Definition {
-    pub name: String,
-    pub url: String,
-    pub model_type: String,
-    pub models: Vec<String>,
-    pub weight: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_key: Option<String>,
-}
-
-impl std::fmt::Debug for Definition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Definition")
-            .field("name", &self.name)
-            .field("url", &self.url)
-            .field("model_type", &self.model_type)
-            .field("models", &self.models)
-            .field("weight", &self.weight)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-impl From<&config::BackendConfig> for Definition {
-    fn from(b: &config::BackendConfig) -> Self {
-        Definition {
-            name: b.name.clone(),
-            url: b.url.clone(),
-            model_type: b.model_type.as_str().to_string(),
-            models: b.models.clone(),
-            weight: b.weight,
-            api_key: b.api_key.clone(),
-        }
-    }
-}
-
 pub struct Backend {
-    pub def: Definition,
+    pub def: BackendConfig,
     pub source: Source,
     pub url: BackendUrl,
     pub model_type: ModelType,
@@ -76,6 +38,19 @@ pub struct Backend {
     ewma_us: AtomicU64,
     /// Queue depth reported by the backend's health endpoint; -1 = unknown.
     queue_depth: AtomicI64,
+    /// Until when new requests avoid this backend (a 429 with `Retry-After`), in
+    /// nanoseconds since `clock_base()`; 0 = not held off.
+    held_off_until_ns: AtomicU64,
+}
+
+/// The monotonic clock origin of `held_off_until_ns`.
+fn clock_base() -> std::time::Instant {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(std::time::Instant::now)
+}
+
+fn now_ns() -> u64 {
+    clock_base().elapsed().as_nanos().min(u128::from(u64::MAX)) as u64
 }
 
 impl std::fmt::Debug for Backend {
@@ -88,8 +63,8 @@ impl std::fmt::Debug for Backend {
 }
 
 impl Backend {
-    pub fn new(def: Definition, source: Source, url: BackendUrl, addr: SocketAddr) -> Self {
-        let model_type = ModelType::parse(&def.model_type).unwrap_or(ModelType::OpenAi);
+    pub fn new(def: BackendConfig, source: Source, url: BackendUrl, addr: SocketAddr) -> Self {
+        let model_type = def.model_type;
         Backend {
             def,
             source,
@@ -102,6 +77,7 @@ impl Backend {
             errors: AtomicU64::new(0),
             ewma_us: AtomicU64::new(0),
             queue_depth: AtomicI64::new(-1),
+            held_off_until_ns: AtomicU64::new(0),
         }
     }
 
@@ -156,6 +132,19 @@ impl Backend {
     pub fn queue_depth(&self) -> Option<u64> {
         let v = self.queue_depth.load(Ordering::Relaxed);
         (v >= 0).then_some(v as u64)
+    }
+
+    /// Keep new requests off this backend for `d` (a 429's `Retry-After`): routing picks
+    /// other backends first while it lasts.
+    pub fn hold_off(&self, d: Duration) {
+        let until = now_ns().saturating_add(d.as_nanos().min(u128::from(u64::MAX)) as u64);
+        self.held_off_until_ns.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Whether a `Retry-After` still keeps new requests off this backend.
+    pub fn held_off(&self) -> bool {
+        let until = self.held_off_until_ns.load(Ordering::Relaxed);
+        until != 0 && now_ns() < until
     }
 
     /// Count a request as in flight on this backend until the guard drops.

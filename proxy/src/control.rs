@@ -74,7 +74,7 @@ async fn health_round(connector: &Arc<Connector>, snap: &crate::state::Snapshot)
     let mut set = tokio::task::JoinSet::new();
     for b in snap.backends.iter().cloned() {
         let (cfg, tls, conn) = (cfg.clone(), tls.clone(), connector.clone());
-        set.spawn(async move { crate::health::check_one(&conn, b, &cfg, &tls).await });
+        set.spawn(async move { crate::health_check::check_one(&conn, b, &cfg, &tls).await });
     }
     while set.join_next().await.is_some() {}
 }
@@ -84,7 +84,7 @@ async fn health_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
     loop {
         let snap = shared.load();
         health_round(&connector, &snap).await;
-        let delay = crate::health::next_delay(&snap.backends, &snap.config.health_check);
+        let delay = crate::health_check::next_delay(&snap.backends, &snap.config.health_check);
         drop(snap);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

@@ -1,43 +1,69 @@
 //! `request_filter`'s work: answer local endpoints, or validate and route a completion request.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use openai_types::ErrorKind;
 use pingora::proxy::Session;
-use serde_json::Value;
 
+use crate::auth;
 use crate::error::{ApiError, Reply};
-use crate::state::{Route, Shared, Snapshot};
+use crate::routing::{route_request, Routed};
+use crate::state::{Shared, Snapshot};
 use crate::{admin, api};
 
-/// What the endpoint is, for metrics.
-pub fn endpoint_name(method: &http::Method, path: &str) -> &'static str {
-    match (method.as_str(), path) {
-        (_, "/health") => "health",
-        (_, "/status") => "status",
-        (_, "/metrics") => "metrics",
-        (_, "/v1/models") => "models",
-        (_, p) if p.starts_with("/v1/models/") => "model",
-        (_, "/v1/chat/completions") => "chat_completions",
-        (_, "/v1/completions") => "completions",
-        (_, "/backends/register") => "register",
-        (_, p) if p.starts_with("/backends/") => "unregister",
-        _ => "other",
-    }
+/// What a request is for: the path table, matched once per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Health,
+    Status,
+    Metrics,
+    Models,
+    Model,
+    ChatCompletions,
+    Completions,
+    /// Another `/v1/*` path (`/v1/embeddings`, `/v1/responses`, ...): a POST naming a
+    /// `model` is routed by it and passed through untouched.
+    OtherV1,
+    Register,
+    Unregister,
+    Unknown,
 }
 
-/// A completion request, validated and routed.
-pub struct Routed {
-    pub route: Arc<Route>,
-    /// The body sent upstream (replayed on failover).
-    pub body: Bytes,
-    pub model: String,
-    pub stream: bool,
-    pub separate_thinking: bool,
-    pub hash_key: Option<Vec<u8>>,
-    pub chat: bool,
+impl Endpoint {
+    /// The endpoint of a request, from its path.
+    pub fn of(req: &pingora::http::RequestHeader) -> Endpoint {
+        match req.uri.path() {
+            "/health" => Endpoint::Health,
+            "/status" => Endpoint::Status,
+            "/metrics" => Endpoint::Metrics,
+            "/v1/models" => Endpoint::Models,
+            p if p.starts_with("/v1/models/") => Endpoint::Model,
+            "/v1/chat/completions" => Endpoint::ChatCompletions,
+            "/v1/completions" => Endpoint::Completions,
+            p if p.starts_with("/v1/") => Endpoint::OtherV1,
+            "/backends/register" => Endpoint::Register,
+            p if p.starts_with("/backends/") => Endpoint::Unregister,
+            _ => Endpoint::Unknown,
+        }
+    }
+
+    /// Its name in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Health => "health",
+            Endpoint::Status => "status",
+            Endpoint::Metrics => "metrics",
+            Endpoint::Models => "models",
+            Endpoint::Model => "model",
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Completions => "completions",
+            Endpoint::OtherV1 => "other_v1",
+            Endpoint::Register => "register",
+            Endpoint::Unregister => "unregister",
+            Endpoint::Unknown => "other",
+        }
+    }
 }
 
 pub enum Outcome {
@@ -164,149 +190,63 @@ async fn drain_body(session: &mut Session, expected: u64) {
     .await;
 }
 
-/// Validate and route a completion body.
-pub fn route_completion(
-    snap: &Snapshot,
-    headers: &http::HeaderMap,
-    body: Bytes,
-    chat: bool,
-) -> Result<Routed, ApiError> {
-    // Only the fields routing needs are built; `messages` and the rest are skipped by the
-    // parser without allocating (a full `Value` tree costs as much as the whole proxying).
-    #[derive(serde::Deserialize)]
-    struct Head {
-        #[serde(default)]
-        model: Option<Value>,
-        #[serde(default)]
-        stream: Option<Value>,
-        #[serde(default)]
-        separate_thinking: Option<Value>,
-        #[serde(default)]
-        user: Option<Value>,
+/// `Expect: 100-continue` (RFC 9110 section 10.1.1): the client waits for this before it
+/// sends its body; answering at once saves it the wait (curl waits 1 s).
+async fn continue_if_expected(session: &mut Session) {
+    let expects = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+    if !expects {
+        return;
     }
-    let not_object = || {
-        ApiError::new(
-            ErrorKind::InvalidRequest,
-            "the request body must be a JSON object",
-            None,
-            Some("invalid_json"),
-        )
-    };
-    let bad_json = |e: serde_json::Error| {
-        ApiError::new(
-            ErrorKind::InvalidRequest,
-            format!("We could not parse the JSON body of your request: {e}"),
-            None,
-            Some("invalid_json"),
-        )
-    };
-    // A derived struct also accepts a JSON array; the body must be an object.
-    match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => {}
-        _ => {
-            // Report a syntax error (an empty body included) as such, anything else as
-            // "not an object".
-            return Err(
-                match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-                    Err(e) => bad_json(e),
-                    Ok(_) => not_object(),
-                },
-            );
-        }
-    }
-    let head: Head = serde_json::from_slice(&body).map_err(bad_json)?;
-    // The seed's clients send no `model`: such a request goes to `default_model`, or to the
-    // only model served; with several models and no default it is a 400 naming them.
-    let (model, model_given) = match head.model {
-        Some(Value::String(s)) if !s.is_empty() => (s, true),
-        None | Some(Value::Null) => match snap.default_model() {
-            Some(m) => (m, false),
-            None => {
-                let available = snap.available_models();
-                return Err(ApiError::invalid(
-                    if available.is_empty() {
-                        "you must provide a `model` parameter".to_string()
-                    } else {
-                        format!(
-                            "you must provide a `model` parameter; available models: {}",
-                            available.join(", ")
-                        )
-                    },
-                    "model",
-                ));
+    match pingora::http::ResponseHeader::build(100, Some(0)) {
+        Ok(h) => {
+            if let Err(e) = session.write_response_header(Box::new(h), false).await {
+                tracing::debug!(error = %e, "could not send 100 Continue");
             }
-        },
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "`model` must be a non-empty string",
-                "model",
-            ))
         }
-    };
-    let stream = match head.stream {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => b,
-        Some(_) => return Err(ApiError::invalid("`stream` must be a boolean", "stream")),
-    };
-    let separate_thinking = matches!(head.separate_thinking, Some(Value::Bool(true)));
-    let user = match head.user {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
-    };
-
-    let route = snap
-        .routes
-        .get(&model)
-        .cloned()
-        .ok_or_else(|| api::unknown_model(snap, &model))?;
-    if !route.has_healthy() {
-        return Err(ApiError::new(
-            ErrorKind::Unavailable,
-            format!("no healthy backend for model `{model}`; retry later"),
-            Some("model"),
-            Some("no_healthy_backend"),
-        ));
+        Err(e) => tracing::debug!(error = %e, "could not build 100 Continue"),
     }
-    let hash_key = match &route.hash_key {
-        config::HashKey::User => user.map(String::into_bytes),
-        config::HashKey::Header(h) => headers.get(h.as_str()).map(|v| v.as_bytes().to_vec()),
-    };
-    // Send the route's upstream name when it differs from what the client asked for
-    // (aliases resolve to the canonical model).
-    let upstream_name = route
-        .upstream_model
-        .clone()
-        .unwrap_or_else(|| route.model.clone());
-    let body = if upstream_name != model || !model_given {
-        // Rare (aliases, or no `model` sent): rebuild the body with the upstream's model name.
-        let mut v: Value = serde_json::from_slice(&body).map_err(bad_json)?;
-        if let Some(o) = v.as_object_mut() {
-            o.insert("model".into(), Value::String(upstream_name));
+}
+
+/// Read a body to proxy (at most `body_limit`) and route it; `Reply` for what cannot be.
+async fn read_and_route(
+    snap: &Snapshot,
+    session: &mut Session,
+    endpoint: Endpoint,
+) -> Result<Box<Routed>, Reply> {
+    auth::authorize_client(snap, &session.req_header().headers).map_err(Reply::from)?;
+    continue_if_expected(session).await;
+    let body = match read_body(session, snap.config.body_limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            session.set_keepalive(None);
+            return Err(e.into());
         }
-        Bytes::from(serde_json::to_vec(&v).map_err(|_| {
-            ApiError::new(
-                ErrorKind::Server,
-                "could not re-encode the request",
-                None,
-                None,
-            )
-        })?)
-    } else {
-        body
     };
-    Ok(Routed {
-        route,
+    let chat = endpoint == Endpoint::ChatCompletions;
+    let completion = chat || endpoint == Endpoint::Completions;
+    route_request(
+        &snap.routes,
+        &session.req_header().headers,
         body,
-        model,
-        stream,
-        separate_thinking,
-        hash_key,
         chat,
-    })
+        completion,
+    )
+    .map(Box::new)
+    .map_err(Reply::from)
 }
 
 /// Decide what to do with a request.
-pub async fn handle(shared: &Shared, snap: &Snapshot, session: &mut Session) -> Outcome {
+pub async fn handle(
+    shared: &Shared,
+    snap: &Snapshot,
+    session: &mut Session,
+    endpoint: Endpoint,
+) -> Outcome {
     let method = session.req_header().method.clone();
     let path = session.req_header().uri.path().to_string();
     let client_ip = session
@@ -314,47 +254,38 @@ pub async fn handle(shared: &Shared, snap: &Snapshot, session: &mut Session) -> 
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
     let is_get = method == http::Method::GET || method == http::Method::HEAD;
+    let is_post = method == http::Method::POST;
 
-    let reply = match path.as_str() {
-        "/health" if is_get => api::health(snap),
-        "/status" if is_get => api::status(shared, snap),
-        "/metrics" if is_get => api::metrics(shared, snap),
-        "/health" | "/status" | "/metrics" => method_not_allowed("GET"),
-        "/v1/models" if is_get => {
-            match admin::authorize_client(snap, &session.req_header().headers) {
+    let reply = match endpoint {
+        Endpoint::Health if is_get => api::health(snap),
+        Endpoint::Status if is_get => api::status(shared, snap),
+        Endpoint::Metrics if is_get => api::metrics(shared, snap),
+        Endpoint::Health | Endpoint::Status | Endpoint::Metrics => method_not_allowed("GET"),
+        Endpoint::Models if is_get => {
+            match auth::authorize_client(snap, &session.req_header().headers) {
                 Ok(()) => api::models(snap),
                 Err(e) => e.into(),
             }
         }
-        p if p.starts_with("/v1/models/") && is_get => {
-            match admin::authorize_client(snap, &session.req_header().headers) {
-                Ok(()) => api::model(snap, &p["/v1/models/".len()..]),
+        Endpoint::Model if is_get => {
+            match auth::authorize_client(snap, &session.req_header().headers) {
+                Ok(()) => api::model(snap, &path["/v1/models/".len()..]),
                 Err(e) => e.into(),
             }
         }
-        "/v1/models" => method_not_allowed("GET"),
-        "/v1/chat/completions" | "/v1/completions" if method == http::Method::POST => {
-            if let Err(e) = admin::authorize_client(snap, &session.req_header().headers) {
-                return Outcome::Reply(e.into());
-            }
-            let body = match read_body(session, snap.config.body_limit).await {
-                Ok(b) => b,
-                Err(e) => {
-                    session.set_keepalive(None);
-                    return Outcome::Reply(e.into());
-                }
-            };
-            let chat = path == "/v1/chat/completions";
-            return match route_completion(snap, &session.req_header().headers, body, chat) {
-                Ok(r) => Outcome::Proxy(Box::new(r)),
-                Err(e) => Outcome::Reply(e.into()),
+        Endpoint::Models | Endpoint::Model => method_not_allowed("GET"),
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::OtherV1 if is_post => {
+            return match read_and_route(snap, session, endpoint).await {
+                Ok(r) => Outcome::Proxy(r),
+                Err(reply) => Outcome::Reply(reply),
             };
         }
-        "/v1/chat/completions" | "/v1/completions" => method_not_allowed("POST"),
-        "/backends/register" if method == http::Method::POST => {
-            if let Err(e) = admin::authorize(snap, &session.req_header().headers, client_ip) {
+        Endpoint::ChatCompletions | Endpoint::Completions => method_not_allowed("POST"),
+        Endpoint::Register if is_post => {
+            if let Err(e) = auth::authorize_admin(snap, &session.req_header().headers, client_ip) {
                 return Outcome::Reply(e.into());
             }
+            continue_if_expected(session).await;
             match read_body(session, 64 * 1024).await {
                 Ok(body) => match admin::register(shared, &body).await {
                     Ok(r) => r,
@@ -366,18 +297,18 @@ pub async fn handle(shared: &Shared, snap: &Snapshot, session: &mut Session) -> 
                 }
             }
         }
-        "/backends/register" => method_not_allowed("POST"),
-        p if p.starts_with("/backends/") && method == http::Method::DELETE => {
-            if let Err(e) = admin::authorize(snap, &session.req_header().headers, client_ip) {
+        Endpoint::Register => method_not_allowed("POST"),
+        Endpoint::Unregister if method == http::Method::DELETE => {
+            if let Err(e) = auth::authorize_admin(snap, &session.req_header().headers, client_ip) {
                 return Outcome::Reply(e.into());
             }
-            match admin::unregister(shared, &p["/backends/".len()..]).await {
+            match admin::unregister(shared, &path["/backends/".len()..]).await {
                 Ok(r) => r,
                 Err(e) => e.into(),
             }
         }
-        p if p.starts_with("/backends/") => method_not_allowed("DELETE"),
-        _ => ApiError::new(
+        Endpoint::Unregister => method_not_allowed("DELETE"),
+        Endpoint::OtherV1 | Endpoint::Unknown => ApiError::new(
             ErrorKind::NotFound,
             format!("Unknown endpoint {method} {path}"),
             None,

@@ -109,3 +109,83 @@ pub fn downstream_response(resp: &mut ResponseHeader) {
         resp.remove_header(name);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(url: &str, key: Option<&str>) -> Backend {
+        let def = config::BackendConfig {
+            name: "b".into(),
+            url: url.into(),
+            model_type: config::ModelType::GptOss,
+            models: vec!["m".into()],
+            weight: 1,
+            api_key: key.map(str::to_string),
+        };
+        let parsed = config::check::backend_url(url).expect("url");
+        Backend::new(
+            def,
+            crate::backend::Source::Config,
+            parsed,
+            "127.0.0.1:1".parse().expect("addr"),
+        )
+    }
+
+    #[test]
+    fn upstream_requests_lose_hop_by_hop_headers_and_client_credentials() {
+        let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).expect("req");
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("authorization", "Bearer client-key"),
+            ("expect", "100-continue"),
+            ("content-length", "999"),
+            ("x-forwarded-for", "10.1.1.1"),
+            ("x-request-id", "keep-me"),
+        ] {
+            req.insert_header(k.to_string(), v).expect("header");
+        }
+        let b = backend("http://127.0.0.1:9000/v1", Some("backend-key"));
+        upstream_request(&mut req, &b, Some("127.0.0.2".parse().expect("ip")), 42).expect("ok");
+        let get = |k: &str| {
+            req.headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        for gone in ["connection", "x-secret-hop", "keep-alive", "te", "expect"] {
+            assert_eq!(get(gone), None, "{gone} must not be forwarded");
+        }
+        assert_eq!(get("authorization").as_deref(), Some("Bearer backend-key"));
+        assert_eq!(get("content-length").as_deref(), Some("42"));
+        assert_eq!(
+            get("x-forwarded-for").as_deref(),
+            Some("10.1.1.1, 127.0.0.2")
+        );
+        assert_eq!(get("x-request-id").as_deref(), Some("keep-me"));
+        assert_eq!(get("host").as_deref(), Some("127.0.0.1:9000"));
+        assert_eq!(
+            req.uri.path(),
+            "/v1/chat/completions",
+            "a /v1 prefix is not doubled"
+        );
+    }
+
+    #[test]
+    fn responses_lose_hop_by_hop_headers_but_keep_their_framing() {
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        resp.insert_header("connection", "close, x-hop").expect("h");
+        resp.insert_header("x-hop", "1").expect("h");
+        resp.insert_header("transfer-encoding", "chunked")
+            .expect("h");
+        resp.insert_header("retry-after", "3").expect("h");
+        downstream_response(&mut resp);
+        assert!(resp.headers.get("connection").is_none());
+        assert!(resp.headers.get("x-hop").is_none());
+        assert!(resp.headers.get("transfer-encoding").is_some());
+        assert!(resp.headers.get("retry-after").is_some());
+    }
+}

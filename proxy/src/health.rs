@@ -1,5 +1,6 @@
-//! Backend health: the state machine (active checks, passive ejection, half-open probe) and
-//! the active checker.
+//! Backend health: the state machine of active checks and outlier detection (passive
+//! ejection with growing ejection times, the trial after an ejection). The active checker
+//! that feeds it is `health_check`.
 //!
 //! Why not `pingora-load-balancing`'s health checks: its `Backends` start every new backend
 //! as healthy and flip it after `consecutive_failure` failed checks, so a freshly registered
@@ -9,18 +10,11 @@
 //! exactly those rules; selection still uses pingora-load-balancing (see `policy`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use config::HealthCheckConfig;
 use parking_lot::Mutex;
-use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
-use pingora::upstreams::peer::HttpPeer;
 use serde::Serialize;
-
-use crate::backend::Backend;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -30,8 +24,8 @@ pub enum Status {
     Healthy,
     /// Failed `unhealthy_threshold` active checks.
     Unhealthy,
-    /// Failed `passive_failures` requests in a row (or its half-open probe): waits for the
-    /// cooldown, then is probed.
+    /// Failed `passive_failures` requests in a row (or its trial request): waits for its
+    /// ejection time, then is probed.
     Ejected,
     /// Probe passed after ejection; returns after `healthy_threshold` good checks.
     HalfOpen,
@@ -44,6 +38,13 @@ struct Inner {
     fail_streak: u32,
     passive_fail_streak: u32,
     ejected_at: Option<Instant>,
+    /// Ejections in a row (Envoy's ejection multiplier): the current ejection lasts
+    /// `ejection_cooldown` times this, at most `max_ejection_time`.
+    ejections: u32,
+    /// When the backend last came back from an ejection (for the multiplier's decay).
+    returned_at: Option<Instant>,
+    /// Back from an ejection, and no request has succeeded since: one failure re-ejects.
+    on_trial: bool,
     last_check: Option<SystemTime>,
     last_error: Option<String>,
 }
@@ -80,6 +81,9 @@ impl HealthState {
                 fail_streak: 0,
                 passive_fail_streak: 0,
                 ejected_at: None,
+                ejections: 0,
+                returned_at: None,
+                on_trial: false,
                 last_check: None,
                 last_error: None,
             }),
@@ -109,19 +113,49 @@ impl HealthState {
     }
 
     fn set(&self, i: &mut Inner, status: Status) {
+        let was_ejected = matches!(i.status, Status::Ejected | Status::HalfOpen);
         i.status = status;
-        if status == Status::Ejected {
-            i.ejected_at = Some(Instant::now());
+        if status == Status::Healthy && was_ejected {
+            i.on_trial = true;
+            i.returned_at = Some(Instant::now());
         }
         self.routable
             .store(status == Status::Healthy, Ordering::Release);
     }
 
-    /// Whether the active checker should probe now (false while an ejection cools down).
+    /// Eject: the multiplier first decays by one for each `ejection_cooldown` the backend
+    /// stayed in (as Envoy decrements it for each interval without an ejection), then grows
+    /// by one.
+    fn eject(&self, i: &mut Inner, cfg: &HealthCheckConfig) {
+        if let (Some(back), false) = (i.returned_at, cfg.ejection_cooldown.is_zero()) {
+            let quiet = (back.elapsed().as_nanos() / cfg.ejection_cooldown.as_nanos()) as u32;
+            i.ejections = i.ejections.saturating_sub(quiet);
+        }
+        i.ejections = i.ejections.saturating_add(1);
+        i.ok_streak = 0;
+        i.on_trial = false;
+        i.ejected_at = Some(Instant::now());
+        self.set(i, Status::Ejected);
+    }
+
+    /// How long the current ejection lasts: `ejection_cooldown` times the ejections in a
+    /// row, at most `max_ejection_time` (Envoy's outlier detection).
+    pub fn ejection_time(&self, cfg: &HealthCheckConfig) -> Duration {
+        let i = self.inner.lock();
+        Self::ejection_time_of(&i, cfg)
+    }
+
+    fn ejection_time_of(i: &Inner, cfg: &HealthCheckConfig) -> Duration {
+        cfg.ejection_cooldown
+            .saturating_mul(i.ejections.max(1))
+            .min(cfg.max_ejection_time.max(cfg.ejection_cooldown))
+    }
+
+    /// Whether the active checker should probe now (false while an ejection lasts).
     pub fn due_for_check(&self, cfg: &HealthCheckConfig) -> bool {
         let i = self.inner.lock();
         match (i.status, i.ejected_at) {
-            (Status::Ejected, Some(at)) => at.elapsed() >= cfg.ejection_cooldown,
+            (Status::Ejected, Some(at)) => at.elapsed() >= Self::ejection_time_of(&i, cfg),
             _ => true,
         }
     }
@@ -148,6 +182,7 @@ impl HealthState {
                     // This good check is the half-open probe after the cooldown.
                     Status::Ejected => {
                         i.passive_fail_streak = 0;
+                        i.ok_streak = i.ok_streak.max(1);
                         if i.ok_streak >= cfg.healthy_threshold {
                             self.set(&mut i, Status::Healthy)
                         } else {
@@ -165,7 +200,11 @@ impl HealthState {
                     Status::Healthy if i.fail_streak >= cfg.unhealthy_threshold => {
                         self.set(&mut i, Status::Unhealthy)
                     }
-                    Status::HalfOpen | Status::Ejected => self.set(&mut i, Status::Ejected),
+                    Status::HalfOpen => {
+                        i.ejected_at = Some(Instant::now());
+                        self.set(&mut i, Status::Ejected)
+                    }
+                    Status::Ejected => i.ejected_at = Some(Instant::now()),
                     _ => {}
                 }
             }
@@ -173,158 +212,32 @@ impl HealthState {
         (i.status != before).then_some(i.status)
     }
 
-    /// A request to this backend failed (connect error, timeout, 5xx, broken stream).
+    /// A request to this backend failed (connect error, timeout, 5xx, broken stream),
+    /// whatever its `/health` says. `passive_failures` in a row eject it; on trial after an
+    /// ejection, one failure does. Returns `Some(Ejected)` when this ejected it.
     pub fn on_request_failure(&self, cfg: &HealthCheckConfig, why: &str) -> Option<Status> {
         let mut i = self.inner.lock();
         i.passive_fail_streak = i.passive_fail_streak.saturating_add(1);
         i.last_error = Some(why.to_string());
-        if i.status == Status::Healthy && i.passive_fail_streak >= cfg.passive_failures {
-            i.ok_streak = 0;
-            self.set(&mut i, Status::Ejected);
+        if i.status == Status::Healthy
+            && (i.on_trial || i.passive_fail_streak >= cfg.passive_failures)
+        {
+            self.eject(&mut i, cfg);
             return Some(Status::Ejected);
         }
         None
     }
 
+    /// A request to this backend succeeded: the failure streak and any trial end.
     pub fn on_request_success(&self) {
         let mut i = self.inner.lock();
         i.passive_fail_streak = 0;
+        i.on_trial = false;
     }
-}
 
-/// The queue depth a backend reports in its health JSON, under any of the names servers use.
-pub fn parse_queue_depth(body: &[u8]) -> Option<u64> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let num = |v: &serde_json::Value| v.as_u64().or_else(|| v.as_f64().map(|f| f.max(0.0) as u64));
-    const KEYS: &[&str] = &[
-        "queue_depth",
-        "queue_size",
-        "queued",
-        "waiting",
-        "pending",
-        "queue_length",
-    ];
-    for k in KEYS {
-        if let Some(n) = v.get(*k).and_then(num) {
-            return Some(n);
-        }
-    }
-    let q = v.get("queue")?;
-    if let Some(n) = num(q) {
-        return Some(n);
-    }
-    // gpt-oss-server: {"queue": {"running", "waiting", ...}}: requests ahead of a new one.
-    if let Some(w) = q.get("waiting").and_then(num) {
-        return Some(w.saturating_add(q.get("running").and_then(num).unwrap_or(0)));
-    }
-    for k in KEYS.iter().chain(&["depth", "size", "length"]) {
-        if let Some(n) = q.get(*k).and_then(num) {
-            return Some(n);
-        }
-    }
-    None
-}
-
-/// One GET of the health path. Ok(body) on a 2xx.
-pub async fn probe(
-    connector: &Connector,
-    backend: &Backend,
-    cfg: &HealthCheckConfig,
-    tls: &config::UpstreamTlsConfig,
-) -> Result<Bytes, String> {
-    let fut = async {
-        let mut peer = HttpPeer::new(backend.addr, backend.url.tls, backend.url.host.clone());
-        peer.options.verify_cert = tls.verify;
-        peer.options.verify_hostname = tls.verify;
-        peer.options.connection_timeout = Some(cfg.timeout);
-        peer.options.read_timeout = Some(cfg.timeout);
-        peer.options.write_timeout = Some(cfg.timeout);
-        let (mut s, _reused) = connector
-            .get_http_session(&peer)
-            .await
-            .map_err(|e| format!("connect: {}", e.etype().as_str()))?;
-        let path = format!("{}{}", backend.url.prefix, cfg.path);
-        let mut req = RequestHeader::build("GET", path.as_bytes(), None)
-            .map_err(|e| format!("request: {e}"))?;
-        req.insert_header("host", backend.url.authority())
-            .map_err(|e| format!("request: {e}"))?;
-        req.insert_header("user-agent", "gpt-oss-lb-health")
-            .map_err(|e| format!("request: {e}"))?;
-        if let Some(key) = &backend.def.api_key {
-            req.insert_header("authorization", format!("Bearer {key}"))
-                .map_err(|_| "request: invalid api key header".to_string())?;
-        }
-        s.write_request_header(Box::new(req))
-            .await
-            .map_err(|e| format!("write: {}", e.etype().as_str()))?;
-        s.finish_request_body()
-            .await
-            .map_err(|e| format!("write: {}", e.etype().as_str()))?;
-        s.read_response_header()
-            .await
-            .map_err(|e| format!("read: {}", e.etype().as_str()))?;
-        let status = s.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
-        let mut body = Vec::new();
-        while let Some(chunk) = s
-            .read_response_body()
-            .await
-            .map_err(|e| format!("read body: {}", e.etype().as_str()))?
-        {
-            body.extend_from_slice(&chunk);
-            if body.len() > 64 * 1024 {
-                break;
-            }
-        }
-        if (200..300).contains(&status) {
-            Ok(Bytes::from(body))
-        } else {
-            Err(format!("health endpoint answered {status}"))
-        }
-    };
-    match tokio::time::timeout(cfg.timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("timed out after {}ms", cfg.timeout.as_millis())),
-    }
-}
-
-/// Check one backend and record the result.
-pub async fn check_one(
-    connector: &Connector,
-    backend: Arc<Backend>,
-    cfg: &HealthCheckConfig,
-    tls: &config::UpstreamTlsConfig,
-) {
-    if !backend.health.due_for_check(cfg) {
-        return;
-    }
-    let result = probe(connector, &backend, cfg, tls).await;
-    let outcome = match result {
-        Ok(body) => {
-            backend.set_queue_depth(parse_queue_depth(&body));
-            Ok(())
-        }
-        Err(e) => Err(e),
-    };
-    let err_text = outcome.as_ref().err().cloned();
-    if let Some(status) = backend.health.on_check(outcome, cfg) {
-        tracing::info!(
-            backend = backend.name(),
-            ?status,
-            error = err_text.as_deref(),
-            "health changed"
-        );
-    }
-}
-
-/// The interval to the next round: short while some backend is pending or half-open.
-pub fn next_delay(backends: &[Arc<Backend>], cfg: &HealthCheckConfig) -> Duration {
-    let fast = backends
-        .iter()
-        .any(|b| matches!(b.health.status(), Status::Pending | Status::HalfOpen));
-    if fast {
-        cfg.interval.min(Duration::from_millis(500))
-    } else {
-        cfg.interval
+    /// Whether the backend is back from an ejection and on trial.
+    pub fn on_trial(&self) -> bool {
+        self.inner.lock().on_trial
     }
 }
 
@@ -370,6 +283,58 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_whose_health_is_fine_but_whose_requests_fail_is_re_ejected_by_one_trial() {
+        let mut c = cfg();
+        c.passive_failures = 3;
+        c.ejection_cooldown = Duration::from_millis(0);
+        let h = HealthState::new();
+        h.on_check(Ok(()), &c);
+        for _ in 0..2 {
+            assert_eq!(h.on_request_failure(&c, "500"), None);
+        }
+        assert_eq!(h.on_request_failure(&c, "500"), Some(Status::Ejected));
+        h.on_check(Ok(()), &c);
+        assert!(
+            h.routable() && h.on_trial(),
+            "back on trial after a good check"
+        );
+        assert_eq!(
+            h.on_request_failure(&c, "500"),
+            Some(Status::Ejected),
+            "one failed trial request re-ejects"
+        );
+        h.on_check(Ok(()), &c);
+        h.on_request_success();
+        assert!(!h.on_trial(), "a good trial request ends the trial");
+        assert_eq!(
+            h.on_request_failure(&c, "500"),
+            None,
+            "then the streak counts again"
+        );
+    }
+
+    #[test]
+    fn ejection_time_grows_with_repeated_ejections_up_to_the_cap() {
+        let mut c = cfg();
+        c.passive_failures = 1;
+        c.ejection_cooldown = Duration::from_secs(10);
+        c.max_ejection_time = Duration::from_secs(25);
+        let h = HealthState::new();
+        h.on_check(Ok(()), &c);
+        h.on_request_failure(&c, "x");
+        assert_eq!(h.ejection_time(&c), Duration::from_secs(10));
+        // Pretend the ejection ended: a good check returns it on trial, the trial fails.
+        h.inner.lock().ejected_at = Some(Instant::now() - Duration::from_secs(11));
+        h.on_check(Ok(()), &c);
+        h.on_request_failure(&c, "x");
+        assert_eq!(h.ejection_time(&c), Duration::from_secs(20));
+        h.inner.lock().ejected_at = Some(Instant::now() - Duration::from_secs(21));
+        h.on_check(Ok(()), &c);
+        h.on_request_failure(&c, "x");
+        assert_eq!(h.ejection_time(&c), Duration::from_secs(25), "capped");
+    }
+
+    #[test]
     fn cooldown_defers_the_probe() {
         let mut c = cfg();
         c.passive_failures = 1;
@@ -378,16 +343,5 @@ mod tests {
         h.on_check(Ok(()), &c);
         h.on_request_failure(&c, "x");
         assert!(!h.due_for_check(&c), "no probe during the cooldown");
-    }
-
-    #[test]
-    fn queue_depth_is_read_from_common_shapes() {
-        assert_eq!(parse_queue_depth(br#"{"queue_depth": 3}"#), Some(3));
-        assert_eq!(
-            parse_queue_depth(br#"{"queue": {"waiting": 2, "active": 1}}"#),
-            Some(2)
-        );
-        assert_eq!(parse_queue_depth(br#"{"status":"ok"}"#), None);
-        assert_eq!(parse_queue_depth(b"not json"), None);
     }
 }

@@ -196,7 +196,7 @@ fn main() -> anyhow::Result<()> {
     server.bootstrap();
 
     let mut proxy =
-        pingora::proxy::http_proxy_service(&server.configuration, Lb::new(shared.clone(), 1024));
+        pingora::proxy::http_proxy_service(&server.configuration, Lb::new(shared.clone()));
     proxy.add_tcp(&listen);
     server.add_service(proxy);
     server.add_service(pingora::services::background::background_service(

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::state::Snapshot;
+use crate::backend::Backend;
 
 const BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -54,7 +54,7 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    pub fn render(&self, snap: &Snapshot) -> String {
+    pub fn render(&self, backends: &[std::sync::Arc<Backend>], generation: u64) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -140,7 +140,7 @@ impl Metrics {
             "# HELP gpt_oss_lb_backend_healthy 1 when the backend receives traffic."
         );
         let _ = writeln!(out, "# TYPE gpt_oss_lb_backend_healthy gauge");
-        for b in &snap.backends {
+        for b in backends {
             let _ = writeln!(
                 out,
                 "gpt_oss_lb_backend_healthy{{backend=\"{}\"}} {}",
@@ -153,7 +153,7 @@ impl Metrics {
             "# HELP gpt_oss_lb_backend_inflight Requests in flight, by backend."
         );
         let _ = writeln!(out, "# TYPE gpt_oss_lb_backend_inflight gauge");
-        for b in &snap.backends {
+        for b in backends {
             let _ = writeln!(
                 out,
                 "gpt_oss_lb_backend_inflight{{backend=\"{}\"}} {}",
@@ -166,7 +166,7 @@ impl Metrics {
             "# HELP gpt_oss_lb_backend_requests_total Attempts sent, by backend."
         );
         let _ = writeln!(out, "# TYPE gpt_oss_lb_backend_requests_total counter");
-        for b in &snap.backends {
+        for b in backends {
             let _ = writeln!(
                 out,
                 "gpt_oss_lb_backend_requests_total{{backend=\"{}\"}} {}",
@@ -179,7 +179,7 @@ impl Metrics {
             "# HELP gpt_oss_lb_backend_latency_ewma_seconds Time to response header (EWMA)."
         );
         let _ = writeln!(out, "# TYPE gpt_oss_lb_backend_latency_ewma_seconds gauge");
-        for b in &snap.backends {
+        for b in backends {
             if let Some(d) = b.latency_ewma() {
                 let _ = writeln!(
                     out,
@@ -194,7 +194,7 @@ impl Metrics {
             "# HELP gpt_oss_lb_backend_queue_depth Queue depth reported by the backend."
         );
         let _ = writeln!(out, "# TYPE gpt_oss_lb_backend_queue_depth gauge");
-        for b in &snap.backends {
+        for b in backends {
             if let Some(q) = b.queue_depth() {
                 let _ = writeln!(
                     out,
@@ -203,7 +203,7 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(out, "# HELP gpt_oss_lb_config_generation Snapshot generation in force.\n# TYPE gpt_oss_lb_config_generation gauge\ngpt_oss_lb_config_generation {}", snap.generation);
+        let _ = writeln!(out, "# HELP gpt_oss_lb_config_generation Snapshot generation in force.\n# TYPE gpt_oss_lb_config_generation gauge\ngpt_oss_lb_config_generation {}", generation);
         out
     }
 }

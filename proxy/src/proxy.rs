@@ -2,6 +2,7 @@
 //! endpoints, validation, routing), `state::Route::select` (policies), `headers` (request and
 //! response rewriting), `stream`/`rewrite` (bodies), `health` (passive checks), `metrics`.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,51 +14,68 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use pingora::connectors::http::Connector;
-use pingora::connectors::ConnectorOptions;
-
 use crate::backend::{Backend, InflightGuard};
-use crate::dispatch::{self, Outcome, Routed};
+use crate::dispatch::{self, Outcome as Dispatch};
 use crate::error::{write_reply, ApiError, Reply};
+use crate::failover::{self, Facts, Outcome, Verdict};
 use crate::rewrite::{self, RewriteOptions};
+use crate::routing::Routed;
 use crate::state::{Shared, Snapshot};
 use crate::stream::ResponseState;
 
 pub struct Lb {
     pub shared: Arc<Shared>,
-    /// Upstream connections of non-streaming requests (`buffered`); streams use Pingora's
-    /// proxy path and its own connector. Both trust `upstream_tls.ca_file`.
-    pub(crate) connector: Connector,
 }
 
 impl Lb {
-    pub fn new(shared: Arc<Shared>, pool_size: usize) -> Lb {
-        let mut options = ConnectorOptions::new(pool_size);
-        options.ca_file = shared.load().config.upstream_tls.ca_file.clone();
-        Lb {
-            shared,
-            connector: Connector::new(Some(options)),
-        }
+    pub fn new(shared: Arc<Shared>) -> Lb {
+        Lb { shared }
     }
 }
 
-/// Per-request state.
+/// Per-request state: what the request is, and its current attempt.
 pub struct Ctx {
+    request: RequestCtx,
+    /// The current attempt; replaced whole by each `upstream_peer`.
+    attempt: Option<Attempt>,
+}
+
+/// The request's part of the context, kept across attempts.
+struct RequestCtx {
     started: Instant,
     endpoint: &'static str,
     /// The snapshot this request was admitted under; kept for its whole life.
-    pub(crate) snap: Option<Arc<Snapshot>>,
-    pub(crate) routed: Option<Box<Routed>>,
+    snap: Option<Arc<Snapshot>>,
+    routed: Option<Box<Routed>>,
     /// Attempts made so far.
-    pub(crate) attempt: u32,
-    pub(crate) tried: Vec<String>,
-    /// The backend of the current attempt, holding one in-flight slot.
-    pub(crate) current: Option<InflightGuard>,
-    attempt_started: Option<Instant>,
+    attempts: u32,
+    tried: Vec<String>,
+    /// The error to report if the request fails for good.
+    failure: Option<ApiError>,
+}
+
+/// One attempt at one backend.
+struct Attempt {
+    /// The backend, holding one in-flight slot until the attempt is replaced or the request
+    /// ends.
+    guard: InflightGuard,
+    started: Instant,
     body_sent: bool,
     response: Option<ResponseState>,
-    /// The error to report if the request fails.
-    pub(crate) failure: Option<ApiError>,
+}
+
+impl Attempt {
+    fn backend(&self) -> &Arc<Backend> {
+        self.guard.backend()
+    }
+}
+
+/// Whether a response byte reached the client: a header other than an informational one
+/// (`100 Continue` is written before the body is read).
+fn response_started(session: &Session) -> bool {
+    session
+        .response_written()
+        .is_some_and(|h| !h.status.is_informational())
 }
 
 /// The peer for one attempt at `backend`: TLS trust, and the timeouts. Pingora applies one
@@ -77,34 +95,44 @@ pub(crate) fn peer_for(backend: &Backend, cfg: &config::Config, stream: bool) ->
     peer
 }
 
-/// Map a Pingora error to what the client sees.
-pub(crate) fn classify(e: &Error, backend: Option<&str>) -> ApiError {
-    let who = backend
-        .map(|b| format!("backend '{b}'"))
-        .unwrap_or_else(|| "the backend".into());
-    match e.etype() {
-        ErrorType::ConnectTimedout => ApiError::new(
+/// The client's error for an attempt that ended this way at backend `who`.
+fn attempt_error(outcome: &Outcome, e: &Error, who: &str) -> ApiError {
+    match outcome {
+        Outcome::ConnectFailed if e.etype() == &ErrorType::ConnectTimedout => ApiError::new(
             ErrorKind::Timeout,
-            format!("connecting to {who} timed out"),
+            format!("connecting to backend '{who}' timed out"),
             None,
             Some("upstream_connect_timeout"),
         ),
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => ApiError::new(
+        Outcome::ConnectFailed => ApiError::new(
+            ErrorKind::BadGateway,
+            format!("could not connect to backend '{who}'"),
+            None,
+            Some("upstream_connect_error"),
+        ),
+        Outcome::TimedOut => ApiError::new(
             ErrorKind::Timeout,
-            format!("{who} did not answer in time"),
+            format!("backend '{who}' did not answer in time"),
             None,
             Some("upstream_timeout"),
         ),
-        ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => {
-            ApiError::new(
-                ErrorKind::BadGateway,
-                format!("could not connect to {who}"),
-                None,
-                Some("upstream_connect_error"),
-            )
-        }
-        ErrorType::HTTPStatus(code) if *code >= 400 => {
-            let kind = match code {
+        Outcome::ResetAfterDelivery => ApiError::new(
+            ErrorKind::BadGateway,
+            format!(
+                "backend '{who}' closed the connection before answering ({})",
+                e.etype().as_str()
+            ),
+            None,
+            Some("upstream_error"),
+        ),
+        Outcome::BadContentType => ApiError::new(
+            ErrorKind::BadGateway,
+            format!("backend '{who}' answered with an unexpected content type"),
+            None,
+            Some("upstream_bad_response"),
+        ),
+        Outcome::Status { status, .. } => {
+            let kind = match status {
                 429 => ErrorKind::RateLimit,
                 503 => ErrorKind::Unavailable,
                 504 => ErrorKind::Timeout,
@@ -112,91 +140,97 @@ pub(crate) fn classify(e: &Error, backend: Option<&str>) -> ApiError {
             };
             let mut err = ApiError::new(
                 kind,
-                format!("{who} answered {code}"),
+                format!("backend '{who}' answered {status}"),
                 None,
                 Some("upstream_error"),
             );
-            err.status = *code;
+            err.status = *status;
             err
         }
-        _ if *e.esource() == ErrorSource::Downstream => ApiError::new(
-            ErrorKind::InvalidRequest,
-            "the client connection failed",
-            None,
-            Some("client_error"),
-        ),
-        _ => ApiError::new(
-            ErrorKind::BadGateway,
-            format!("{who} failed: {}", e.etype().as_str()),
-            None,
-            Some("upstream_error"),
-        ),
     }
 }
 
+/// What a Pingora error during an attempt means for failover; `None` for the client's side.
+fn outcome_of(e: &Error) -> Option<Outcome> {
+    if *e.esource() == ErrorSource::Downstream {
+        return None;
+    }
+    Some(match e.etype() {
+        ErrorType::ConnectTimedout
+        | ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::ConnectProxyFailure
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert => Outcome::ConnectFailed,
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => Outcome::TimedOut,
+        _ => Outcome::ResetAfterDelivery,
+    })
+}
+
 impl Lb {
-    pub(crate) fn backoff(&self, cfg: &config::RetryConfig, attempt: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(attempt.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        cfg.backoff.saturating_mul(factor).min(cfg.max_backoff)
-    }
-
-    /// Whether another attempt is allowed and safe: attempts remain, nothing was sent to the
-    /// client yet, and the error came from the backend.
-    fn may_retry(&self, session: &Session, ctx: &Ctx, e: &Error) -> bool {
-        let Some(snap) = &ctx.snap else { return false };
-        ctx.routed.is_some()
-            && ctx.attempt < snap.config.retries.max_attempts
-            && session.response_written().is_none()
-            && *e.esource() != ErrorSource::Downstream
-    }
-
-    /// The error for a request with no backend left to try: the last attempt's failure, or
-    /// 503 when none could be tried.
-    pub(crate) fn final_failure(&self, ctx: &mut Ctx, model: &str) -> ApiError {
-        match ctx.failure.take() {
-            Some(mut last) if ctx.attempt > 0 => {
-                last.body.error.message = format!(
-                    "all {} attempt(s) failed; last error: {}",
-                    ctx.attempt, last.body.error.message
-                );
-                last
-            }
-            _ => ApiError::new(
-                ErrorKind::Unavailable,
-                format!("no healthy backend for model `{model}`"),
-                Some("model"),
-                Some("no_healthy_backend"),
-            ),
+    /// The facts of a verdict for the current attempt.
+    fn facts(&self, session: &Session, ctx: &Ctx) -> Facts {
+        let r = &ctx.request;
+        let cfg = r.snap.as_ref().map(|s| &s.config.retries);
+        Facts {
+            attempts: r.attempts,
+            max_attempts: cfg.map_or(1, |c| c.max_attempts),
+            another_backend: r
+                .routed
+                .as_ref()
+                .is_some_and(|routed| routed.route.has_untried(&r.tried)),
+            response_started: response_started(session),
+            replay_after_reset: cfg.is_none_or(|c| c.replay_after_reset),
         }
     }
 
-    /// Record a failed attempt against the current backend (passive health).
-    pub(crate) fn attempt_failed(&self, ctx: &mut Ctx, e: &Error) {
-        let Some(guard) = ctx.current.as_ref() else {
+    /// Record how the current attempt went: outlier detection, metrics, `Retry-After`, and
+    /// the error the client gets if no later attempt succeeds.
+    fn record(&self, ctx: &mut Ctx, outcome: &Outcome, e: &Error) {
+        let Some(attempt) = ctx.attempt.as_ref() else {
             return;
         };
-        let b = guard.backend().clone();
-        if *e.esource() == ErrorSource::Downstream {
-            return;
+        let b = attempt.backend().clone();
+        if let Outcome::Status {
+            status: 429,
+            retry_after: Some(d),
+        } = outcome
+        {
+            b.hold_off(*d);
         }
+        if failover::counts_against_backend(outcome) {
+            self.count_failure(ctx, &b, e.etype().as_str());
+        }
+        ctx.request.failure = Some(attempt_error(outcome, e, b.name()));
+    }
+
+    fn count_failure(&self, ctx: &Ctx, b: &Backend, why: &str) {
         b.record_error();
         self.shared.metrics.record_upstream_failure(b.name());
-        if let Some(snap) = &ctx.snap {
-            if let Some(status) = b
-                .health
-                .on_request_failure(&snap.config.health_check, e.etype().as_str())
-            {
+        if let Some(snap) = &ctx.request.snap {
+            if let Some(status) = b.health.on_request_failure(&snap.config.health_check, why) {
                 tracing::warn!(
                     backend = b.name(),
                     ?status,
-                    error = e.etype().as_str(),
-                    "backend ejected after consecutive failures"
+                    error = why,
+                    ejection_ms = b
+                        .health
+                        .ejection_time(&snap.config.health_check)
+                        .as_millis() as u64,
+                    "backend ejected (outlier detection)"
                 );
             }
         }
-        ctx.failure = Some(classify(e, Some(b.name())));
+    }
+
+    /// Decide an attempt's outcome: record it, and mark `e` retryable or not.
+    fn judge(&self, session: &Session, ctx: &mut Ctx, outcome: &Outcome, e: &mut Error) -> Verdict {
+        self.record(ctx, outcome, e);
+        let v = failover::verdict(outcome, &self.facts(session, ctx));
+        e.set_retry(v == Verdict::Retry);
+        v
     }
 }
 
@@ -206,42 +240,36 @@ impl ProxyHttp for Lb {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
-            started: Instant::now(),
-            endpoint: "other",
-            snap: None,
-            routed: None,
-            attempt: 0,
-            tried: Vec::new(),
-            current: None,
-            attempt_started: None,
-            body_sent: false,
-            response: None,
-            failure: None,
+            request: RequestCtx {
+                started: Instant::now(),
+                endpoint: "other",
+                snap: None,
+                routed: None,
+                attempts: 0,
+                tried: Vec::new(),
+                failure: None,
+            },
+            attempt: None,
         }
     }
 
     /// Runs first for every request. Answers local endpoints (health, status, models, metrics,
-    /// admin) and invalid requests itself (returns `Ok(true)`); for a valid completion request
-    /// it stores the routed request in the context and returns `Ok(false)` to proxy it.
+    /// admin) and invalid requests itself (returns `Ok(true)`); for a valid request to proxy
+    /// (streamed or not) it stores the routed request in the context and returns `Ok(false)`:
+    /// every proxied request then takes the same phases and the same attempt loop.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snap = self.shared.load();
-        ctx.snap = Some(snap.clone());
-        let req = session.req_header();
-        ctx.endpoint = dispatch::endpoint_name(&req.method, req.uri.path());
-        match dispatch::handle(&self.shared, &snap, session).await {
-            Outcome::Reply(reply) => {
+        ctx.request.snap = Some(snap.clone());
+        let endpoint = dispatch::Endpoint::of(session.req_header());
+        ctx.request.endpoint = endpoint.name();
+        match dispatch::handle(&self.shared, &snap, session, endpoint).await {
+            Dispatch::Reply(reply) => {
                 write_reply(session, reply).await?;
                 Ok(true)
             }
-            Outcome::Proxy(routed) if routed.stream => {
-                ctx.routed = Some(routed);
+            Dispatch::Proxy(routed) => {
+                ctx.request.routed = Some(routed);
                 Ok(false)
-            }
-            // Non-streaming: read the whole answer, check it, then send it.
-            Outcome::Proxy(routed) => {
-                ctx.routed = Some(routed);
-                crate::buffered::forward(self, session, ctx).await?;
-                Ok(true)
             }
         }
     }
@@ -249,42 +277,40 @@ impl ProxyHttp for Lb {
     /// Runs once per attempt. Picks a healthy backend not tried yet with the route's policy
     /// (after a backoff on retries) and returns its peer; an error here ends the request.
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let (Some(snap), Some(routed)) = (ctx.snap.clone(), ctx.routed.as_ref()) else {
+        let r = &mut ctx.request;
+        let (Some(snap), Some(routed)) = (r.snap.clone(), r.routed.as_ref()) else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no routed request",
             ));
         };
         let cfg = &snap.config;
-        if ctx.attempt > 0 {
-            self.shared
-                .metrics
-                .retries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tokio::time::sleep(self.backoff(&cfg.retries, ctx.attempt)).await;
+        if r.attempts > 0 {
+            self.shared.metrics.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(failover::backoff(&cfg.retries, r.attempts)).await;
         }
-        let Some(backend) = routed.route.select(&ctx.tried, routed.hash_key.as_deref()) else {
-            let model = routed.model.clone();
-            let err = self.final_failure(ctx, &model);
+        let Some(backend) = routed.route.select(&r.tried, routed.hash_key.as_deref()) else {
+            let err = failover::final_failure(r.failure.take(), r.attempts, &routed.model);
             let status = err.status;
-            ctx.failure = Some(err);
+            r.failure = Some(err);
             return Err(Error::explain(
                 ErrorType::HTTPStatus(status),
                 "no backend left to try",
             ));
         };
-        ctx.attempt += 1;
-        ctx.tried.push(backend.name().to_string());
-        ctx.current = Some(backend.start_request());
-        ctx.attempt_started = Some(Instant::now());
-        ctx.body_sent = false;
-        ctx.response = None;
+        r.attempts += 1;
+        r.tried.push(backend.name().to_string());
+        let peer = peer_for(&backend, cfg, routed.stream);
+        ctx.attempt = Some(Attempt {
+            guard: backend.start_request(),
+            started: Instant::now(),
+            body_sent: false,
+            response: None,
+        });
         self.shared
             .metrics
             .upstream_attempts
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-
-        let peer = peer_for(&backend, cfg, routed.stream);
+            .fetch_add(1, Ordering::Relaxed);
         Ok(Box::new(peer))
     }
 
@@ -296,7 +322,8 @@ impl ProxyHttp for Lb {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let (Some(guard), Some(routed)) = (ctx.current.as_ref(), ctx.routed.as_ref()) else {
+        let (Some(attempt), Some(routed)) = (ctx.attempt.as_ref(), ctx.request.routed.as_ref())
+        else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no backend selected",
@@ -306,7 +333,7 @@ impl ProxyHttp for Lb {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        crate::headers::upstream_request(req, guard.backend(), client_ip, routed.body.len())
+        crate::headers::upstream_request(req, attempt.backend(), client_ip, routed.body.len())
     }
 
     /// Runs for each request body piece sent upstream. The body was read whole in
@@ -319,20 +346,22 @@ impl ProxyHttp for Lb {
         _end: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(routed) = ctx.routed.as_ref() {
-            *body = if ctx.body_sent {
+        if let (Some(routed), Some(attempt)) = (ctx.request.routed.as_ref(), ctx.attempt.as_mut()) {
+            *body = if attempt.body_sent {
                 None
             } else {
                 Some(routed.body.clone())
             };
-            ctx.body_sent = true;
+            attempt.body_sent = true;
         }
         Ok(())
     }
 
     /// Runs when the backend's response header arrives, before anything reaches the client.
-    /// 502/503/429 become a retryable error while attempts remain (failover); otherwise the
-    /// header is cleaned and the body handling for this response is set up.
+    /// The status and content type are judged (`failover::verdict`): a retryable answer
+    /// (429, 5xx, a 2xx of the wrong content type) becomes a retryable error while another
+    /// backend and attempts remain; otherwise the header is cleaned and the body handling
+    /// (checking, rewriting) is set up.
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
@@ -340,39 +369,57 @@ impl ProxyHttp for Lb {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = resp.status.as_u16();
-        let Some(backend) = ctx.current.as_ref().map(|g| g.backend().clone()) else {
+        let Some(backend) = ctx.attempt.as_ref().map(|a| a.backend().clone()) else {
             return Ok(());
         };
-        if let Some(t) = ctx.attempt_started {
-            backend.record_latency(t.elapsed());
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        if let Some(a) = ctx.attempt.as_ref() {
+            backend.record_latency(a.started.elapsed());
         }
         let content_type = resp
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_ascii_lowercase);
-        // Only streams come this way (`buffered` takes the rest): a 2xx answer must be SSE;
-        // an HTML page or a binary body is a broken backend. Nothing reached the client yet,
-        // so it is a 502 that counts against the backend and is retried elsewhere while
-        // attempts remain.
-        let expected = "text/event-stream";
-        if (200..300).contains(&status)
-            && ctx.routed.is_some()
+        let stream = ctx.request.routed.as_ref().is_some_and(|r| r.stream);
+        let checked = ctx.request.routed.as_ref().is_some_and(|r| r.completion);
+        let expected = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let outcome = if (200..300).contains(&status)
+            && checked
             && !content_type
                 .as_deref()
                 .is_some_and(|c| c.starts_with(expected))
         {
-            let got = content_type.clone().unwrap_or_else(|| "none".into());
-            let mut e = Error::explain(
-                ErrorType::HTTPStatus(502),
-                format!(
-                    "backend {} answered {status} with content-type {got}",
-                    backend.name()
+            Outcome::BadContentType
+        } else {
+            Outcome::Status {
+                status,
+                retry_after: failover::parse_retry_after(
+                    resp.headers
+                        .get(http::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok()),
                 ),
-            );
-            e.esource = ErrorSource::Upstream;
-            self.attempt_failed(ctx, &e);
-            ctx.failure = Some(ApiError::new(
+            }
+        };
+        let mut e = Error::explain(
+            ErrorType::HTTPStatus(if outcome == Outcome::BadContentType {
+                502
+            } else {
+                status
+            }),
+            format!("backend {} answered {status}", backend.name()),
+        );
+        e.esource = ErrorSource::Upstream;
+        let verdict = self.judge(session, ctx, &outcome, &mut e);
+        if outcome == Outcome::BadContentType {
+            let got = content_type.clone().unwrap_or_else(|| "none".into());
+            ctx.request.failure = Some(ApiError::new(
                 ErrorKind::BadGateway,
                 format!(
                     "backend '{}' answered with content-type `{got}` instead of `{expected}`",
@@ -381,67 +428,49 @@ impl ProxyHttp for Lb {
                 None,
                 Some("upstream_bad_response"),
             ));
-            let another = ctx
-                .routed
-                .as_ref()
-                .is_some_and(|r| r.route.has_untried(&ctx.tried));
-            let retry = another && self.may_retry(session, ctx, &e);
-            e.set_retry(retry);
-            return Err(e);
         }
-        let retry_status = matches!(status, 429 | 502 | 503);
-        if retry_status {
-            let mut e = Error::explain(
-                ErrorType::HTTPStatus(status),
-                format!("backend {} answered {status}", backend.name()),
-            );
-            e.esource = ErrorSource::Upstream;
-            if status != 429 {
-                self.attempt_failed(ctx, &e);
-            } else {
-                ctx.failure = Some(classify(&e, Some(backend.name())));
-            }
-            let another = ctx
-                .routed
-                .as_ref()
-                .is_some_and(|r| r.route.has_untried(&ctx.tried));
-            if another && self.may_retry(session, ctx, &e) {
-                e.set_retry(true);
-                return Err(e);
-            }
-        } else if status >= 500 {
-            let mut e = Error::explain(ErrorType::HTTPStatus(status), "backend error");
-            e.esource = ErrorSource::Upstream;
-            self.attempt_failed(ctx, &e);
-        } else if status >= 300 {
-            // A 2xx counts as a success only once its body ended well (`response_body_filter`):
-            // a stream cut short must keep counting towards ejection.
+        match verdict {
+            Verdict::Retry | Verdict::Fail => return Err(e),
+            Verdict::Deliver => ctx.request.failure = None,
+        }
+        if (300..500).contains(&status) && status != 429 {
+            // The backend answered this request: it works.
             backend.health.on_request_success();
         }
         crate::headers::downstream_response(resp);
         let sse = content_type
             .as_deref()
             .is_some_and(|c| c.starts_with("text/event-stream"));
-        let rewriter = ctx.routed.as_ref().and_then(|r| {
-            if status >= 300 {
+        let max_event_bytes = ctx
+            .request
+            .snap
+            .as_ref()
+            .map_or(rewrite::DEFAULT_MAX_EVENT_BYTES, |s| {
+                s.config.max_event_bytes
+            });
+        let rewriter = ctx.request.routed.as_ref().and_then(|r| {
+            if status >= 300 || !r.completion {
                 return None;
             }
-            rewrite::for_response(
-                backend.model_type,
-                content_type.as_deref(),
-                &RewriteOptions::from_request(&r.body, r.stream, r.chat, r.separate_thinking),
-            )
+            let mut opts =
+                RewriteOptions::from_request(&r.body, r.stream, r.chat, r.separate_thinking);
+            opts.max_event_bytes = max_event_bytes;
+            rewrite::for_response(backend.model_type, content_type.as_deref(), &opts)
         });
         if rewriter.is_some() {
             resp.remove_header("content-length");
         }
         resp.insert_header("x-gpt-oss-lb-backend", backend.name())?;
-        ctx.response = Some(ResponseState::new(status, sse, rewriter));
+        if let Some(a) = ctx.attempt.as_mut() {
+            a.response = Some(ResponseState::new(status, sse, rewriter));
+        }
         Ok(())
     }
 
-    /// Runs for each response body chunk before it goes to the client: rewriting, and ending
-    /// a stream that closed without `[DONE]` with an error event.
+    /// Runs for each response body chunk before it goes to the client: checking and
+    /// rewriting, and ending a stream that closed without `[DONE]` with an error event. An
+    /// answer that cannot be delivered (not JSON, an SSE event over the limit) counts against
+    /// the backend and ends the response with the error.
     fn response_body_filter(
         &self,
         _session: &mut Session,
@@ -449,30 +478,40 @@ impl ProxyHttp for Lb {
         end: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        if let Some(r) = ctx.response.as_mut() {
-            if r.on_body(body, end) {
+        let Some(attempt) = ctx.attempt.as_mut() else {
+            return Ok(None);
+        };
+        let backend = attempt.backend().clone();
+        let Some(r) = attempt.response.as_mut() else {
+            return Ok(None);
+        };
+        match r.on_body(body, end) {
+            Err(err) => {
+                let why = err.body.error.message.clone();
+                ctx.request.failure = Some(err);
+                self.count_failure(ctx, &backend, &why);
+                let mut e = Error::explain(ErrorType::HTTPStatus(502), why);
+                e.esource = ErrorSource::Upstream;
+                e.set_retry(false);
+                return Err(e);
+            }
+            Ok(true) => {
                 self.shared
                     .metrics
                     .streams_broken
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let (Some(g), Some(snap)) = (ctx.current.as_ref(), ctx.snap.as_ref()) {
-                    g.backend().record_error();
-                    g.backend().health.on_request_failure(
-                        &snap.config.health_check,
-                        "stream ended before [DONE]",
-                    );
-                }
-            } else if end && r.status < 300 && !r.terminated {
-                if let Some(g) = ctx.current.as_ref() {
-                    g.backend().health.on_request_success();
-                }
+                    .fetch_add(1, Ordering::Relaxed);
+                self.count_failure(ctx, &backend, "stream ended before [DONE]");
             }
+            Ok(false) if end && r.status < 300 && !r.terminated => {
+                backend.health.on_request_success();
+            }
+            Ok(false) => {}
         }
         Ok(None)
     }
 
-    /// Runs when connecting to the backend failed. Marks the error retryable (another backend
-    /// is tried with the body replayed) while attempts remain.
+    /// Runs when connecting to the backend failed: counts against it, and another backend
+    /// is tried with the body replayed while the verdict allows.
     fn fail_to_connect(
         &self,
         session: &mut Session,
@@ -480,15 +519,14 @@ impl ProxyHttp for Lb {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        self.attempt_failed(ctx, &e);
-        let retry = self.may_retry(session, ctx, &e);
-        e.set_retry(retry);
+        self.judge(session, ctx, &Outcome::ConnectFailed, &mut e);
         e
     }
 
-    /// Runs when an established attempt failed. Retry only before any response byte reached
-    /// the client; the default policy (idempotent methods only) does not apply: the body is
-    /// buffered and completions are safe to resend before a response started.
+    /// Runs when an established attempt failed. Errors the phases raised themselves (an
+    /// `HTTPStatus` from `upstream_response_filter` or `response_body_filter`) were judged
+    /// there; others are timeouts or resets, judged here. The client's side failing is
+    /// never retried.
     fn error_while_proxy(
         &self,
         _peer: &HttpPeer,
@@ -500,45 +538,54 @@ impl ProxyHttp for Lb {
         // Pingora marks errors on a reused upstream connection `ReusedOnly`; `retry()` panics
         // until that is decided (a SIGKILLed backend's pooled connections hit this).
         e.retry.decide_reuse(client_reused);
-        let retry_requested = e.retry();
-        if !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
-            self.attempt_failed(ctx, &e);
+        if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+            return e;
         }
-        let retry = self.may_retry(session, ctx, &e)
-            && (retry_requested || !matches!(e.etype(), ErrorType::HTTPStatus(_)));
-        e.set_retry(retry);
+        match outcome_of(&e) {
+            Some(outcome) => {
+                self.judge(session, ctx, &outcome, &mut e);
+            }
+            None => e.set_retry(false),
+        }
         e
     }
 
     /// Runs when the request failed for good. Before the response started: an OpenAI error
     /// JSON with the right status. After a stream started: an error event and `[DONE]`.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let backend = ctx.current.as_ref().map(|g| g.backend().name().to_string());
-        let err = ctx
-            .failure
-            .take()
-            .unwrap_or_else(|| classify(e, backend.as_deref()));
-        if session.response_written().is_some() {
+        let backend = ctx.attempt.as_ref().map(|a| a.backend().name().to_string());
+        let err = ctx.request.failure.take().unwrap_or_else(|| {
+            let who = backend.as_deref().unwrap_or("?");
+            match outcome_of(e) {
+                Some(o) => attempt_error(&o, e, who),
+                None => ApiError::new(
+                    ErrorKind::BadGateway,
+                    format!("the request failed: {}", e.etype().as_str()),
+                    None,
+                    Some("upstream_error"),
+                ),
+            }
+        });
+        if response_started(session) {
             let status = session.response_written().map_or(0, |h| h.status.as_u16());
             // A stream that ended with an error event and `[DONE]` (the request body was read
             // whole before proxying) leaves the client connection usable; closing it would
             // race the client's next request on that keep-alive connection.
             let mut ended_cleanly = false;
-            if ctx
-                .response
-                .as_ref()
-                .is_some_and(|r| r.terminated && r.done_seen())
-            {
-                ended_cleanly = session.finish_body().await.is_ok();
-            } else if let Some(frames) = ctx.response.as_mut().and_then(|r| r.termination(&err)) {
-                self.shared
-                    .metrics
-                    .streams_broken
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                match session.write_response_body(Some(frames), true).await {
-                    Ok(()) => ended_cleanly = session.finish_body().await.is_ok(),
-                    Err(we) => {
-                        tracing::debug!(error = %we, "client gone before the stream's error event")
+            let response = ctx.attempt.as_mut().and_then(|a| a.response.as_mut());
+            if let Some(r) = response {
+                if r.terminated && r.done_seen() {
+                    ended_cleanly = session.finish_body().await.is_ok();
+                } else if let Some(frames) = r.termination(&err) {
+                    self.shared
+                        .metrics
+                        .streams_broken
+                        .fetch_add(1, Ordering::Relaxed);
+                    match session.write_response_body(Some(frames), true).await {
+                        Ok(()) => ended_cleanly = session.finish_body().await.is_ok(),
+                        Err(we) => {
+                            tracing::debug!(error = %we, "client gone before the stream's error event")
+                        }
                     }
                 }
             }
@@ -571,21 +618,19 @@ impl ProxyHttp for Lb {
     /// Runs last, once per request: metrics and the access log line (no secrets, no bodies).
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |h| h.status.as_u16());
-        let proxied = ctx.routed.is_some();
-        let secs = proxied.then(|| ctx.started.elapsed().as_secs_f64());
-        self.shared
-            .metrics
-            .record_request(ctx.endpoint, status, secs);
-        let backend = ctx.current.as_ref().map(|g| g.backend().name().to_string());
-        ctx.current = None;
+        let r = &ctx.request;
+        let proxied = r.routed.is_some();
+        let secs = proxied.then(|| r.started.elapsed().as_secs_f64());
+        self.shared.metrics.record_request(r.endpoint, status, secs);
+        let backend = ctx.attempt.take().map(|a| a.backend().name().to_string());
         if proxied {
             tracing::info!(
-                endpoint = ctx.endpoint,
+                endpoint = r.endpoint,
                 status,
-                model = ctx.routed.as_ref().map(|r| r.model.as_str()),
+                model = r.routed.as_ref().map(|r| r.model.as_str()),
                 backend = backend.as_deref(),
-                attempts = ctx.attempt,
-                ms = ctx.started.elapsed().as_millis() as u64,
+                attempts = r.attempts,
+                ms = r.started.elapsed().as_millis() as u64,
                 error = e.map(|e| e.etype().as_str().to_string()),
                 "request"
             );

@@ -11,19 +11,19 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Definition;
+use config::BackendConfig;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StateFile {
     version: u32,
-    backends: Vec<Definition>,
+    backends: Vec<BackendConfig>,
 }
 
 /// The registered backends (not the config file's), by name.
 #[derive(Debug, Default)]
 pub struct Registry {
     path: Option<PathBuf>,
-    entries: BTreeMap<String, Definition>,
+    entries: BTreeMap<String, BackendConfig>,
 }
 
 impl Registry {
@@ -50,20 +50,20 @@ impl Registry {
         Ok(reg)
     }
 
-    pub fn get(&self, name: &str) -> Option<&Definition> {
+    pub fn get(&self, name: &str) -> Option<&BackendConfig> {
         self.entries.get(name)
     }
 
-    pub fn definitions(&self) -> impl Iterator<Item = &Definition> {
+    pub fn definitions(&self) -> impl Iterator<Item = &BackendConfig> {
         self.entries.values()
     }
 
     /// Insert or replace; returns the previous definition.
-    pub fn insert(&mut self, d: Definition) -> Option<Definition> {
+    pub fn insert(&mut self, d: BackendConfig) -> Option<BackendConfig> {
         self.entries.insert(d.name.clone(), d)
     }
 
-    pub fn remove(&mut self, name: &str) -> Option<Definition> {
+    pub fn remove(&mut self, name: &str) -> Option<BackendConfig> {
         self.entries.remove(name)
     }
 
@@ -116,11 +116,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn def(name: &str) -> Definition {
-        Definition {
+    fn def(name: &str) -> BackendConfig {
+        BackendConfig {
             name: name.into(),
             url: "http://127.0.0.1:9".into(),
-            model_type: "openai".into(),
+            model_type: config::ModelType::OpenAi,
             models: vec!["m".into()],
             weight: 1,
             api_key: Some("secret-key".into()),

@@ -1,8 +1,14 @@
-//! Edge rewriting of backend bodies. Backends of `model_type: openai` pass through untouched;
-//! chat completions from backends of `model_type: gpt-oss` whose `content` carries raw harmony
-//! text (`<|channel|>analysis<|message|>...`) are rewritten into the parsed OpenAI shape:
-//! `content`, `reasoning_content`/`reasoning`, `tool_calls`, and the seed's `thinking` and
-//! `parsed` when the request set `separate_thinking`.
+//! Edge rewriting of backend bodies, by what each body carries. Chat completions from
+//! backends of `model_type: gpt-oss` are rewritten only where their `content` carries raw
+//! harmony text (`<|channel|>analysis<|message|>...`): into the parsed OpenAI shape
+//! (`content`, `reasoning_content`/`reasoning`, `tool_calls`, and the seed's `thinking` and
+//! `parsed` when the request set `separate_thinking`). Parsed output (content without special
+//! tokens, reasoning, tool-call deltas, finish reasons, usage) passes untouched from any
+//! backend, streamed or not; backends of `model_type: openai` are never rewritten.
+//!
+//! Every non-streaming JSON answer is held whole and checked (valid JSON) before its end is
+//! sent. JSON text with lone UTF-16 surrogate escapes (`"\ud83d"`, valid JSON text that
+//! `serde_json` refuses) is read leniently, each lone surrogate as U+FFFD.
 //!
 //! Parsing and the OpenAI mapping are the `harmony` crate's (`TextParser`, `DeltaMapper`,
 //! `ResponseAccumulator`); this module only moves JSON and SSE frames around them. Streams
@@ -22,19 +28,31 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use crate::error::ApiError;
+use openai_types::ErrorKind;
+
 /// Rewrites a response body chunk by chunk.
+///
+/// Errors: the body cannot be delivered as it is (not valid JSON, an SSE event over the
+/// limit); the caller ends the response with that error.
 pub trait BodyRewriter: Send + Sync {
-    /// Rewrite one chunk; may hold back bytes until an SSE event is complete.
-    fn chunk(&mut self, data: &[u8]) -> Bytes;
+    /// Rewrite one chunk; may hold back bytes until an SSE event (or the JSON document) is
+    /// complete.
+    fn chunk(&mut self, data: &[u8]) -> Result<Bytes, ApiError>;
     /// The end of the body: flush what is held back.
-    fn finish(&mut self) -> Bytes;
+    fn finish(&mut self) -> Result<Bytes, ApiError>;
 }
+
+/// The largest non-streaming answer held for checking (bytes).
+pub const MAX_JSON_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Request facts a rewriter needs.
 #[derive(Debug, Clone)]
 pub struct RewriteOptions {
     pub stream: bool,
     pub chat: bool,
+    /// The largest SSE event held while rewriting (bytes); a larger one ends the stream.
+    pub max_event_bytes: usize,
     /// The seed's request half (`developer_instructions`, `history`) when the request set
     /// `separate_thinking`.
     pub seed: Option<SeedContext>,
@@ -48,29 +66,103 @@ impl RewriteOptions {
                 .map(|r| SeedContext::from_request(&r))
                 .unwrap_or_default()
         });
-        RewriteOptions { stream, chat, seed }
+        RewriteOptions {
+            stream,
+            chat,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            seed,
+        }
     }
 }
 
-/// The rewriter for a response, if any.
+/// The default of `RewriteOptions::max_event_bytes`: 4 MiB.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// The body handler for a 2xx response, if any: SSE from a `gpt-oss` chat backend is
+/// rewritten event by event; a non-streaming JSON answer from any backend is held whole and
+/// checked (and rewritten when it is a `gpt-oss` chat completion).
 pub fn for_response(
     model_type: config::ModelType,
     content_type: Option<&str>,
     opts: &RewriteOptions,
 ) -> Option<Box<dyn BodyRewriter>> {
-    if model_type != config::ModelType::GptOss || !opts.chat {
-        return None;
-    }
     let ct = content_type.unwrap_or("");
+    let harmony = model_type == config::ModelType::GptOss && opts.chat;
     if ct.starts_with("text/event-stream") {
-        Some(Box::new(SseRewriter::new(opts.seed.clone())))
+        harmony.then(|| {
+            Box::new(SseRewriter::new(opts.seed.clone(), opts.max_event_bytes))
+                as Box<dyn BodyRewriter>
+        })
     } else if ct.starts_with("application/json") && !opts.stream {
         Some(Box::new(JsonRewriter {
             buf: BytesMut::new(),
             seed: opts.seed.clone(),
+            rewrite: harmony,
         }))
     } else {
         None
+    }
+}
+
+/// `text` with each lone UTF-16 surrogate escape (`\ud800`-`\udfff` not in a valid pair)
+/// replaced by `\ufffd`; `None` when there is none. JSON (RFC 8259 section 8.2) allows such
+/// escapes, `serde_json` refuses them.
+pub fn replace_lone_surrogates(text: &[u8]) -> Option<Vec<u8>> {
+    fn hex4(b: &[u8]) -> Option<u16> {
+        let s = std::str::from_utf8(b.get(..4)?).ok()?;
+        u16::from_str_radix(s, 16).ok()
+    }
+    let mut out: Option<Vec<u8>> = None;
+    let mut i = 0;
+    let mut copied = 0;
+    while let Some(off) = memchr::memchr(b'\\', &text[i..]) {
+        let at = i + off;
+        match text.get(at + 1) {
+            Some(b'u') => {
+                let Some(unit) = hex4(&text[at + 2..]) else {
+                    i = at + 2;
+                    continue;
+                };
+                let lone = match unit {
+                    0xD800..=0xDBFF => {
+                        let next = (text.get(at + 6..at + 8) == Some(b"\\u"))
+                            .then(|| hex4(&text[at + 8..]))
+                            .flatten();
+                        if matches!(next, Some(0xDC00..=0xDFFF)) {
+                            i = at + 12;
+                            continue;
+                        }
+                        true
+                    }
+                    0xDC00..=0xDFFF => true,
+                    _ => false,
+                };
+                if lone {
+                    let o = out.get_or_insert_with(|| Vec::with_capacity(text.len()));
+                    o.extend_from_slice(&text[copied..at]);
+                    o.extend_from_slice(b"\\ufffd");
+                    copied = at + 6;
+                }
+                i = at + 6;
+            }
+            Some(_) => i = at + 2,
+            None => break,
+        }
+    }
+    out.map(|mut o| {
+        o.extend_from_slice(&text[copied.min(text.len())..]);
+        o
+    })
+}
+
+/// Parse JSON, reading lone surrogate escapes as U+FFFD.
+fn parse_lenient<T: serde::de::DeserializeOwned>(text: &[u8]) -> serde_json::Result<T> {
+    match serde_json::from_slice(text) {
+        Ok(v) => Ok(v),
+        Err(e) => match replace_lone_surrogates(text) {
+            Some(fixed) => serde_json::from_slice(&fixed),
+            None => Err(e),
+        },
     }
 }
 
@@ -100,9 +192,10 @@ fn cause_of(finish_reason: Option<&str>) -> StopCause {
     }
 }
 
-/// Rewrite one non-streaming chat completion (JSON text); `None` leaves it as it was.
+/// Rewrite one non-streaming chat completion (JSON text): each choice whose `content`
+/// carries raw harmony; `None` leaves the body as it was.
 pub fn rewrite_completion(body: &[u8], seed: Option<&SeedContext>) -> Option<Vec<u8>> {
-    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let mut v: Value = parse_lenient(body).ok()?;
     let choices = v.get_mut("choices")?.as_array_mut()?;
     let mut changed = false;
     for choice in choices.iter_mut() {
@@ -116,9 +209,9 @@ pub fn rewrite_completion(body: &[u8], seed: Option<&SeedContext>) -> Option<Vec
         else {
             continue;
         };
-        // Raw harmony in `content` is rewritten whatever else the backend added; content
-        // without special tokens is left alone when the backend already parsed it.
-        if !has_harmony_tokens(&content) && already_parsed(msg) {
+        // Only raw harmony is rewritten: content without special tokens is already the
+        // answer, from a parsed backend or a plain one.
+        if !has_harmony_tokens(&content) {
             continue;
         }
         let mut parser = TextParser::new(Some(Role::Assistant));
@@ -139,12 +232,39 @@ pub fn rewrite_completion(body: &[u8], seed: Option<&SeedContext>) -> Option<Vec
     changed.then(|| serde_json::to_vec(&v).ok()).flatten()
 }
 
+/// The lines of an SSE event, split at LF, CRLF or a bare CR (the SSE specification's line
+/// ends).
+fn sse_lines(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = raw;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        match memchr::memchr2(b'\n', b'\r', rest) {
+            None => {
+                let line = rest;
+                rest = &[];
+                Some(line)
+            }
+            Some(i) => {
+                let line = &rest[..i];
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                rest = &rest[i + skip..];
+                Some(line)
+            }
+        }
+    })
+}
+
 /// The data of an SSE event: its `data:` lines joined by newlines (borrowed when there is
 /// one, the usual case); `None` when it has none.
 fn sse_data(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
     let mut found: Option<Cow<'_, [u8]>> = None;
-    for line in raw.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    for line in sse_lines(raw) {
         let Some(d) = line.strip_prefix(b"data:") else {
             continue;
         };
@@ -160,6 +280,59 @@ fn sse_data(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
         });
     }
     found
+}
+
+/// Finds where SSE events end, scanning each byte once: it resumes where the last call
+/// stopped, so an event that arrives in many reads is not rescanned from its start.
+struct EventScanner {
+    /// Bytes of the pending buffer already scanned.
+    pos: usize,
+    /// The line being scanned has no byte yet.
+    line_empty: bool,
+    /// The last byte scanned was a CR (a following LF belongs to the same line end).
+    after_cr: bool,
+}
+
+impl EventScanner {
+    fn new() -> Self {
+        EventScanner {
+            pos: 0,
+            line_empty: true,
+            after_cr: false,
+        }
+    }
+
+    /// The end of the first complete event in `buf` (just after the blank line that ends
+    /// it), or `None` when the event is not complete yet. `buf` must be the buffer of the
+    /// previous call with bytes appended, or, after `Some(end)`, with `end` bytes removed
+    /// from its front.
+    fn next_end(&mut self, buf: &[u8]) -> Option<usize> {
+        while self.pos < buf.len() {
+            let b = buf[self.pos];
+            self.pos += 1;
+            if std::mem::take(&mut self.after_cr) && b == b'\n' {
+                continue;
+            }
+            match b {
+                b'\n' | b'\r' => {
+                    self.after_cr = b == b'\r';
+                    if self.line_empty {
+                        let end = self.pos;
+                        self.pos = 0;
+                        return Some(end);
+                    }
+                    self.line_empty = true;
+                }
+                _ => self.line_empty = false,
+            }
+        }
+        None
+    }
+
+    /// Bytes of the incomplete event scanned so far.
+    fn pending(&self) -> usize {
+        self.pos
+    }
 }
 
 /// A streamed chunk, borrowed from its text: the members other than `choices` (the
@@ -265,35 +438,55 @@ impl FrameDelta<'_> {
     }
 }
 
-/// Non-streaming: the body is one JSON document, so it is held until complete.
+/// Non-streaming: the body is one JSON document, held until complete and checked.
 struct JsonRewriter {
     buf: BytesMut,
     seed: Option<SeedContext>,
+    /// Rewrite raw harmony (a `gpt-oss` chat completion), else only check.
+    rewrite: bool,
 }
 
 impl BodyRewriter for JsonRewriter {
-    fn chunk(&mut self, data: &[u8]) -> Bytes {
+    fn chunk(&mut self, data: &[u8]) -> Result<Bytes, ApiError> {
+        if self.buf.len() + data.len() > MAX_JSON_ANSWER_BYTES {
+            return Err(ApiError::new(
+                ErrorKind::BadGateway,
+                format!("the backend's answer is over {MAX_JSON_ANSWER_BYTES} bytes"),
+                None,
+                Some("upstream_bad_response"),
+            ));
+        }
         self.buf.extend_from_slice(data);
-        Bytes::new()
+        Ok(Bytes::new())
     }
 
-    fn finish(&mut self) -> Bytes {
+    fn finish(&mut self) -> Result<Bytes, ApiError> {
         let body = std::mem::take(&mut self.buf).freeze();
-        match rewrite_completion(&body, self.seed.as_ref()) {
+        if let Err(e) = parse_lenient::<IgnoredAny>(&body) {
+            return Err(ApiError::new(
+                ErrorKind::BadGateway,
+                format!("the backend answered with a body that is not valid JSON ({e})"),
+                None,
+                Some("upstream_invalid_json"),
+            ));
+        }
+        if !self.rewrite {
+            return Ok(body);
+        }
+        Ok(match rewrite_completion(&body, self.seed.as_ref()) {
             Some(v) => Bytes::from(v),
             None => body,
-        }
+        })
     }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// No content seen yet: chunks pass through.
-    Undecided,
-    /// Content is parsed as harmony text and re-emitted as OpenAI deltas.
-    Rewrite,
-    /// The backend sent parsed fields (a parsed-mode backend): passes through untouched.
+    /// No raw harmony seen: deltas pass through as they are.
     Passthrough,
+    /// Raw harmony seen in `content`: from then on content is parsed as harmony text and
+    /// re-emitted as OpenAI deltas.
+    Rewrite,
 }
 
 /// Per-choice stream state.
@@ -308,25 +501,17 @@ impl ChoiceStream {
         ChoiceStream {
             parser: TextParser::new(Some(Role::Assistant)),
             mapper: Some(DeltaMapper::new()),
-            mode: Mode::Undecided,
+            mode: Mode::Passthrough,
         }
     }
 
-    /// Settle the mode on the first delta that says something: raw harmony (or plain content,
-    /// or the finish) is rewritten; parsed fields without special tokens pass through.
-    fn decide(
-        &mut self,
-        content: Option<&str>,
-        finish: bool,
-        parsed: impl FnOnce() -> bool,
-    ) -> Mode {
-        if self.mode == Mode::Undecided {
-            let tokens = content.is_some_and(has_harmony_tokens);
-            if !tokens && parsed() {
-                self.mode = Mode::Passthrough;
-            } else if content.is_some() || finish {
-                self.mode = Mode::Rewrite;
-            }
+    /// The mode for this delta, by what it carries: the first `content` with special tokens
+    /// (in a delta without parsed fields) switches the choice to rewriting for the rest of
+    /// the stream; until then deltas (role, parsed content, reasoning, tool calls, finish)
+    /// pass through untouched.
+    fn decide(&mut self, content: Option<&str>, parsed: impl FnOnce() -> bool) -> Mode {
+        if self.mode == Mode::Passthrough && content.is_some_and(has_harmony_tokens) && !parsed() {
+            self.mode = Mode::Rewrite;
         }
         self.mode
     }
@@ -367,33 +552,22 @@ impl ChoiceStream {
 /// Streaming: SSE events are rewritten one by one as they complete.
 pub struct SseRewriter {
     pending: BytesMut,
+    scanner: EventScanner,
+    max_event_bytes: usize,
     choices: BTreeMap<u64, ChoiceStream>,
     seed: Option<SeedContext>,
 }
 
 impl SseRewriter {
-    pub fn new(seed: Option<SeedContext>) -> Self {
+    /// A rewriter that holds at most `max_event_bytes` of one incomplete event.
+    pub fn new(seed: Option<SeedContext>, max_event_bytes: usize) -> Self {
         SseRewriter {
             pending: BytesMut::new(),
+            scanner: EventScanner::new(),
+            max_event_bytes,
             choices: BTreeMap::new(),
             seed,
         }
-    }
-
-    /// Index of the end of the first complete event (after its blank line) in `buf`.
-    ///
-    /// One pass that stops at the first blank line (LF or CRLF): searching the whole buffer
-    /// for `\r\n\r\n` on every call made a 13 KB, 64-event read cost O(n²).
-    fn event_end(buf: &[u8]) -> Option<usize> {
-        let mut from = 0;
-        while let Some(i) = memchr::memchr(b'\n', &buf[from..]).map(|i| i + from) {
-            match (buf.get(i + 1), buf.get(i + 2)) {
-                (Some(b'\n'), _) => return Some(i + 2),
-                (Some(b'\r'), Some(b'\n')) => return Some(i + 3),
-                _ => from = i + 1,
-            }
-        }
-        None
     }
 
     /// The serialized envelope (`id`, `object`, `created`, `model`, ...) without its closing
@@ -450,7 +624,8 @@ impl SseRewriter {
             return self.event_general(raw, out);
         };
         let Ok(frame) = serde_json::from_str::<Frame<'_>>(text) else {
-            return self.event_general(raw, out); // [DONE], errors, odd shapes
+            // [DONE], errors, odd shapes, lone surrogates
+            return self.event_general(raw, out);
         };
         let Some(choices) = frame.choices.as_deref().filter(|c| !c.is_empty()) else {
             out.extend_from_slice(raw); // e.g. the usage chunk
@@ -465,7 +640,7 @@ impl SseRewriter {
                 .choices
                 .entry(c.index.unwrap_or(0))
                 .or_insert_with(ChoiceStream::new)
-                .decide(content, c.finish_reason.is_some(), || {
+                .decide(content, || {
                     c.delta.as_ref().is_some_and(FrameDelta::already_parsed)
                 });
             rewrite += usize::from(mode == Mode::Rewrite);
@@ -497,14 +672,11 @@ impl SseRewriter {
 
     /// The general path of `event`, on a `serde_json::Value`.
     fn event_general(&mut self, raw: &[u8], out: &mut BytesMut) {
-        let text = String::from_utf8_lossy(raw);
-        let data: String = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(|d| d.strip_prefix(' ').unwrap_or(d))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let Ok(mut v) = serde_json::from_str::<Value>(&data) else {
+        let Some(data) = sse_data(raw) else {
+            out.extend_from_slice(raw);
+            return;
+        };
+        let Ok(mut v) = parse_lenient::<Value>(&data) else {
             out.extend_from_slice(raw); // [DONE], comments, errors: untouched
             return;
         };
@@ -536,11 +708,11 @@ impl SseRewriter {
                 .and_then(Value::as_str)
                 .map(str::to_string);
             let st = self.choices.entry(index).or_insert_with(ChoiceStream::new);
-            let mode = st.decide(content.as_deref(), finish.is_some(), || {
+            let mode = st.decide(content.as_deref(), || {
                 choice.get("delta").is_some_and(already_parsed)
             });
             if mode != Mode::Rewrite {
-                // Undecided (a role-only first delta) or a parsed-mode backend: as it is.
+                // No raw harmony in this choice (yet): as it is.
                 let mut chunk = envelope.clone();
                 if let Some(obj) = chunk.as_object_mut() {
                     obj.insert("choices".into(), json!([choice]));
@@ -562,23 +734,39 @@ impl SseRewriter {
 }
 
 impl BodyRewriter for SseRewriter {
-    fn chunk(&mut self, data: &[u8]) -> Bytes {
+    fn chunk(&mut self, data: &[u8]) -> Result<Bytes, ApiError> {
         self.pending.extend_from_slice(data);
         let mut out = BytesMut::new();
-        while let Some(end) = Self::event_end(&self.pending) {
+        while let Some(end) = self.scanner.next_end(&self.pending) {
             let ev = self.pending.split_to(end);
             self.event(&ev, &mut out);
         }
-        out.freeze()
+        if self.scanner.pending() > self.max_event_bytes {
+            return Err(ApiError::new(
+                ErrorKind::BadGateway,
+                format!(
+                    "the backend sent an SSE event over the limit of {} bytes",
+                    self.max_event_bytes
+                ),
+                None,
+                Some("upstream_event_too_large"),
+            ));
+        }
+        if self.pending.is_empty() {
+            // Give the memory of a large event back once it is done.
+            self.pending = BytesMut::new();
+        }
+        Ok(out.freeze())
     }
 
-    fn finish(&mut self) -> Bytes {
+    fn finish(&mut self) -> Result<Bytes, ApiError> {
         let mut out = BytesMut::new();
         let rest = std::mem::take(&mut self.pending);
+        self.scanner = EventScanner::new();
         if !rest.is_empty() {
             self.event(&rest, &mut out);
         }
-        out.freeze()
+        Ok(out.freeze())
     }
 }
 
@@ -610,17 +798,18 @@ mod tests {
         ));
         sse.push_str(": a comment\n\ndata: [DONE]\n\n");
 
-        let mut fast = SseRewriter::new(None);
+        let mut fast = SseRewriter::new(None, DEFAULT_MAX_EVENT_BYTES);
         let mut a = Vec::new();
         for piece in sse.as_bytes().chunks(7) {
-            a.extend_from_slice(&fast.chunk(piece));
+            a.extend_from_slice(&fast.chunk(piece).expect("chunk"));
         }
-        a.extend_from_slice(&fast.finish());
+        a.extend_from_slice(&fast.finish().expect("finish"));
 
-        let mut general = SseRewriter::new(None);
+        let mut general = SseRewriter::new(None, DEFAULT_MAX_EVENT_BYTES);
         let mut b = BytesMut::new();
         let mut rest = sse.as_bytes();
-        while let Some(end) = SseRewriter::event_end(rest) {
+        let mut scanner = EventScanner::new();
+        while let Some(end) = scanner.next_end(rest) {
             general.event_general(&rest[..end], &mut b);
             rest = &rest[end..];
         }
@@ -677,13 +866,93 @@ mod tests {
     }
 
     #[test]
-    fn content_without_tokens_is_final_content_with_seed_fields() {
+    fn content_without_tokens_passes_untouched() {
         let body = json!({"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]});
         let seed = SeedContext::default();
-        let out = rewrite_completion(body.to_string().as_bytes(), Some(&seed)).expect("rewritten");
+        assert!(rewrite_completion(body.to_string().as_bytes(), Some(&seed)).is_none());
+    }
+
+    #[test]
+    fn lone_surrogates_are_read_as_replacement_characters() {
+        assert_eq!(
+            replace_lone_surrogates(br#""a\ud83d b""#).as_deref(),
+            Some(&br#""a\ufffd b""#[..])
+        );
+        assert_eq!(
+            replace_lone_surrogates(br#""\ud83d\ude00""#),
+            None,
+            "a valid pair stays"
+        );
+        assert_eq!(
+            replace_lone_surrogates(br#""\ude00\\ud83d""#).as_deref(),
+            Some(&br#""\ufffd\\ud83d""#[..]),
+            "a lone low surrogate goes; an escaped backslash is not an escape"
+        );
+        let raw = RAW.replace("Washington", "Washington \\ud83d");
+        let body = format!(
+            r#"{{"choices":[{{"index":0,"message":{{"role":"assistant","content":"{}"}},"finish_reason":"stop"}}]}}"#,
+            raw.replace('"', "\\\"")
+        );
+        let out =
+            rewrite_completion(body.as_bytes(), None).expect("rewritten despite the surrogate");
         let v: Value = serde_json::from_slice(&out).expect("json");
-        assert_eq!(v["choices"][0]["message"]["content"], "hi");
-        assert_eq!(v["choices"][0]["message"]["parsed"]["final"], "hi");
+        assert_eq!(v["choices"][0]["message"]["content"], "Washington \u{fffd}");
+        assert!(!String::from_utf8_lossy(&out).contains("<|"));
+    }
+
+    #[test]
+    fn parsed_stream_passes_untouched_even_after_an_empty_content_delta() {
+        // A parsed gpt-oss-server stream: role with empty content, reasoning, a tool call.
+        let frames = [
+            json!({"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}),
+            json!({"id":"c","choices":[{"index":0,"delta":{"reasoning_content":"Need weather."},"finish_reason":null}]}),
+            json!({"id":"c","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{}"}}]},"finish_reason":null}]}),
+            json!({"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}),
+        ];
+        let mut sse = String::new();
+        for f in &frames {
+            sse.push_str(&format!("data: {f}\n\n"));
+        }
+        sse.push_str("data: [DONE]\n\n");
+        let mut r = SseRewriter::new(None, DEFAULT_MAX_EVENT_BYTES);
+        let mut out = Vec::new();
+        for read in sse.as_bytes().chunks(5) {
+            out.extend_from_slice(&r.chunk(read).expect("chunk"));
+        }
+        out.extend_from_slice(&r.finish().expect("finish"));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            sse,
+            "parsed output passes byte for byte"
+        );
+    }
+
+    #[test]
+    fn events_end_at_bare_cr_and_crlf_too() {
+        for eol in ["\r", "\r\n", "\n"] {
+            let mut sse = String::new();
+            for piece in [RAW.get(..20).unwrap_or(""), RAW.get(20..).unwrap_or("")] {
+                let d = json!({"id":"c","choices":[{"index":0,"delta":{"content":piece},"finish_reason":null}]});
+                sse.push_str(&format!("data: {d}{eol}{eol}"));
+            }
+            let mut r = SseRewriter::new(None, DEFAULT_MAX_EVENT_BYTES);
+            let out = r.chunk(sse.as_bytes()).expect("chunk");
+            let text = String::from_utf8_lossy(&out);
+            assert!(!text.contains("<|"), "{eol:?}: raw harmony leaked: {text}");
+            assert!(
+                text.contains("Washington"),
+                "{eol:?}: answer rewritten at once: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_event_over_the_limit_ends_the_stream_and_memory_is_bounded() {
+        let mut r = SseRewriter::new(None, 1024);
+        assert!(r.chunk(b"data: {\"choices\":").is_ok());
+        let big = vec![b'x'; 2048];
+        let err = r.chunk(&big).expect_err("over the limit");
+        assert_eq!(err.status, 502);
     }
 
     fn sse_chunk(content: &str) -> String {
@@ -726,12 +995,12 @@ mod tests {
             json!({"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
         ));
         sse.push_str("data: [DONE]\n\n");
-        let mut r = SseRewriter::new(None);
+        let mut r = SseRewriter::new(None, DEFAULT_MAX_EVENT_BYTES);
         let mut out = Vec::new();
         for read in sse.as_bytes().chunks(7) {
-            out.extend_from_slice(&r.chunk(read));
+            out.extend_from_slice(&r.chunk(read).expect("chunk"));
         }
-        out.extend_from_slice(&r.finish());
+        out.extend_from_slice(&r.finish().expect("finish"));
         let (content, reasoning, finishes) = collect(&out);
         assert_eq!(content, "Washington");
         assert_eq!(reasoning, "User asks capital.");

@@ -11,46 +11,12 @@ use arc_swap::ArcSwap;
 use config::{Config, HashKey};
 use tokio::sync::Notify;
 
-use crate::backend::{Backend, Definition, Source};
+use crate::backend::{Backend, Source};
 use crate::metrics::Metrics;
-use crate::policy::{self, Policy};
 use crate::registry::Registry;
-
-/// A route: the backends that may serve a model, and how to choose among them.
-pub struct Route {
-    /// The canonical model name.
-    pub model: String,
-    /// The model name sent upstream, when it differs.
-    pub upstream_model: Option<String>,
-    pub group: Vec<Arc<Backend>>,
-    pub policy: Box<dyn Policy>,
-    pub policy_name: config::Policy,
-    pub hash_key: HashKey,
-}
-
-impl Route {
-    pub fn has_healthy(&self) -> bool {
-        self.group.iter().any(|b| b.health.routable())
-    }
-
-    /// Whether a healthy backend not in `tried` remains (does not move any policy's state).
-    pub fn has_untried(&self, tried: &[String]) -> bool {
-        self.group
-            .iter()
-            .any(|b| b.health.routable() && !tried.iter().any(|t| t == b.name()))
-    }
-
-    /// Choose a healthy backend not in `tried`.
-    pub fn select(&self, tried: &[String], key: Option<&[u8]>) -> Option<Arc<Backend>> {
-        let eligible = |i: usize| {
-            let b = &self.group[i];
-            b.health.routable() && !tried.iter().any(|t| t == b.name())
-        };
-        self.policy
-            .pick(&self.group, &eligible, key)
-            .map(|i| self.group[i].clone())
-    }
-}
+use crate::routing::policy;
+use crate::routing::{Route, RouteTable};
+use config::BackendConfig;
 
 /// One immutable view of the world.
 pub struct Snapshot {
@@ -59,7 +25,7 @@ pub struct Snapshot {
     pub admin_token: Option<String>,
     pub backends: Vec<Arc<Backend>>,
     /// Model names and aliases to routes.
-    pub routes: HashMap<String, Arc<Route>>,
+    pub routes: RouteTable,
     pub generation: u64,
 }
 
@@ -68,26 +34,14 @@ impl Snapshot {
         self.backends.iter().find(|b| b.name() == name)
     }
 
-    /// The model for requests that name none: the configured `default_model`, else the only
-    /// model served (aliases of it included), else none.
+    /// The model for requests that name none (see `RouteTable::default_model`).
     pub fn default_model(&self) -> Option<String> {
-        if let Some(m) = &self.config.default_model {
-            return Some(m.clone());
-        }
-        let mut models = self.routes.values().map(|r| r.model.as_str());
-        let first = models.next()?;
-        models.all(|m| m == first).then(|| first.to_string())
+        self.routes.default_model()
     }
 
     /// Models (and aliases) that have at least one healthy backend, sorted.
     pub fn available_models(&self) -> Vec<String> {
-        let set: BTreeSet<String> = self
-            .routes
-            .iter()
-            .filter(|(_, r)| r.has_healthy())
-            .map(|(name, _)| name.clone())
-            .collect();
-        set.into_iter().collect()
+        self.routes.available_models()
     }
 }
 
@@ -155,10 +109,10 @@ pub async fn build_snapshot(
     admin_token_override: Option<String>,
     generation: u64,
 ) -> Snapshot {
-    let mut defs: Vec<(Definition, Source)> = config
+    let mut defs: Vec<(BackendConfig, Source)> = config
         .backends
         .iter()
-        .map(|b| (Definition::from(b), Source::Config))
+        .map(|b| (b.clone(), Source::Config))
         .collect();
     for d in registry.definitions() {
         if defs.iter().any(|(c, _)| c.name == d.name) {
@@ -239,6 +193,7 @@ pub async fn build_snapshot(
     }
 
     let admin_token = admin_token_override.or_else(|| config.admin.token.clone());
+    let routes = RouteTable::new(routes, config.default_model.clone());
     Snapshot {
         config,
         admin_token,

@@ -60,16 +60,23 @@ impl ResponseState {
 
     /// Filter one body chunk on its way downstream. At the end of a stream that never sent
     /// `[DONE]`, append an error event and `[DONE]` so that no client hangs or mistakes a
-    /// truncated stream for a complete one. Returns true when it did so. Without a rewriter
-    /// the chunk is passed on as it is (no copy).
-    pub fn on_body(&mut self, body: &mut Option<Bytes>, end_of_stream: bool) -> bool {
+    /// truncated stream for a complete one. Returns `Ok(true)` when it did so. Without a
+    /// rewriter the chunk is passed on as it is (no copy).
+    ///
+    /// Errors: the rewriter refused the body (not valid JSON, an SSE event over the limit);
+    /// nothing of this chunk is passed on.
+    pub fn on_body(
+        &mut self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+    ) -> Result<bool, ApiError> {
         let mut out: Option<Bytes> = match (self.rewriter.as_mut(), body.take()) {
-            (Some(r), Some(data)) => Some(r.chunk(&data)),
+            (Some(r), Some(data)) => Some(r.chunk(&data)?),
             (_, data) => data,
         };
         if end_of_stream {
             if let Some(r) = self.rewriter.as_mut() {
-                out = Some(concat(out, r.finish()));
+                out = Some(concat(out, r.finish()?));
             }
         }
         if let Some(o) = &out {
@@ -89,7 +96,7 @@ impl ResponseState {
             broke = true;
         }
         *body = out.filter(|o| !o.is_empty());
-        broke
+        Ok(broke)
     }
 
     /// Frames that end the stream after a backend failure, when the client can still take them.
@@ -100,7 +107,11 @@ impl ResponseState {
         self.terminated = true;
         let mut out = BytesMut::new();
         if let Some(r) = self.rewriter.as_mut() {
-            out.extend_from_slice(&r.finish());
+            // What the rewriter still holds is sent before the error event, unless it is what
+            // broke the stream.
+            if let Ok(rest) = r.finish() {
+                out.extend_from_slice(&rest);
+            }
         }
         out.extend_from_slice(&err.sse_termination());
         Some(out.freeze())
@@ -130,10 +141,10 @@ mod tests {
     fn done_split_across_chunks_is_seen() {
         let mut s = ResponseState::new(200, true, None);
         let mut a = Some(Bytes::from_static(b"data: {}\n\ndata: [DO"));
-        assert!(!s.on_body(&mut a, false));
+        assert!(!s.on_body(&mut a, false).expect("ok"));
         let mut b = Some(Bytes::from_static(b"NE]\n\n"));
         assert!(
-            !s.on_body(&mut b, true),
+            !s.on_body(&mut b, true).expect("ok"),
             "a complete stream must not get an error event"
         );
         assert!(s.done_seen());
@@ -143,9 +154,9 @@ mod tests {
     fn truncated_stream_gets_error_event_and_done() {
         let mut s = ResponseState::new(200, true, None);
         let mut a = Some(Bytes::from_static(b"data: {\"x\":1}\n\n"));
-        s.on_body(&mut a, false);
+        s.on_body(&mut a, false).expect("ok");
         let mut end = None;
-        assert!(s.on_body(&mut end, true));
+        assert!(s.on_body(&mut end, true).expect("ok"));
         let text = String::from_utf8(end.expect("frames").to_vec()).expect("utf8");
         assert!(text.contains("\"error\""), "{text}");
         assert!(text.ends_with("data: [DONE]\n\n"), "{text}");

@@ -28,6 +28,14 @@ pub enum Mode {
     SlowDrip,
     /// 503 after reading the whole request (a busy backend: the LB fails over).
     Busy503,
+    /// 500 to every completion while `/health` stays 200 (a broken model behind a working
+    /// HTTP server).
+    Error500,
+    /// 429 with `Retry-After: 30` to every completion.
+    RateLimited429,
+    /// Raw harmony text (as a `--raw-output` server writes it) with an unpaired surrogate
+    /// escape (`\ud83d`) in the JSON string, as JSON or SSE.
+    RawSurrogate,
 }
 
 impl Mode {
@@ -255,6 +263,47 @@ async fn serve(
                     response("503 Service Unavailable", "application/json", e).as_bytes(),
                 )
                 .await?;
+            }
+            Mode::Error500 => {
+                let e = r#"{"error":{"message":"model failed","type":"server_error","param":null,"code":null}}"#;
+                sock.write_all(
+                    response("500 Internal Server Error", "application/json", e).as_bytes(),
+                )
+                .await?;
+            }
+            Mode::RateLimited429 => {
+                let e = r#"{"error":{"message":"slow down","type":"rate_limit_error","param":null,"code":null}}"#;
+                let body = format!(
+                    "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 30\r\ncontent-length: {}\r\n\r\n{e}",
+                    e.len()
+                );
+                sock.write_all(body.as_bytes()).await?;
+            }
+            Mode::RawSurrogate if stream => {
+                // Each piece is a JSON string literal as a raw-output server would escape it.
+                let pieces = [
+                    r#""<|channel|>analysis<|message|>Think \ud83d.""#,
+                    r#""<|end|><|start|>assistant<|channel|>final<|message|>""#,
+                    r#""Paris \ud83d""#,
+                    r#""<|return|>""#,
+                ];
+                let mut frames = String::new();
+                for p in pieces {
+                    frames.push_str(&format!(
+                        "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{p}}},\"finish_reason\":null}}]}}\n\n"
+                    ));
+                }
+                frames.push_str("data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+                let out = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{frames}",
+                    frames.len()
+                );
+                sock.write_all(out.as_bytes()).await?;
+            }
+            Mode::RawSurrogate => {
+                let body = r#"{"id":"c","object":"chat.completion","created":0,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"<|channel|>analysis<|message|>Think \ud83d.<|end|><|start|>assistant<|channel|>final<|message|>Paris \ud83d<|return|>"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+                sock.write_all(response("200 OK", "application/json", body).as_bytes())
+                    .await?;
             }
             Mode::SlowDrip => {
                 let all = response("200 OK", "application/json", &completion_json());

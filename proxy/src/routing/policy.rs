@@ -201,13 +201,14 @@ impl Policy for QueueAware {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Definition, Source};
+    use crate::backend::Source;
+    use config::BackendConfig;
 
     fn backend(name: &str, weight: u32) -> Arc<Backend> {
-        let def = Definition {
+        let def = BackendConfig {
             name: name.into(),
             url: "http://127.0.0.1:1".into(),
-            model_type: "openai".into(),
+            model_type: config::ModelType::OpenAi,
             models: vec!["m".into()],
             weight,
             api_key: None,
