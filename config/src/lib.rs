@@ -76,6 +76,12 @@ pub struct AdminConfig {
     /// Allow registering backends on link-local or cloud-metadata addresses
     /// (169.254.0.0/16, fe80::/10, fd00:ec2::254). Off by default.
     pub allow_link_local: bool,
+    /// Backend addresses refused besides link-local and metadata ones (checked on every
+    /// resolved address that is connected to, in any spelling).
+    pub forbidden_addresses: Vec<check::IpBlock>,
+    /// The most backends (config and registered together); a registration beyond it gets a
+    /// 409 `too_many_backends`.
+    pub max_backends: usize,
 }
 
 impl fmt::Debug for AdminConfig {
@@ -84,6 +90,8 @@ impl fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("allow_link_local", &self.allow_link_local)
+            .field("forbidden_addresses", &self.forbidden_addresses)
+            .field("max_backends", &self.max_backends)
             .finish()
     }
 }
@@ -436,16 +444,108 @@ pub mod check {
         }
     }
 
-    /// Link-local and cloud metadata addresses, refused for backends by default.
-    pub fn is_link_local_or_metadata(ip: &std::net::IpAddr) -> bool {
+    /// The IPv4 address an IPv6 address carries, in any of the forms that reach it:
+    /// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, deprecated but still
+    /// routed by some stacks), NAT64's well-known prefix (`64:ff9b::/96`, RFC 6052) and 6to4
+    /// (`2002:AABB:CCDD::/48`, RFC 3056).
+    pub fn embedded_ipv4(v6: &std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+        let s = v6.segments();
+        let tail = || {
+            std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8)
+        };
+        if let Some(v4) = v6.to_ipv4_mapped() {
+            return Some(v4);
+        }
+        if s[..6] == [0, 0, 0, 0, 0, 0] && (s[6] != 0 || s[7] > 1) {
+            return Some(tail()); // ::a.b.c.d, not :: or ::1
+        }
+        if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+            return Some(tail());
+        }
+        if s[0] == 0x2002 {
+            return Some(std::net::Ipv4Addr::new(
+                (s[1] >> 8) as u8,
+                s[1] as u8,
+                (s[2] >> 8) as u8,
+                s[2] as u8,
+            ));
+        }
+        None
+    }
+
+    /// `ip` as the address it reaches: an IPv6 address that embeds an IPv4 one is that IPv4
+    /// address.
+    pub fn canonical_ip(ip: &std::net::IpAddr) -> std::net::IpAddr {
         match ip {
-            std::net::IpAddr::V4(v4) => v4.is_link_local(),
+            std::net::IpAddr::V6(v6) => embedded_ipv4(v6).map_or(*ip, std::net::IpAddr::V4),
+            v4 => *v4,
+        }
+    }
+
+    /// Link-local and cloud metadata addresses, refused for backends by default, in every
+    /// IPv4 and IPv6 spelling: 169.254.0.0/16 and fe80::/10 (the metadata services of AWS,
+    /// GCP, Azure, Oracle, DigitalOcean, OpenStack at 169.254.169.254, Tencent at
+    /// 169.254.0.23), AWS's IPv6 `fd00:ec2::254`, and Alibaba Cloud's `100.100.100.200`.
+    pub fn is_link_local_or_metadata(ip: &std::net::IpAddr) -> bool {
+        match canonical_ip(ip) {
+            std::net::IpAddr::V4(v4) => {
+                v4.is_link_local() || v4 == std::net::Ipv4Addr::new(100, 100, 100, 200)
+            }
             std::net::IpAddr::V6(v6) => {
                 let seg = v6.segments();
-                // fe80::/10 link-local, fd00:ec2::254 the AWS IMDS IPv6 address.
                 (seg[0] & 0xffc0) == 0xfe80
-                    || *v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
-                    || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+                    || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+            }
+        }
+    }
+
+    /// An address block of `forbidden_addresses`: `a.b.c.d`, `a.b.c.d/len`, `v6`, `v6/len`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct IpBlock {
+        pub addr: std::net::IpAddr,
+        pub prefix: u8,
+    }
+
+    impl IpBlock {
+        /// Parse `addr` or `addr/len`. Errors: the text, and why.
+        pub fn parse(text: &str) -> Result<IpBlock, String> {
+            let (a, len) = match text.split_once('/') {
+                Some((a, l)) => (a, Some(l)),
+                None => (text, None),
+            };
+            let addr: std::net::IpAddr = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{text}' is not an IP address or block"))?;
+            let addr = canonical_ip(&addr);
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let prefix = match len {
+                None => max,
+                Some(l) => match l.trim().parse::<u8>() {
+                    Ok(n) if n <= max => n,
+                    _ => return Err(format!("'{text}': prefix length must be 0 to {max}")),
+                },
+            };
+            Ok(IpBlock { addr, prefix })
+        }
+
+        /// Whether `ip` (in any spelling) falls in this block.
+        pub fn contains(&self, ip: &std::net::IpAddr) -> bool {
+            let ip = canonical_ip(ip);
+            match (self.addr, ip) {
+                (std::net::IpAddr::V4(b), std::net::IpAddr::V4(a)) => {
+                    let mask = u32::MAX
+                        .checked_shl(32 - u32::from(self.prefix))
+                        .unwrap_or(0);
+                    u32::from(a) & mask == u32::from(b) & mask
+                }
+                (std::net::IpAddr::V6(b), std::net::IpAddr::V6(a)) => {
+                    let mask = u128::MAX
+                        .checked_shl(128 - u32::from(self.prefix))
+                        .unwrap_or(0);
+                    u128::from(a) & mask == u128::from(b) & mask
+                }
+                _ => false,
             }
         }
     }

@@ -56,6 +56,9 @@ pub struct RawAdmin {
     pub token: Option<String>,
     #[serde(default)]
     pub allow_link_local: bool,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub forbidden_addresses: Vec<String>,
+    pub max_backends: Option<i64>,
 }
 
 /// A backend definition as written (YAML `backends[i]`, or an admin API registration body):

@@ -78,20 +78,25 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
         }
     }
 
-    let admin = match raw.admin {
-        None => AdminConfig::default(),
-        Some(a) => {
-            if a.token.as_deref().is_some_and(|t| t.trim().len() < 8) {
-                return Err(ConfigError::invalid(
-                    "admin.token",
-                    "must be at least 8 characters",
-                ));
-            }
-            AdminConfig {
-                token: a.token,
-                allow_link_local: a.allow_link_local,
-            }
-        }
+    let a = raw.admin.unwrap_or_default();
+    if a.token.as_deref().is_some_and(|t| t.trim().len() < 8) {
+        return Err(ConfigError::invalid(
+            "admin.token",
+            "must be at least 8 characters",
+        ));
+    }
+    let mut forbidden_addresses = Vec::with_capacity(a.forbidden_addresses.len());
+    for (i, text) in a.forbidden_addresses.iter().enumerate() {
+        forbidden_addresses.push(
+            check::IpBlock::parse(text)
+                .map_err(|e| ConfigError::invalid(format!("admin.forbidden_addresses[{i}]"), e))?,
+        );
+    }
+    let admin = AdminConfig {
+        token: a.token,
+        allow_link_local: a.allow_link_local,
+        forbidden_addresses,
+        max_backends: count("admin.max_backends", a.max_backends, 4096, 1, 1_000_000)? as usize,
     };
 
     if raw.state_file.as_deref().is_some_and(str::is_empty) {

@@ -5,6 +5,7 @@
 use openai_types::ErrorKind;
 use serde_json::{json, Value};
 
+use crate::address::check_backend_addr;
 use crate::backend::Source;
 use crate::error::{ApiError, Reply};
 use crate::registry::write_atomic;
@@ -158,14 +159,11 @@ pub async fn register(shared: &Shared, body: &[u8]) -> Result<Reply, ApiError> {
     let addrs = resolve(&url)
         .await
         .map_err(|e| ApiError::invalid(e, "url"))?;
-    if !snap.config.admin.allow_link_local {
-        if let Some(bad) = addrs
-            .iter()
-            .find(|a| config::check::is_link_local_or_metadata(&a.ip()))
-        {
+    for a in &addrs {
+        if let Err(why) = check_backend_addr(a, &snap.config.admin, &shared.identity) {
             return Err(ApiError::new(
                 ErrorKind::InvalidRequest,
-                format!("refusing backend address {}: link-local and metadata addresses are not allowed (admin.allow_link_local)", bad.ip()),
+                format!("refusing backend address: {why}"),
                 Some("url"),
                 Some("forbidden_address"),
             ));
@@ -185,7 +183,19 @@ pub async fn register(shared: &Shared, body: &[u8]) -> Result<Reply, ApiError> {
             Some("backend_in_config"),
         ));
     }
-    if reg.get(&def.name).is_some() && !replace {
+    let is_new = reg.get(&def.name).is_none();
+    if is_new && snap.backends.len() >= snap.config.admin.max_backends {
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            format!(
+                "the load balancer has {} backends, the most admin.max_backends allows",
+                snap.backends.len()
+            ),
+            None,
+            Some("too_many_backends"),
+        ));
+    }
+    if !is_new && !replace {
         return Err(ApiError::new(
             ErrorKind::Conflict,
             format!(

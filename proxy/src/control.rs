@@ -64,17 +64,28 @@ fn health_connector(shared: &Shared) -> Connector {
 /// Check every backend once, concurrently (bounded by the health check timeout).
 pub async fn initial_health_round(shared: &Shared) {
     let connector = Arc::new(health_connector(shared));
-    health_round(&connector, &shared.load()).await;
+    health_round(&connector, &shared.load(), None).await;
 }
 
-/// One check of each backend of `snap` that is due, concurrently.
-async fn health_round(connector: &Arc<Connector>, snap: &crate::state::Snapshot) {
+/// One check of each backend of `snap` that is due, concurrently. With `spread`, the checks'
+/// starts are spread evenly over that time (so thousands of backends are not all probed in
+/// the same millisecond), else they all start at once.
+async fn health_round(
+    connector: &Arc<Connector>,
+    snap: &crate::state::Snapshot,
+    spread: Option<std::time::Duration>,
+) {
     let cfg = &snap.config.health_check;
     let tls = &snap.config.upstream_tls;
+    let n = snap.backends.len().max(1) as u32;
     let mut set = tokio::task::JoinSet::new();
-    for b in snap.backends.iter().cloned() {
+    for (i, b) in snap.backends.iter().cloned().enumerate() {
         let (cfg, tls, conn) = (cfg.clone(), tls.clone(), connector.clone());
-        set.spawn(async move { crate::health_check::check_one(&conn, b, &cfg, &tls).await });
+        let offset = spread.map_or(std::time::Duration::ZERO, |s| s / n * i as u32);
+        set.spawn(async move {
+            tokio::time::sleep(offset).await;
+            crate::health_check::check_one(&conn, b, &cfg, &tls).await
+        });
     }
     while set.join_next().await.is_some() {}
 }
@@ -83,8 +94,14 @@ async fn health_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
     let connector = Arc::new(health_connector(&shared));
     loop {
         let snap = shared.load();
-        health_round(&connector, &snap).await;
+        let started = tokio::time::Instant::now();
         let delay = crate::health_check::next_delay(&snap.backends, &snap.config.health_check);
+        // Checks are spread over most of the interval; a round with pending or half-open
+        // backends (short delay) checks them all at once.
+        let spread = (delay == snap.config.health_check.interval && snap.backends.len() > 1)
+            .then(|| delay.mul_f32(0.8));
+        health_round(&connector, &snap, spread).await;
+        let delay = delay.saturating_sub(started.elapsed());
         drop(snap);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

@@ -9,6 +9,7 @@
 //! `ArcSwap` [`state::Snapshot`]; the [`control`] background service runs health checks and
 //! reloads.
 
+pub mod address;
 pub mod admin;
 pub mod api;
 pub mod auth;

@@ -21,6 +21,7 @@ use clap::Parser;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 
+use gpt_oss_lb::address::SelfIdentity;
 use gpt_oss_lb::control::ControlPlane;
 use gpt_oss_lb::metrics::Metrics;
 use gpt_oss_lb::proxy::Lb;
@@ -137,12 +138,17 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("building the startup runtime")?;
+    let listeners: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&listen)
+        .map(|a| a.collect())
+        .unwrap_or_default();
+    let identity = SelfIdentity::new(listeners);
     let snapshot = rt.block_on(build_snapshot(
         config.clone(),
         &registry,
         &[],
         admin_token_override.clone(),
         1,
+        &identity,
     ));
     tracing::info!(
         listen = %listen,
@@ -161,6 +167,7 @@ fn main() -> anyhow::Result<()> {
         config_path: args.config.clone(),
         admin_token_override,
         started: Instant::now(),
+        identity,
     });
 
     // One health round before serving: backends that answer are routable from the first

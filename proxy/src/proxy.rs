@@ -258,8 +258,22 @@ impl ProxyHttp for Lb {
     /// (streamed or not) it stores the routed request in the context and returns `Ok(false)`:
     /// every proxied request then takes the same phases and the same attempt loop.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Pipelined requests (several on one keep-alive connection before the first answer)
+        // are answered in order, one after the other (RFC 9112 section 9.3.2).
+        session.as_downstream_mut().set_pipelining_enabled(true);
         let snap = self.shared.load();
         ctx.request.snap = Some(snap.clone());
+        if self.shared.identity.is_loop(&session.req_header().headers) {
+            let mut err = ApiError::new(
+                ErrorKind::BadGateway,
+                "loop detected: this request already passed through this load balancer (a backend points back at it)",
+                None,
+                Some("loop_detected"),
+            );
+            err.status = 508;
+            write_reply(session, Reply::error(&err)).await?;
+            return Ok(true);
+        }
         let endpoint = dispatch::Endpoint::of(session.req_header());
         ctx.request.endpoint = endpoint.name();
         match dispatch::handle(&self.shared, &snap, session, endpoint).await {
@@ -333,7 +347,20 @@ impl ProxyHttp for Lb {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        crate::headers::upstream_request(req, attempt.backend(), client_ip, routed.body.len())
+        crate::headers::upstream_request(req, attempt.backend(), client_ip, routed.body.len())?;
+        let prior = req
+            .headers
+            .get_all(http::header::VIA)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let via = self
+            .shared
+            .identity
+            .via_header((!prior.is_empty()).then_some(prior.as_str()));
+        req.insert_header(http::header::VIA, via)?;
+        Ok(())
     }
 
     /// Runs for each request body piece sent upstream. The body was read whole in
@@ -448,7 +475,18 @@ impl ProxyHttp for Lb {
             .map_or(rewrite::DEFAULT_MAX_EVENT_BYTES, |s| {
                 s.config.max_event_bytes
             });
+        let json_error = status >= 400
+            && content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with("application/json"));
         let rewriter = ctx.request.routed.as_ref().and_then(|r| {
+            if status >= 400 && !json_error {
+                // Every error the client gets is OpenAI JSON, the backend's included.
+                if let Err(e) = resp.insert_header(http::header::CONTENT_TYPE, "application/json") {
+                    tracing::debug!(error = %e, "content-type");
+                }
+                return Some(rewrite::error_body(status, backend.name()));
+            }
             if status >= 300 || !r.completion {
                 return None;
             }

@@ -27,8 +27,13 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Load the state file; a missing file is an empty registry.
+    /// Load the state file; a missing file is an empty registry. Temp files that a process
+    /// killed while writing left behind (`.NAME.tmp.PID` of a PID that no longer runs) are
+    /// removed first.
     pub fn load(path: Option<PathBuf>) -> anyhow::Result<Registry> {
+        if let Some(p) = &path {
+            remove_stale_temp_files(p);
+        }
         let mut reg = Registry {
             path,
             entries: BTreeMap::new(),
@@ -79,6 +84,42 @@ impl Registry {
     }
 }
 
+/// Remove `.NAME.tmp.PID` files next to `path` whose process is gone (a SIGKILL or a full
+/// disk during a write). A running process's temp file (a graceful upgrade's old process) is
+/// left alone.
+fn remove_stale_temp_files(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let prefix = format!(".{name}.tmp.");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix) else {
+            continue;
+        };
+        let alive = pid
+            .parse::<u32>()
+            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %e.path().display(), "removed a stale temp state file")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %e.path().display(), error = %err, "cannot remove a stale temp state file")
+                }
+            }
+        }
+    }
+}
+
 /// Write `bytes` to `path` atomically (temp file + fsync + rename + directory fsync).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
@@ -98,9 +139,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        let written = opts.open(&tmp).and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            // A full disk: leave no partial temp file behind.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
     }
     if let Err(e) = std::fs::rename(&tmp, path) {
         // Leave no temp file behind; the rename error is the one that matters.
@@ -125,6 +172,21 @@ mod tests {
             weight: 1,
             api_key: Some("secret-key".into()),
         }
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_at_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("reg.json");
+        let stale = dir.path().join(".reg.json.tmp.999999999");
+        let live = dir
+            .path()
+            .join(format!(".reg.json.tmp.{}", std::process::id()));
+        std::fs::write(&stale, b"{").expect("write");
+        std::fs::write(&live, b"{").expect("write");
+        Registry::load(Some(path)).expect("load");
+        assert!(!stale.exists(), "a dead process's temp file is removed");
+        assert!(live.exists(), "a running process's temp file stays");
     }
 
     #[test]

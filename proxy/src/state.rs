@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use config::{Config, HashKey};
 use tokio::sync::Notify;
 
+use crate::address::{check_backend_addr, SelfIdentity};
 use crate::backend::{Backend, Source};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -57,6 +58,8 @@ pub struct Shared {
     /// `GPT_OSS_LB_ADMIN_TOKEN`, read by the binary.
     pub admin_token_override: Option<String>,
     pub started: Instant,
+    /// This process's `Via` id and listeners (loop detection, the address policy).
+    pub identity: SelfIdentity,
 }
 
 /// Resolve `host:port` to the first address.
@@ -92,6 +95,7 @@ impl Shared {
             &old.backends,
             self.admin_token_override.clone(),
             old.generation + 1,
+            &self.identity,
         )
         .await;
         let n = snapshot.backends.len();
@@ -108,6 +112,7 @@ pub async fn build_snapshot(
     previous: &[Arc<Backend>],
     admin_token_override: Option<String>,
     generation: u64,
+    identity: &SelfIdentity,
 ) -> Snapshot {
     let mut defs: Vec<(BackendConfig, Source)> = config
         .backends
@@ -122,10 +127,16 @@ pub async fn build_snapshot(
         defs.push((d.clone(), Source::Registered));
     }
 
+    // Backend objects whose definition did not change are kept (health, counters): found by
+    // name, so a rebuild costs O(backends), not O(backends^2).
+    let previous: HashMap<&str, &Arc<Backend>> = previous.iter().map(|b| (b.name(), b)).collect();
     let mut backends = Vec::with_capacity(defs.len());
     for (def, source) in defs {
-        if let Some(prev) = previous.iter().find(|b| b.def == def && b.source == source) {
-            backends.push(prev.clone());
+        if let Some(prev) = previous
+            .get(def.name.as_str())
+            .filter(|b| b.def == def && b.source == source)
+        {
+            backends.push(Arc::clone(prev));
             continue;
         }
         let url = match config::check::backend_url(&def.url) {
@@ -135,8 +146,20 @@ pub async fn build_snapshot(
                 continue;
             }
         };
+        // The address policy is checked on the address that will be connected to, each time
+        // it is resolved: a name that resolves differently now than at registration is
+        // checked again.
         match resolve(&url).await {
-            Ok(addrs) => backends.push(Arc::new(Backend::new(def, source, url, addrs[0]))),
+            Ok(addrs) => match addrs
+                .iter()
+                .map(|a| check_backend_addr(a, &config.admin, identity).map(|()| *a))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(allowed) => backends.push(Arc::new(Backend::new(def, source, url, allowed[0]))),
+                Err(e) => {
+                    tracing::error!(backend = %def.name, error = %e, "refusing backend address")
+                }
+            },
             Err(e) => tracing::error!(backend = %def.name, error = %e, "skipping backend"),
         }
     }

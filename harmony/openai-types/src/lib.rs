@@ -12,6 +12,7 @@
 mod chat;
 mod completions;
 mod error;
+pub mod json;
 mod models;
 
 pub use chat::*;

@@ -191,6 +191,14 @@ pub fn route_request(
         }
     }
     let head: Head = serde_json::from_slice(&body).map_err(bad_json)?;
+    // Duplicate keys anywhere: refused here as gpt-oss-server refuses them, so that a body
+    // cannot mean one thing to the LB and another to the backend.
+    if let Some(path) = openai_types::json::find_duplicate_key(&body) {
+        return Err(ApiError::invalid(
+            format!("duplicate key `{path}` in the JSON body"),
+            &path,
+        ));
+    }
     // The seed's clients send no `model`: such a request goes to `default_model`, or to the
     // only model served; with several models and no default it is a 400 naming them.
     let (model, model_given) = match head.model {

@@ -28,6 +28,12 @@ const IGNORED_COMPLETION_FIELDS: &[&str] = &[];
 
 /// Parses a JSON body into `T`, naming the field path of the first type error.
 pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if let Some(path) = openai_types::json::find_duplicate_key(body) {
+        return Err(ApiError::field(
+            path.clone(),
+            format!("duplicate key `{path}` in the JSON body"),
+        ));
+    }
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::InvalidJson(format!(
             "We could not parse the JSON body of your request: {e}"

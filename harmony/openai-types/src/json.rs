@@ -1,0 +1,158 @@
+//! JSON rules both binaries apply to request bodies before reading them.
+//!
+//! Duplicate object keys: RFC 8259 section 4 leaves their meaning to the parser ("the names
+//! within an object SHOULD be unique"); parsers disagree (`serde_json`'s `Value` keeps the
+//! last, a derived struct refuses), so a body with them could mean one thing to gpt-oss-lb and
+//! another to gpt-oss-server. Both refuse such a body with a 400 naming the key.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// The path of the first duplicate object key in `text` (`messages[0].content`, or `model` at
+/// the top level); `None` when there is none or `text` is not valid JSON (the caller's parser
+/// reports that).
+pub fn find_duplicate_key(text: &[u8]) -> Option<String> {
+    let mut found = None;
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let walker = Walker {
+        path: String::new(),
+        found: &mut found,
+    };
+    // A parse error means invalid JSON: not ours to report.
+    walker.deserialize(&mut de).ok()?;
+    found
+}
+
+struct Walker<'f> {
+    path: String,
+    found: &'f mut Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for Walker<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Walker<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        loop {
+            if self.found.is_some() {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                return Ok(());
+            }
+            let path = format!("{}[{i}]", self.path);
+            let seed = Walker {
+                path,
+                found: &mut *self.found,
+            };
+            if seq.next_element_seed(seed)?.is_none() {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Small objects (the usual case) compare in a Vec; large ones use a set.
+        let mut small: Vec<Cow<'de, str>> = Vec::new();
+        let mut large: Option<HashSet<Cow<'de, str>>> = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let path = if self.path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            let dup = match &mut large {
+                Some(set) => !set.insert(key),
+                None if small.contains(&key) => true,
+                None => {
+                    small.push(key);
+                    if small.len() > 16 {
+                        large = Some(small.drain(..).collect());
+                    }
+                    false
+                }
+            };
+            if dup && self.found.is_none() {
+                *self.found = Some(path.clone());
+            }
+            if self.found.is_some() {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            map.next_value_seed(Walker {
+                path,
+                found: &mut *self.found,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_keys_are_found_at_any_depth() {
+        assert_eq!(find_duplicate_key(br#"{"a":1,"b":2}"#), None);
+        assert_eq!(
+            find_duplicate_key(br#"{"model":"a","model":"b"}"#).as_deref(),
+            Some("model")
+        );
+        assert_eq!(
+            find_duplicate_key(
+                br#"{"messages":[{"role":"user"},{"role":"user","role":"system"}]}"#
+            )
+            .as_deref(),
+            Some("messages[1].role")
+        );
+        let many: String = (0..40).map(|i| format!("\"k{i}\":{i},")).collect();
+        assert_eq!(
+            find_duplicate_key(format!("{{{many}\"k3\":0}}").as_bytes()).as_deref(),
+            Some("k3"),
+            "large objects too"
+        );
+        assert_eq!(
+            find_duplicate_key(br#"{"a\u0062":1,"ab":2}"#).as_deref(),
+            Some("ab"),
+            "escaped spellings of the same key are the same key"
+        );
+        assert_eq!(
+            find_duplicate_key(b"{oops"),
+            None,
+            "invalid JSON is the parser's to report"
+        );
+    }
+}
