@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::address::check_backend_addr;
 use crate::backend::Source;
 use crate::error::{ApiError, Reply};
-use crate::registry::write_atomic;
+use crate::registry::Persist;
 use crate::state::{resolve, Shared};
 
 /// A field of the registration body that must be a string (or absent).
@@ -122,12 +122,12 @@ fn backend_json(d: &config::BackendConfig, health: &str) -> Value {
     })
 }
 
-/// Persist the registry, off the async executor.
-async fn persist(bytes: Option<(std::path::PathBuf, Vec<u8>)>) -> Result<(), ApiError> {
-    let Some((path, bytes)) = bytes else {
+/// Make one registry change durable, off the async executor.
+async fn persist(write: Option<Persist>) -> Result<(), ApiError> {
+    let Some(write) = write else {
         return Ok(());
     };
-    let res = tokio::task::spawn_blocking(move || write_atomic(&path, &bytes)).await;
+    let res = tokio::task::spawn_blocking(move || write.run()).await;
     match res {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
@@ -206,13 +206,10 @@ pub async fn register(shared: &Shared, body: &[u8]) -> Result<Reply, ApiError> {
             Some("backend_exists"),
         ));
     }
-    let previous = reg.insert(def.clone());
-    if let Err(e) = persist(reg.serialized()).await {
-        // Roll back so memory matches the file.
-        match previous {
-            Some(p) => reg.insert(p),
-            None => reg.remove(&def.name),
-        };
+    let (previous, write) = reg.insert(def.clone());
+    if let Err(e) = persist(write).await {
+        // Roll back so memory matches the files.
+        reg.undo(&def.name, previous);
         return Err(e);
     }
     shared.rebuild(snap.config.clone(), &reg).await;
@@ -246,7 +243,8 @@ pub async fn unregister(shared: &Shared, name: &str) -> Result<Reply, ApiError> 
             Some("backend_in_config"),
         ));
     }
-    let Some(removed) = reg.remove(name) else {
+    let (removed, write) = reg.remove(name);
+    let Some(removed) = removed else {
         return Err(ApiError::new(
             ErrorKind::NotFound,
             format!("no registered backend named '{name}'"),
@@ -254,8 +252,8 @@ pub async fn unregister(shared: &Shared, name: &str) -> Result<Reply, ApiError> 
             Some("backend_not_found"),
         ));
     };
-    if let Err(e) = persist(reg.serialized()).await {
-        reg.insert(removed);
+    if let Err(e) = persist(write).await {
+        reg.undo(name, Some(removed));
         return Err(e);
     }
     shared.rebuild(snap.config.clone(), &reg).await;

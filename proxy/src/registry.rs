@@ -1,9 +1,15 @@
 //! Runtime-registered backends and their state file.
 //!
-//! The file is JSON, written atomically: a temp file in the same directory, `fsync`, `rename`
-//! over the old file, then `fsync` of the directory. A crash at any moment leaves either the
-//! old or the new file, never a torn one. The file holds backend API keys, so it is created
-//! with mode 0600.
+//! Two files hold the registry: the state file (JSON, the registry as of its last
+//! compaction) and its journal (`STATE.journal`, one JSON line per registration or removal
+//! since). A change is acknowledged once its journal line is written and `fsync`ed, so a
+//! registration costs one short append whatever the registry's size; when the journal grows
+//! past the registry's size (at least 64 lines) the state file is rewritten whole and the
+//! journal emptied, so the cost stays constant on average. The state file is written
+//! atomically: a temp file in the same directory, `fsync`, `rename` over the old file, then
+//! `fsync` of the directory; a crash at any moment leaves the old or the new file. A journal
+//! line torn by a crash was never acknowledged and is skipped at load. Both files hold backend
+//! API keys, so they are created with mode 0600.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -19,11 +25,84 @@ struct StateFile {
     backends: Vec<BackendConfig>,
 }
 
+/// One journal line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum JournalLine {
+    Put { backend: BackendConfig },
+    Delete { name: String },
+}
+
 /// The registered backends (not the config file's), by name.
 #[derive(Debug, Default)]
 pub struct Registry {
     path: Option<PathBuf>,
     entries: BTreeMap<String, BackendConfig>,
+    /// Lines in the journal since the last compaction.
+    journal_lines: usize,
+    /// The last write failed: the next one compacts (rewrites everything).
+    dirty: bool,
+}
+
+/// A write that makes one change durable: run it off the async executor.
+#[derive(Debug)]
+pub enum Persist {
+    /// Append one line to the journal and `fsync` it.
+    Append { journal: PathBuf, line: Vec<u8> },
+    /// Rewrite the state file atomically, then empty the journal.
+    Compact {
+        path: PathBuf,
+        bytes: Vec<u8>,
+        journal: PathBuf,
+    },
+}
+
+impl Persist {
+    /// Do the write. Errors: the I/O error; a failed append is cut back so that no torn line
+    /// stays in the journal.
+    pub fn run(self) -> std::io::Result<()> {
+        match self {
+            Persist::Append { journal, line } => {
+                let mut opts = std::fs::OpenOptions::new();
+                opts.create(true).append(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    opts.mode(0o600);
+                }
+                let mut f = opts.open(&journal)?;
+                let before = f.metadata()?.len();
+                let written = f.write_all(&line).and_then(|()| f.sync_data());
+                if written.is_err() {
+                    let _ = f.set_len(before);
+                }
+                written
+            }
+            Persist::Compact {
+                path,
+                bytes,
+                journal,
+            } => {
+                write_atomic(&path, &bytes)?;
+                match std::fs::remove_file(&journal) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The journal next to state file `path`.
+pub fn journal_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".journal");
+    path.with_file_name(name)
 }
 
 impl Registry {
@@ -51,8 +130,44 @@ impl Registry {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => anyhow::bail!("cannot read state file {}: {e}", p.display()),
             }
+            let journal = journal_path(p);
+            match std::fs::read(&journal) {
+                Ok(bytes) => reg.replay(&journal, &bytes)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => anyhow::bail!("cannot read journal {}: {e}", journal.display()),
+            }
         }
         Ok(reg)
+    }
+
+    /// Apply the journal's lines in order. A last line without its newline was torn by a
+    /// crash before it was acknowledged: skipped. Any other bad line is an error.
+    fn replay(&mut self, journal: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+        let complete = bytes.ends_with(b"\n");
+        let lines: Vec<&[u8]> = bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        for (i, line) in lines.iter().enumerate() {
+            match serde_json::from_slice::<JournalLine>(line) {
+                Ok(JournalLine::Put { backend }) => {
+                    self.entries.insert(backend.name.clone(), backend);
+                }
+                Ok(JournalLine::Delete { name }) => {
+                    self.entries.remove(&name);
+                }
+                Err(_) if i + 1 == lines.len() && !complete => {
+                    tracing::warn!(journal = %journal.display(), "skipping a torn last journal line (never acknowledged)");
+                }
+                Err(e) => anyhow::bail!(
+                    "journal {} line {} is not valid: {e}",
+                    journal.display(),
+                    i + 1
+                ),
+            }
+            self.journal_lines += 1;
+        }
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<&BackendConfig> {
@@ -63,24 +178,65 @@ impl Registry {
         self.entries.values()
     }
 
-    /// Insert or replace; returns the previous definition.
-    pub fn insert(&mut self, d: BackendConfig) -> Option<BackendConfig> {
-        self.entries.insert(d.name.clone(), d)
+    /// Insert or replace; returns the previous definition and the write that makes the change
+    /// durable (none without a state file).
+    pub fn insert(&mut self, d: BackendConfig) -> (Option<BackendConfig>, Option<Persist>) {
+        let line = JournalLine::Put { backend: d.clone() };
+        let previous = self.entries.insert(d.name.clone(), d);
+        (previous, self.persist(&line))
     }
 
-    pub fn remove(&mut self, name: &str) -> Option<BackendConfig> {
-        self.entries.remove(name)
+    /// Remove; returns the removed definition and the write that makes it durable.
+    pub fn remove(&mut self, name: &str) -> (Option<BackendConfig>, Option<Persist>) {
+        let removed = self.entries.remove(name);
+        let persist = removed.as_ref().and_then(|_| {
+            self.persist(&JournalLine::Delete {
+                name: name.to_string(),
+            })
+        });
+        (removed, persist)
     }
 
-    /// The bytes of the state file for the current entries, and where they go.
-    pub fn serialized(&self) -> Option<(PathBuf, Vec<u8>)> {
+    /// Undo a change whose write failed (the registry must match what is on disk); the next
+    /// write then rewrites everything.
+    pub fn undo(&mut self, name: &str, previous: Option<BackendConfig>) {
+        match previous {
+            Some(p) => {
+                self.entries.insert(name.to_string(), p);
+            }
+            None => {
+                self.entries.remove(name);
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// The write for one change: a journal line, or a compaction when the journal has grown
+    /// past the registry's size (or the last write failed).
+    fn persist(&mut self, line: &JournalLine) -> Option<Persist> {
         let path = self.path.clone()?;
-        let state = StateFile {
-            version: 1,
-            backends: self.entries.values().cloned().collect(),
-        };
-        let bytes = serde_json::to_vec_pretty(&state).ok()?;
-        Some((path, bytes))
+        let journal = journal_path(&path);
+        if self.dirty || self.journal_lines + 1 > self.entries.len().max(64) {
+            let state = StateFile {
+                version: 1,
+                backends: self.entries.values().cloned().collect(),
+            };
+            let bytes = serde_json::to_vec_pretty(&state).ok()?;
+            self.journal_lines = 0;
+            self.dirty = false;
+            return Some(Persist::Compact {
+                path,
+                bytes,
+                journal,
+            });
+        }
+        let mut bytes = serde_json::to_vec(line).ok()?;
+        bytes.push(b'\n');
+        self.journal_lines += 1;
+        Some(Persist::Append {
+            journal,
+            line: bytes,
+        })
     }
 }
 
@@ -194,19 +350,58 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("reg.json");
         let mut r = Registry::load(Some(path.clone())).expect("missing file is empty");
-        r.insert(def("a"));
-        r.insert(def("b"));
-        let (p, bytes) = r.serialized().expect("has a path");
-        write_atomic(&p, &bytes).expect("write");
-        let r2 = Registry::load(Some(path)).expect("load");
-        assert_eq!(r2.definitions().count(), 2);
+        for i in 0..200 {
+            let (_, p) = r.insert(def(&format!("b{i}")));
+            p.expect("a write").run().expect("write");
+        }
+        for i in 0..50 {
+            let (_, p) = r.remove(&format!("b{i}"));
+            p.expect("a write").run().expect("write");
+        }
+        let (_, p) = r.insert(def("a"));
+        p.expect("a write").run().expect("write");
+        let r2 = Registry::load(Some(path.clone())).expect("load");
+        assert_eq!(r2.definitions().count(), 151);
         assert_eq!(r2.get("a"), Some(&def("a")));
+        assert!(r2.get("b0").is_none() && r2.get("b199").is_some());
+        let journal = std::fs::read(journal_path(&path)).unwrap_or_default();
+        assert!(
+            journal.len() < 200 * 300,
+            "the journal is compacted as it grows ({} bytes)",
+            journal.len()
+        );
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .expect("read dir")
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
             .collect();
         assert!(leftovers.is_empty(), "temp files must not be left behind");
+    }
+
+    #[test]
+    fn a_torn_last_journal_line_was_never_acknowledged_and_is_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("reg.json");
+        let mut r = Registry::load(Some(path.clone())).expect("empty");
+        let (_, p) = r.insert(def("a"));
+        p.expect("write").run().expect("write");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(journal_path(&path))
+            .expect("journal");
+        f.write_all(br#"{"op":"put","backend":{"name":"b","#)
+            .expect("torn");
+        let r2 = Registry::load(Some(path.clone())).expect("a torn tail is not an error");
+        assert_eq!(r2.definitions().count(), 1);
+        std::fs::write(
+            journal_path(&path),
+            b"{bad}\n{\"op\":\"delete\",\"name\":\"a\"}\n",
+        )
+        .expect("w");
+        assert!(
+            Registry::load(Some(path)).is_err(),
+            "a bad line inside the journal is an error"
+        );
     }
 
     #[test]

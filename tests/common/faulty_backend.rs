@@ -33,6 +33,14 @@ pub enum Mode {
     Error500,
     /// 429 with `Retry-After: 30` to every completion.
     RateLimited429,
+    /// A stream whose one `data:` line never ends: 64 KiB pieces of `x`, up to 64 MiB, as
+    /// long as the reader takes them.
+    EndlessEvent,
+    /// Raw harmony SSE events whose lines end with a bare CR (allowed by the SSE
+    /// specification); the connection then stays open 4 s before `[DONE]`.
+    CrEvents,
+    /// 431 with an empty body and no content type.
+    Empty431,
     /// Raw harmony text (as a `--raw-output` server writes it) with an unpaired surrogate
     /// escape (`\ud83d`) in the JSON string, as JSON or SSE.
     RawSurrogate,
@@ -304,6 +312,38 @@ async fn serve(
                 let body = r#"{"id":"c","object":"chat.completion","created":0,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"<|channel|>analysis<|message|>Think \ud83d.<|end|><|start|>assistant<|channel|>final<|message|>Paris \ud83d<|return|>"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
                 sock.write_all(response("200 OK", "application/json", body).as_bytes())
                     .await?;
+            }
+            Mode::EndlessEvent => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"<|channel|>final<|message|>";
+                sock.write_all(head.as_bytes()).await?;
+                let piece = vec![b'x'; 64 * 1024];
+                for _ in 0..1024 {
+                    if sock.write_all(&piece).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                return Ok(());
+            }
+            Mode::CrEvents => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n";
+                sock.write_all(head.as_bytes()).await?;
+                for piece in [
+                    "<|channel|>analysis<|message|>Think.<|end|>",
+                    "<|start|>assistant<|channel|>final<|message|>Paris<|return|>",
+                ] {
+                    let frame = format!("data: {}\r\r", chunk_json(piece));
+                    sock.write_all(frame.as_bytes()).await?;
+                }
+                sock.flush().await?;
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                sock.write_all(b"data: [DONE]\r\r").await?;
+                return Ok(());
+            }
+            Mode::Empty431 => {
+                sock.write_all(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n",
+                )
+                .await?;
             }
             Mode::SlowDrip => {
                 let all = response("200 OK", "application/json", &completion_json());
