@@ -21,8 +21,9 @@ give.
 
 Compared: `content`, `reasoning_content`, `reasoning`, `commentary`, tool calls (name and
 arguments; ids may differ), the seed's `thinking` / `parsed` with `separate_thinking`,
-`finish_reason` and `usage`; for streams the concatenation of each field's deltas and the
-kinds of chunk, one by one (role, reasoning, content, tool call, finish, usage).
+`finish_reason` and `usage`; for streams the concatenation of each field's deltas, the order
+of chunk kinds (role, reasoning, content, tool call, finish, usage) and the number of chunks
+that carried reasoning, content and tool-call text.
 
 Then the official SDKs through the LB: the Python SDK's `chat.completions.stream()` and the
 Node SDK's `runTools` (tests/node, installed by scripts/setup) must end with the tool called,
@@ -166,17 +167,28 @@ def chunk_kinds(chunk):
     return kinds
 
 
+# the kinds of chunk that carry generated text, one piece at a time
+STREAMED_KINDS = ("reasoning", "commentary", "content", "tool_call")
+
+
 def summarize_stream(text):
-    """A stream as the fields a client assembles from it, and what each chunk carried, in
-    order (so an answer that arrives in one chunk at the end differs from a streamed one)."""
+    """A stream as the fields a client assembles from it, the order of chunk kinds (repeats in
+    a row collapsed: the role may share a chunk with the first delta, the seed's fields with the
+    finish), and how many chunks carried each kind of text (an answer that arrives in one chunk
+    at the end is not a stream)."""
     chunks, done = sse_payloads(text)
     errors = [c for c in chunks if "error" in c]
     fields = {f: "" for f in ("content", "reasoning_content", "reasoning", "commentary")}
     calls = {}
     finish, usage, seed_fields = [], None, {}
     order = []
+    deltas = {}
     for c in chunks:
-        order.append("+".join(chunk_kinds(c)))
+        for k in chunk_kinds(c):
+            if not order or order[-1] != k:
+                order.append(k)
+            if k in STREAMED_KINDS:
+                deltas[k] = deltas.get(k, 0) + 1
         if c.get("usage"):
             usage = c["usage"]
         for choice in c.get("choices") or []:
@@ -200,6 +212,7 @@ def summarize_stream(text):
         "finish_reason": finish,
         "usage": usage,
         "chunk_order": order,
+        "deltas": deltas,
         "done": done,
         "errors": errors,
     }
