@@ -389,6 +389,19 @@ async fn raw_output_matches_stop_strings_on_the_answer_not_the_reasoning() {
 }
 
 #[tokio::test]
+async fn raw_output_leaves_stop_strings_to_after_min_tokens_as_parsed_output_does() {
+    let body = chat_body(json!({"stop": "ris", "min_tokens": 900}));
+    let parsed = setup(FRANCE, 0, 2, 4, None);
+    let (status, p, _) = call(&parsed.state, "POST", "/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(p["choices"][0]["message"]["content"], "Paris");
+    let raw = setup_raw(FRANCE);
+    let (status, r, _) = call(&raw.state, "POST", "/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["choices"][0]["message"]["content"], FRANCE);
+}
+
+#[tokio::test]
 async fn raw_output_without_a_stop_match_is_the_whole_text() {
     let raw = setup_raw(FRANCE);
     let body = chat_body(json!({"stop": ["Lyon", "ris!"]}));
