@@ -1,15 +1,18 @@
-"""Fixtures for the OpenAI Python SDK tests: real `gpt-oss-server` processes on the
-committed tiny gpt-oss fixture (random weights, so answers are gibberish, but every
-shape, stream and error is real).
+"""Fixtures for the OpenAI SDK tests: real `gpt-oss-server` processes on the committed tiny
+gpt-oss fixture (random weights, so answers are gibberish, but every shape, stream and error
+is real) or on the embedded gpt-oss-nano (no `--model-path`), and real `gpt-oss-lb` processes.
 
-The release binary must exist: `cargo build --release --bins` (scripts/test does it).
+The release binaries must exist: `cargo build --release --bins` (scripts/test does it).
 """
 
 import glob
+import json
 import os
+import socket
 import subprocess
 import tarfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = ROOT / "target" / "release" / "gpt-oss-server"
+LB = ROOT / "target" / "release" / "gpt-oss-lb"
 ARCHIVE = ROOT / "runtimes" / "fixture" / "tiny" / "model.tar.xz"
 
 
@@ -101,3 +105,113 @@ def keyed_server(model_dir, tmp_path_factory):
     s = Server(model_dir, "--api-key", "sk-test-key", log_dir=tmp_path_factory.mktemp("logs"))
     yield s
     s.stop()
+
+
+class EmbeddedServer:
+    """`gpt-oss-server` with no --model-path (the embedded gpt-oss-nano), unpacked into
+    `cache_dir` (shared by the servers of a test module: unpacked once)."""
+
+    def __init__(self, cache_dir, log_dir, *flags):
+        assert BINARY.is_file(), f"{BINARY} is missing: run `cargo build --release --bins` first"
+        env = dict(os.environ, RUST_LOG="info", XDG_CACHE_HOME=str(cache_dir))
+        lib = _ort_dylib()
+        if lib:
+            env["ORT_DYLIB_PATH"] = lib
+        self.log_path = Path(log_dir) / f"nano-server-{time.time_ns()}.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [str(BINARY), "--host", "127.0.0.1", "--port", "0", "--device-map", "cpu", *flags],
+            stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL, env=env, text=True,
+        )
+        line = self.proc.stdout.readline().strip()
+        assert line.startswith("listening on "), f"unexpected first line {line!r}; log: {self.log()}"
+        self.url = line.removeprefix("listening on ")
+        deadline = time.time() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except Exception:
+                pass
+            assert self.proc.poll() is None, f"server exited: {self.log()}"
+            assert time.time() < deadline, f"server never became healthy: {self.log()}"
+            time.sleep(0.2)
+
+    def log(self):
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Lb:
+    """A real `gpt-oss-lb` on a free loopback port, with `config_yaml` as its config file.
+    With no admin token configured, loopback clients may use its admin API."""
+
+    def __init__(self, config_yaml, log_dir):
+        assert LB.is_file(), f"{LB} is missing: run `cargo build --release --bins` first"
+        d = Path(log_dir)
+        (d / "lb.yaml").write_text(config_yaml)
+        self.port = free_port()
+        self.log_path = d / "lb.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [str(LB), "--config", str(d / "lb.yaml"), "--host", "127.0.0.1", "--port", str(self.port),
+             "--state-file", str(d / "state.json"), "--upgrade-sock", str(d / "up.sock"),
+             "--pid-file", str(d / "lb.pid")],
+            stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def register(self, backend):
+        """`POST /backends/register` with `backend` (a dict of the admin API's fields)."""
+        deadline = time.time() + 30
+        while True:
+            req = urllib.request.Request(
+                self.url + "/backends/register", data=json.dumps(backend).encode(),
+                headers={"Content-Type": "application/json"}, method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    assert r.status == 201, r.status
+                    return json.load(r)
+            except urllib.error.HTTPError:
+                raise
+            except OSError:
+                # the LB is still starting
+                assert self.proc.poll() is None, f"the LB exited: {self.log_path.read_text()}"
+                assert time.time() < deadline, f"the LB never answered: {self.log_path.read_text()}"
+                time.sleep(0.1)
+
+    def status(self):
+        with urllib.request.urlopen(self.url + "/status", timeout=5) as r:
+            return json.load(r)
+
+    def wait_healthy(self, names, timeout=60):
+        deadline = time.time() + timeout
+        while True:
+            try:
+                st = self.status()
+                if all(any(b["name"] == n and b["healthy"] for b in st["backends"]) for n in names):
+                    return
+            except Exception:
+                pass
+            assert self.proc.poll() is None, f"the LB exited: {self.log_path.read_text()}"
+            assert time.time() < deadline, f"backends {names} not healthy: {self.log_path.read_text()}"
+            time.sleep(0.1)
+
+    def client(self):
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()

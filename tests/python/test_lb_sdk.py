@@ -2,63 +2,11 @@
 (a parsed-mode backend, and a raw-mode backend rewritten at the edge)."""
 
 import json
-import socket
-import subprocess
-import time
-import urllib.request
-from pathlib import Path
 
 import openai
 import pytest
 
-from conftest import ROOT, Server
-
-LB = ROOT / "target" / "release" / "gpt-oss-lb"
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Lb:
-    def __init__(self, config_yaml, log_dir):
-        assert LB.is_file(), f"{LB} is missing: run `cargo build --release --bins` first"
-        d = Path(log_dir)
-        (d / "lb.yaml").write_text(config_yaml)
-        self.port = _free_port()
-        self.log_path = d / "lb.log"
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [str(LB), "--config", str(d / "lb.yaml"), "--host", "127.0.0.1", "--port", str(self.port),
-             "--state-file", str(d / "state.json"), "--upgrade-sock", str(d / "up.sock"),
-             "--pid-file", str(d / "lb.pid")],
-            stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_healthy(self, names, timeout=60):
-        deadline = time.time() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "/status", timeout=5) as r:
-                    st = json.load(r)
-                if all(any(b["name"] == n and b["healthy"] for b in st["backends"]) for n in names):
-                    return
-            except Exception:
-                pass
-            assert self.proc.poll() is None, f"the LB exited: {self.log_path.read_text()}"
-            assert time.time() < deadline, f"backends {names} not healthy: {self.log_path.read_text()}"
-            time.sleep(0.1)
-
-    def client(self):
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=300)
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
-        self._log.close()
+from conftest import Lb, Server
 
 
 @pytest.fixture(scope="module")

@@ -10,60 +10,16 @@ through `--raw-output`, and the thresholds of runtimes/nano/eval.py must hold:
 """
 
 import json
-import os
-import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-from conftest import BINARY, ROOT, _ort_dylib
+from conftest import ROOT, EmbeddedServer
 
 sys.path.insert(0, str(ROOT / "runtimes" / "nano"))
 import eval as nano_eval  # noqa: E402
 
 HELDOUT = ROOT / "runtimes" / "nano" / "heldout.jsonl"
-
-
-class EmbeddedServer:
-    """`gpt-oss-server` with no --model-path (the embedded gpt-oss-nano)."""
-
-    def __init__(self, cache_dir, log_dir, *flags):
-        assert BINARY.is_file(), f"{BINARY} is missing: run `cargo build --release --bins` first"
-        env = dict(os.environ, RUST_LOG="info", XDG_CACHE_HOME=str(cache_dir))
-        lib = _ort_dylib()
-        if lib:
-            env["ORT_DYLIB_PATH"] = lib
-        self.log_path = Path(log_dir) / f"nano-server-{time.time_ns()}.log"
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [str(BINARY), "--host", "127.0.0.1", "--port", "0", "--device-map", "cpu", *flags],
-            stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL, env=env, text=True,
-        )
-        line = self.proc.stdout.readline().strip()
-        assert line.startswith("listening on "), f"unexpected first line {line!r}; log: {self.log()}"
-        self.url = line.removeprefix("listening on ")
-        deadline = time.time() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except Exception:
-                pass
-            assert self.proc.poll() is None, f"server exited: {self.log()}"
-            assert time.time() < deadline, f"server never became healthy: {self.log()}"
-            time.sleep(0.2)
-
-    def log(self):
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture(scope="module")

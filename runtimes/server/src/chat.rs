@@ -57,14 +57,22 @@ async fn serve(
     let raw = state.config.raw_output;
     let prompt = codec::render_chat(&model.tokenizer, &valid)?;
     let prefill = codec::prefill(&model.tokenizer, &valid.tool_plan)?;
-    let parser = codec::chat_parser(&model.tokenizer, raw, &prefill);
+    let parser = codec::chat_parser(
+        &model.tokenizer,
+        raw,
+        &prefill,
+        &valid.stop,
+        valid.sampling.min_tokens,
+    );
     let mut full_prompt = prompt;
     full_prompt.extend_from_slice(&prefill);
     let submission = Submission {
         prompt: full_prompt,
         sampling: valid.sampling.clone(),
         max_tokens: valid.max_tokens,
-        stop: valid.stop.clone(),
+        // Raw output matches stop strings on the answer inside its parser; the generation's
+        // matcher looks at all of `content`, which is the answer only in parsed output.
+        stop: if raw { Vec::new() } else { valid.stop.clone() },
         parser,
         arrived,
     };

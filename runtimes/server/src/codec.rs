@@ -12,6 +12,7 @@ use openai_types::{ChatDelta, FinishReason, Parsed, Thinking};
 
 use crate::error::ApiError;
 use crate::generation::DeltaParser;
+use crate::stop::AnswerStopMatcher;
 use crate::validate::{ToolPlan, ValidChat};
 
 /// Stop tokens of every generation: `<|return|>`, `<|call|>` and the model's eos ids.
@@ -106,19 +107,66 @@ struct RawText {
     counter: TokenParser,
     /// Chat in raw mode: a `<|call|>` ending is a tool call (the proxy parses it).
     call_means_tool_calls: bool,
+    /// Chat in raw mode: stop strings, matched on the answer the raw text carries.
+    answer_stop: Option<AnswerStop>,
 }
 
-impl DeltaParser for RawText {
-    fn push(&mut self, token: u32, out: &mut Vec<ChatDelta>) {
-        self.counter.push(token, &mut |_| {});
-        let mut text = self.prefix.take().unwrap_or_default();
-        self.decoder.push_into(token, &mut text);
+/// Stop strings for raw chat output. They apply to the answer (what a parsed response
+/// carries as `content`: final-channel text), never to the reasoning or the harmony
+/// framing, so a client that parses the raw text (the LB's edge rewriting) gets the
+/// `content` a parsed server gives for the same request.
+struct AnswerStop {
+    /// Maps the parse of the output (`RawText::counter`) to OpenAI deltas: their `content`
+    /// is the answer.
+    mapper: DeltaMapper,
+    matcher: AnswerStopMatcher,
+    /// Stop strings are not looked for in the first `min_tokens` tokens (vLLM), as on the
+    /// parsed path.
+    min_tokens: u32,
+    generated: u32,
+    deltas: Vec<ChatDelta>,
+}
+
+impl RawText {
+    fn emit(text: String, out: &mut Vec<ChatDelta>) {
         if !text.is_empty() {
             out.push(ChatDelta {
                 content: Some(text),
                 ..ChatDelta::default()
             });
         }
+    }
+}
+
+impl DeltaParser for RawText {
+    fn push(&mut self, token: u32, out: &mut Vec<ChatDelta>) {
+        let mut text = self.prefix.take().unwrap_or_default();
+        let Some(a) = self.answer_stop.as_mut() else {
+            self.counter.push(token, &mut |_| {});
+            self.decoder.push_into(token, &mut text);
+            Self::emit(text, out);
+            return;
+        };
+        if a.matcher.matched() {
+            return;
+        }
+        if !text.is_empty() {
+            let mut kept = String::new();
+            a.matcher.push(&text, false, &mut kept);
+            text = kept;
+        }
+        a.generated += 1;
+        a.deltas.clear();
+        let (mapper, deltas) = (&mut a.mapper, &mut a.deltas);
+        self.counter
+            .push(token, &mut |e| mapper.on_event(e, deltas));
+        let answer = token < tokens::FIRST_SPECIAL
+            && a.generated >= a.min_tokens
+            && a.deltas.iter().any(|d| d.content.is_some());
+        let mut piece = String::new();
+        self.decoder.push_into(token, &mut piece);
+        a.matcher.push(&piece, answer, &mut text);
+        Self::emit(text, out);
     }
 
     fn finish(
@@ -128,13 +176,18 @@ impl DeltaParser for RawText {
         out: &mut Vec<ChatDelta>,
     ) -> FinishReason {
         let mut text = self.prefix.take().unwrap_or_default();
-        self.decoder.finish_into(&mut text);
-        if !text.is_empty() {
-            out.push(ChatDelta {
-                content: Some(text),
-                ..ChatDelta::default()
-            });
+        match self.answer_stop.as_mut() {
+            Some(a) if a.matcher.matched() => text.clear(),
+            Some(a) => {
+                let mut rest = String::new();
+                a.matcher.push(&text, false, &mut rest);
+                a.matcher.finish(&mut rest);
+                self.decoder.finish_into(&mut rest);
+                text = rest;
+            }
+            None => self.decoder.finish_into(&mut text),
         }
+        Self::emit(text, out);
         match stop_token {
             Some(tokens::CALL) if self.call_means_tool_calls && cause == StopCause::Stop => {
                 FinishReason::ToolCalls
@@ -146,6 +199,12 @@ impl DeltaParser for RawText {
     fn reasoning_tokens(&self) -> u32 {
         self.counter.counts().analysis
     }
+
+    fn stop_matched(&self) -> bool {
+        self.answer_stop
+            .as_ref()
+            .is_some_and(|a| a.matcher.matched())
+    }
 }
 
 fn raw_text(tokenizer: &Tokenizer, prefix: &str, call_means_tool_calls: bool) -> RawText {
@@ -154,6 +213,7 @@ fn raw_text(tokenizer: &Tokenizer, prefix: &str, call_means_tool_calls: bool) ->
         prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
         counter: TokenParser::new(tokenizer, Some(Role::Assistant)),
         call_means_tool_calls,
+        answer_stop: None,
     }
 }
 
@@ -218,10 +278,35 @@ impl DeltaParser for HarmonyDeltas {
 
 /// The parser for a chat response: raw harmony text when `raw`, else OpenAI fields.
 /// `prefill` (the forced start of the assistant message) is fed first.
-pub fn chat_parser(tokenizer: &Tokenizer, raw: bool, prefill: &[u32]) -> Box<dyn DeltaParser> {
+///
+/// With `raw`, the parser also matches `stop` (from the `min_tokens`-th generated token on)
+/// on the answer inside the raw text and ends the output before the stop string
+/// ([`DeltaParser::stop_matched`]); the generation's own matcher, which looks at all of
+/// `content`, must then be given no stop strings. Parsed output leaves `stop` to it.
+pub fn chat_parser(
+    tokenizer: &Tokenizer,
+    raw: bool,
+    prefill: &[u32],
+    stop: &[String],
+    min_tokens: u32,
+) -> Box<dyn DeltaParser> {
     if raw {
         let prefix = tokenizer.decode(prefill);
-        return Box::new(raw_text(tokenizer, &prefix, true));
+        let mut p = raw_text(tokenizer, &prefix, true);
+        if !stop.is_empty() {
+            let mut mapper = DeltaMapper::new();
+            let mut ignored = Vec::new();
+            p.counter
+                .push_all(prefill, &mut |e| mapper.on_event(e, &mut ignored));
+            p.answer_stop = Some(AnswerStop {
+                mapper,
+                matcher: AnswerStopMatcher::new(stop.to_vec()),
+                min_tokens,
+                generated: 0,
+                deltas: Vec::new(),
+            });
+        }
+        return Box::new(p);
     }
     let mut p = HarmonyDeltas {
         parser: TokenParser::new(tokenizer, Some(Role::Assistant)),

@@ -34,6 +34,11 @@ pub trait DeltaParser: Send {
     ) -> FinishReason;
     /// Generated tokens that belonged to the analysis channel so far.
     fn reasoning_tokens(&self) -> u32;
+    /// True once the parser found a stop string itself (raw chat output matches them on the
+    /// answer inside the raw text); the generation then ends with finish `stop`.
+    fn stop_matched(&self) -> bool {
+        false
+    }
 }
 
 /// One item of a generation.
@@ -142,7 +147,7 @@ impl Run {
                     self.completion_tokens += 1;
                     self.parts.parser.push(id, &mut self.scratch);
                     self.filter(&mut out);
-                    if self.parts.stop.matched() {
+                    if self.parts.stop.matched() || self.parts.parser.stop_matched() {
                         tracing::debug!("stop string matched; ending generation");
                         self.done(StopCause::Stop, None, &mut out);
                     }

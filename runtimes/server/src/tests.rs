@@ -123,6 +123,31 @@ fn setup_failing(
     api_key: Option<&str>,
     fail_after: Option<usize>,
 ) -> Setup {
+    setup_with(
+        output,
+        pace_ms,
+        max_concurrent,
+        max_queue,
+        api_key,
+        fail_after,
+        false,
+    )
+}
+
+/// A server in `--raw-output` mode over the scripted backend.
+fn setup_raw(output: &str) -> Setup {
+    setup_with(output, 0, 2, 4, None, None, true)
+}
+
+fn setup_with(
+    output: &str,
+    pace_ms: u64,
+    max_concurrent: u32,
+    max_queue: u32,
+    api_key: Option<&str>,
+    fail_after: Option<usize>,
+    raw_output: bool,
+) -> Setup {
     let tok = tokenizer();
     let tokens = tok.encode_with_special_tokens(output).expect("encodes");
     let active = Arc::new(AtomicU32::new(0));
@@ -145,7 +170,7 @@ fn setup_failing(
             model_name: "m".into(),
             api_key: api_key.map(str::to_string),
             max_body_bytes: 64 * 1024,
-            raw_output: false,
+            raw_output,
             default_max_tokens: 1000,
             retry_after_secs: 2,
         },
@@ -315,6 +340,74 @@ async fn stop_strings_end_the_answer_without_leaking() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["choices"][0]["message"]["content"], "Washington");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
+}
+
+/// The answer of [`FRANCE`] and its reasoning both contain "ris".
+const FRANCE: &str = "<|channel|>analysis<|message|>The capital of France is Paris.<|end|><|start|>assistant<|channel|>final<|message|>Paris<|return|>";
+
+#[tokio::test]
+async fn raw_output_matches_stop_strings_on_the_answer_not_the_reasoning() {
+    let raw = setup_raw(FRANCE);
+    let parsed = setup(FRANCE, 0, 2, 4, None);
+    let body = chat_body(json!({"stop": "ris", "separate_thinking": false}));
+    let (status, p, _) = call(&parsed.state, "POST", "/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(p["choices"][0]["message"]["content"], "Pa");
+    let (status, r, _) = call(&raw.state, "POST", "/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, 200, "{r}");
+    // The raw text stops where the parsed answer stops: the reasoning is whole, the answer
+    // is cut before the stop string, and the usage counts the same tokens.
+    assert_eq!(
+        r["choices"][0]["message"]["content"],
+        "<|channel|>analysis<|message|>The capital of France is Paris.<|end|><|start|>assistant<|channel|>final<|message|>Pa"
+    );
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+    assert_eq!(r["usage"], p["usage"]);
+    // Streamed: the same text, in deltas.
+    let mut stream_body = body;
+    stream_body["stream"] = json!(true);
+    let (status, text, _) = call(&raw.state, "POST", "/v1/chat/completions", stream_body).await;
+    assert_eq!(status, 200);
+    let mut content = String::new();
+    let mut finish = Value::Null;
+    for payload in sse_payloads(text.as_str().unwrap_or("")) {
+        let Ok(c) = serde_json::from_str::<Value>(&payload) else {
+            continue;
+        };
+        content.push_str(c["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+        if !c["choices"][0]["finish_reason"].is_null() {
+            finish = c["choices"][0]["finish_reason"].clone();
+        }
+    }
+    assert_eq!(
+        content,
+        r["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or("-")
+    );
+    assert_eq!(finish, "stop");
+}
+
+#[tokio::test]
+async fn raw_output_leaves_stop_strings_to_after_min_tokens_as_parsed_output_does() {
+    let body = chat_body(json!({"stop": "ris", "min_tokens": 900}));
+    let parsed = setup(FRANCE, 0, 2, 4, None);
+    let (status, p, _) = call(&parsed.state, "POST", "/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(p["choices"][0]["message"]["content"], "Paris");
+    let raw = setup_raw(FRANCE);
+    let (status, r, _) = call(&raw.state, "POST", "/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["choices"][0]["message"]["content"], FRANCE);
+}
+
+#[tokio::test]
+async fn raw_output_without_a_stop_match_is_the_whole_text() {
+    let raw = setup_raw(FRANCE);
+    let body = chat_body(json!({"stop": ["Lyon", "ris!"]}));
+    let (status, r, _) = call(&raw.state, "POST", "/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["choices"][0]["message"]["content"], FRANCE);
 }
 
 #[tokio::test]
