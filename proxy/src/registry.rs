@@ -115,7 +115,7 @@ impl Registry {
         }
         let mut reg = Registry {
             path,
-            entries: BTreeMap::new(),
+            ..Registry::default()
         };
         if let Some(p) = &reg.path {
             match std::fs::read(p) {
