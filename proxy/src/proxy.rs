@@ -52,6 +52,8 @@ struct RequestCtx {
     tried: Vec<String>,
     /// The error to report if the request fails for good.
     failure: Option<ApiError>,
+    /// The backend's `Retry-After`, relayed with that error.
+    retry_after: Option<String>,
 }
 
 /// One attempt at one backend.
@@ -248,6 +250,7 @@ impl ProxyHttp for Lb {
                 attempts: 0,
                 tried: Vec::new(),
                 failure: None,
+                retry_after: None,
             },
             attempt: None,
         }
@@ -475,18 +478,31 @@ impl ProxyHttp for Lb {
             .map_or(rewrite::DEFAULT_MAX_EVENT_BYTES, |s| {
                 s.config.max_event_bytes
             });
-        let json_error = status >= 400
-            && content_type
+        if status >= 400
+            && !content_type
                 .as_deref()
-                .is_some_and(|c| c.starts_with("application/json"));
+                .is_some_and(|c| c.starts_with("application/json"))
+        {
+            // Every error the client gets is OpenAI JSON, the backend's included: an error
+            // answer that is not JSON (an empty 431, an HTML 502 page) is answered by the LB
+            // with the backend's status (and its `Retry-After`).
+            ctx.request.failure = Some(attempt_error(
+                &Outcome::Status {
+                    status,
+                    retry_after: None,
+                },
+                &e,
+                backend.name(),
+            ));
+            ctx.request.retry_after = resp
+                .headers
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            e.set_retry(false);
+            return Err(e);
+        }
         let rewriter = ctx.request.routed.as_ref().and_then(|r| {
-            if status >= 400 && !json_error {
-                // Every error the client gets is OpenAI JSON, the backend's included.
-                if let Err(e) = resp.insert_header(http::header::CONTENT_TYPE, "application/json") {
-                    tracing::debug!(error = %e, "content-type");
-                }
-                return Some(rewrite::error_body(status, backend.name()));
-            }
             if status >= 300 || !r.completion {
                 return None;
             }
@@ -644,7 +660,11 @@ impl ProxyHttp for Lb {
             };
         }
         let status = err.status;
-        if let Err(we) = write_reply(session, Reply::error(&err)).await {
+        let mut reply = Reply::error(&err);
+        if let Some(ra) = ctx.request.retry_after.take() {
+            reply = reply.with_header("retry-after", ra);
+        }
+        if let Err(we) = write_reply(session, reply).await {
             tracing::debug!(error = %we, "could not send the error response");
         }
         FailToProxy {

@@ -104,57 +104,6 @@ pub fn for_response(
     }
 }
 
-/// The body of a backend's error answer that is not JSON (an empty 431, an HTML 502 page):
-/// replaced by an OpenAI error JSON with the same status, quoting the start of the text.
-pub fn error_body(status: u16, backend: &str) -> Box<dyn BodyRewriter> {
-    Box::new(ErrorBody {
-        buf: BytesMut::new(),
-        status,
-        backend: backend.to_string(),
-    })
-}
-
-struct ErrorBody {
-    buf: BytesMut,
-    status: u16,
-    backend: String,
-}
-
-/// How much of a backend's non-JSON error body is kept to quote.
-const ERROR_QUOTE_BYTES: usize = 200;
-
-impl BodyRewriter for ErrorBody {
-    fn chunk(&mut self, data: &[u8]) -> Result<Bytes, ApiError> {
-        let room = ERROR_QUOTE_BYTES.saturating_sub(self.buf.len());
-        self.buf.extend_from_slice(&data[..data.len().min(room)]);
-        Ok(Bytes::new())
-    }
-
-    fn finish(&mut self) -> Result<Bytes, ApiError> {
-        let text = String::from_utf8_lossy(&self.buf);
-        let text = text.trim();
-        let kind = match self.status {
-            400 | 405..=412 | 414..=428 | 431 => ErrorKind::InvalidRequest,
-            401 => ErrorKind::Authentication,
-            403 => ErrorKind::Permission,
-            404 => ErrorKind::NotFound,
-            413 => ErrorKind::RequestTooLarge,
-            429 => ErrorKind::RateLimit,
-            503 => ErrorKind::Unavailable,
-            504 => ErrorKind::Timeout,
-            _ => ErrorKind::BadGateway,
-        };
-        let mut message = format!("backend '{}' answered {}", self.backend, self.status);
-        if !text.is_empty() {
-            message.push_str(": ");
-            message.push_str(text);
-        }
-        let mut e = ApiError::new(kind, message, None, Some("upstream_error"));
-        e.status = self.status;
-        Ok(e.json())
-    }
-}
-
 /// `text` with each lone UTF-16 surrogate escape (`\ud800`-`\udfff` not in a valid pair)
 /// replaced by `\ufffd`; `None` when there is none. JSON (RFC 8259 section 8.2) allows such
 /// escapes, `serde_json` refuses them.
@@ -793,6 +742,9 @@ impl BodyRewriter for SseRewriter {
             self.event(&ev, &mut out);
         }
         if self.scanner.pending() > self.max_event_bytes {
+            // The oversized event is dropped whole: nothing of it is ever sent.
+            self.pending = BytesMut::new();
+            self.scanner = EventScanner::new();
             return Err(ApiError::new(
                 ErrorKind::BadGateway,
                 format!(
