@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
 use harmony::message::Role;
-use harmony::openai::{DeltaMapper, ResponseAccumulator, SeedContext, StopCause};
+use harmony::openai::{DeltaMapper, ResponseAccumulator, SeedContext, StopCause, ToolGate};
 use harmony::parser::TextParser;
-use openai_types::{ChatCompletionRequest, ChatDelta, FinishReason};
+use openai_types::{ChatCompletionRequest, ChatDelta, FinishReason, Tool, ToolChoice};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -38,17 +38,47 @@ pub struct RewriteOptions {
     /// The seed's request half (`developer_instructions`, `history`) when the request set
     /// `separate_thinking`.
     pub seed: Option<SeedContext>,
+    /// The functions the request offered and its `tool_choice` allows: only calls to these
+    /// become `tool_calls`.
+    pub tools: ToolGate,
+}
+
+/// The request fields the tool gate needs (the rest of the body is not read).
+#[derive(Deserialize)]
+struct ToolFields {
+    #[serde(default)]
+    tools: Option<Vec<Tool>>,
+    #[serde(default)]
+    tool_choice: Option<ToolChoice>,
 }
 
 impl RewriteOptions {
-    /// From the request body as the client sent it.
+    /// From the request body as the client sent it. A body whose `tools` cannot be read
+    /// allows no calls.
     pub fn from_request(body: &[u8], stream: bool, chat: bool, separate_thinking: bool) -> Self {
         let seed = separate_thinking.then(|| {
             serde_json::from_slice::<ChatCompletionRequest>(body)
                 .map(|r| SeedContext::from_request(&r))
                 .unwrap_or_default()
         });
-        RewriteOptions { stream, chat, seed }
+        let tools = if chat {
+            serde_json::from_slice::<ToolFields>(body)
+                .map(|f| {
+                    ToolGate::from_tools(
+                        f.tools.as_deref().unwrap_or_default(),
+                        f.tool_choice.as_ref(),
+                    )
+                })
+                .unwrap_or_default()
+        } else {
+            ToolGate::none()
+        };
+        RewriteOptions {
+            stream,
+            chat,
+            seed,
+            tools,
+        }
     }
 }
 
@@ -63,11 +93,15 @@ pub fn for_response(
     }
     let ct = content_type.unwrap_or("");
     if ct.starts_with("text/event-stream") {
-        Some(Box::new(SseRewriter::new(opts.seed.clone())))
+        Some(Box::new(SseRewriter::new(
+            opts.seed.clone(),
+            opts.tools.clone(),
+        )))
     } else if ct.starts_with("application/json") && !opts.stream {
         Some(Box::new(JsonRewriter {
             buf: BytesMut::new(),
             seed: opts.seed.clone(),
+            tools: opts.tools.clone(),
         }))
     } else {
         None
@@ -100,8 +134,13 @@ fn cause_of(finish_reason: Option<&str>) -> StopCause {
     }
 }
 
-/// Rewrite one non-streaming chat completion (JSON text); `None` leaves it as it was.
-pub fn rewrite_completion(body: &[u8], seed: Option<&SeedContext>) -> Option<Vec<u8>> {
+/// Rewrite one non-streaming chat completion (JSON text), with tool calls only to the
+/// functions `tools` allows; `None` leaves it as it was.
+pub fn rewrite_completion(
+    body: &[u8],
+    seed: Option<&SeedContext>,
+    tools: &ToolGate,
+) -> Option<Vec<u8>> {
     let mut v: Value = serde_json::from_slice(body).ok()?;
     let choices = v.get_mut("choices")?.as_array_mut()?;
     let mut changed = false;
@@ -122,7 +161,7 @@ pub fn rewrite_completion(body: &[u8], seed: Option<&SeedContext>) -> Option<Vec
             continue;
         }
         let mut parser = TextParser::new(Some(Role::Assistant));
-        let mut acc = ResponseAccumulator::new();
+        let mut acc = ResponseAccumulator::new(tools.clone());
         parser.push_str(&content, &mut |e| acc.on_event(e));
         parser.finish(&mut |e| acc.on_event(e));
         let cause = cause_of(choice.get("finish_reason").and_then(Value::as_str));
@@ -269,6 +308,7 @@ impl FrameDelta<'_> {
 struct JsonRewriter {
     buf: BytesMut,
     seed: Option<SeedContext>,
+    tools: ToolGate,
 }
 
 impl BodyRewriter for JsonRewriter {
@@ -279,7 +319,7 @@ impl BodyRewriter for JsonRewriter {
 
     fn finish(&mut self) -> Bytes {
         let body = std::mem::take(&mut self.buf).freeze();
-        match rewrite_completion(&body, self.seed.as_ref()) {
+        match rewrite_completion(&body, self.seed.as_ref(), &self.tools) {
             Some(v) => Bytes::from(v),
             None => body,
         }
@@ -304,10 +344,10 @@ struct ChoiceStream {
 }
 
 impl ChoiceStream {
-    fn new() -> Self {
+    fn new(tools: ToolGate) -> Self {
         ChoiceStream {
             parser: TextParser::new(Some(Role::Assistant)),
-            mapper: Some(DeltaMapper::new()),
+            mapper: Some(DeltaMapper::new(tools)),
             mode: Mode::Undecided,
         }
     }
@@ -369,14 +409,17 @@ pub struct SseRewriter {
     pending: BytesMut,
     choices: BTreeMap<u64, ChoiceStream>,
     seed: Option<SeedContext>,
+    /// The functions calls may go to (see [`RewriteOptions::tools`]).
+    tools: ToolGate,
 }
 
 impl SseRewriter {
-    pub fn new(seed: Option<SeedContext>) -> Self {
+    pub fn new(seed: Option<SeedContext>, tools: ToolGate) -> Self {
         SseRewriter {
             pending: BytesMut::new(),
             choices: BTreeMap::new(),
             seed,
+            tools,
         }
     }
 
@@ -464,7 +507,7 @@ impl SseRewriter {
             let mode = self
                 .choices
                 .entry(c.index.unwrap_or(0))
-                .or_insert_with(ChoiceStream::new)
+                .or_insert_with(|| ChoiceStream::new(self.tools.clone()))
                 .decide(content, c.finish_reason.is_some(), || {
                     c.delta.as_ref().is_some_and(FrameDelta::already_parsed)
                 });
@@ -535,7 +578,10 @@ impl SseRewriter {
                 .pointer("/delta/content")
                 .and_then(Value::as_str)
                 .map(str::to_string);
-            let st = self.choices.entry(index).or_insert_with(ChoiceStream::new);
+            let st = self
+                .choices
+                .entry(index)
+                .or_insert_with(|| ChoiceStream::new(self.tools.clone()));
             let mode = st.decide(content.as_deref(), finish.is_some(), || {
                 choice.get("delta").is_some_and(already_parsed)
             });
@@ -610,14 +656,14 @@ mod tests {
         ));
         sse.push_str(": a comment\n\ndata: [DONE]\n\n");
 
-        let mut fast = SseRewriter::new(None);
+        let mut fast = SseRewriter::new(None, ToolGate::none());
         let mut a = Vec::new();
         for piece in sse.as_bytes().chunks(7) {
             a.extend_from_slice(&fast.chunk(piece));
         }
         a.extend_from_slice(&fast.finish());
 
-        let mut general = SseRewriter::new(None);
+        let mut general = SseRewriter::new(None, ToolGate::none());
         let mut b = BytesMut::new();
         let mut rest = sse.as_bytes();
         while let Some(end) = SseRewriter::event_end(rest) {
@@ -660,7 +706,8 @@ mod tests {
     #[test]
     fn non_streaming_raw_harmony_is_parsed() {
         let body = json!({"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":RAW},"finish_reason":"stop"}]});
-        let out = rewrite_completion(body.to_string().as_bytes(), None).expect("rewritten");
+        let out = rewrite_completion(body.to_string().as_bytes(), None, &ToolGate::none())
+            .expect("rewritten");
         let v: Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(v["choices"][0]["message"]["content"], "Washington");
         assert_eq!(
@@ -673,14 +720,15 @@ mod tests {
     #[test]
     fn already_parsed_messages_are_left_alone() {
         let body = json!({"choices":[{"index":0,"message":{"role":"assistant","content":"hi","reasoning_content":"r"},"finish_reason":"stop"}]});
-        assert!(rewrite_completion(body.to_string().as_bytes(), None).is_none());
+        assert!(rewrite_completion(body.to_string().as_bytes(), None, &ToolGate::none()).is_none());
     }
 
     #[test]
     fn content_without_tokens_is_final_content_with_seed_fields() {
         let body = json!({"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]});
         let seed = SeedContext::default();
-        let out = rewrite_completion(body.to_string().as_bytes(), Some(&seed)).expect("rewritten");
+        let out = rewrite_completion(body.to_string().as_bytes(), Some(&seed), &ToolGate::none())
+            .expect("rewritten");
         let v: Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(v["choices"][0]["message"]["content"], "hi");
         assert_eq!(v["choices"][0]["message"]["parsed"]["final"], "hi");
@@ -726,7 +774,7 @@ mod tests {
             json!({"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
         ));
         sse.push_str("data: [DONE]\n\n");
-        let mut r = SseRewriter::new(None);
+        let mut r = SseRewriter::new(None, ToolGate::none());
         let mut out = Vec::new();
         for read in sse.as_bytes().chunks(7) {
             out.extend_from_slice(&r.chunk(read));
@@ -741,5 +789,89 @@ mod tests {
             !String::from_utf8_lossy(&out).contains("<|"),
             "no special token may leak"
         );
+    }
+
+    const CALL: &str = "<|channel|>commentary<|message|>Checking the weather now.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"location\":\"Paris\"}<|call|>";
+
+    /// Rewrites `raw` (a raw backend's content) for a request `body`, non-streamed and
+    /// streamed: (content, tool call names, finish reason) of each.
+    fn rewrite_both(body: &Value, raw: &str) -> [(String, Vec<String>, String); 2] {
+        let gpt_oss = config::ModelType::GptOss;
+        let names = |calls: &Value| -> Vec<String> {
+            calls
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.pointer("/function/name").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect()
+        };
+        let req = body.to_string();
+        let opts = RewriteOptions::from_request(req.as_bytes(), false, true, false);
+        let mut json_rw = for_response(gpt_oss, Some("application/json"), &opts).expect("json");
+        let resp = json!({"choices":[{"index":0,"message":{"role":"assistant","content":raw},"finish_reason":"stop"}]});
+        let _ = json_rw.chunk(resp.to_string().as_bytes());
+        let v: Value = serde_json::from_slice(&json_rw.finish()).expect("json");
+        let msg = &v["choices"][0]["message"];
+        let json = (
+            msg["content"].as_str().unwrap_or("").to_string(),
+            names(&msg["tool_calls"]),
+            v["choices"][0]["finish_reason"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        );
+
+        let opts = RewriteOptions::from_request(req.as_bytes(), true, true, false);
+        let mut sse_rw = for_response(gpt_oss, Some("text/event-stream"), &opts).expect("sse");
+        let mut sse = String::new();
+        for piece in raw.as_bytes().chunks(5) {
+            sse.push_str(&sse_chunk(std::str::from_utf8(piece).expect("ascii")));
+        }
+        sse.push_str(&format!(
+            "data: {}\n\n",
+            json!({"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
+        ));
+        let mut out = Vec::new();
+        out.extend_from_slice(&sse_rw.chunk(sse.as_bytes()));
+        out.extend_from_slice(&sse_rw.finish());
+        let (content, _, finishes) = collect(&out);
+        let mut called = Vec::new();
+        for ev in String::from_utf8_lossy(&out).split("\n\n") {
+            if let Some(v) = ev
+                .strip_prefix("data: ")
+                .and_then(|d| serde_json::from_str::<Value>(d).ok())
+            {
+                called.extend(names(&v["choices"][0]["delta"]["tool_calls"]));
+            }
+        }
+        let streamed = (content, called, finishes.concat());
+        [json, streamed]
+    }
+
+    #[test]
+    fn calls_to_functions_the_request_did_not_offer_are_not_tool_calls_at_the_edge() {
+        let user = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+        let weather = json!({"type": "function", "function": {"name": "get_weather"}});
+        for body in [
+            json!({"messages": user}),
+            json!({"messages": user, "tools": [weather], "tool_choice": "none"}),
+            json!({"messages": user, "tools": [{"type": "function", "function": {"name": "get_time"}}]}),
+        ] {
+            for (content, names, finish) in rewrite_both(&body, CALL) {
+                assert!(names.is_empty(), "{body}: {names:?}");
+                assert_eq!(finish, "stop", "{body}");
+                assert_eq!(content, "Checking the weather now.", "{body}");
+            }
+        }
+        let body = json!({"messages": user, "tools": [weather]});
+        for (content, names, finish) in rewrite_both(&body, CALL) {
+            assert_eq!(names, ["get_weather"]);
+            assert_eq!(finish, "tool_calls");
+            assert_eq!(
+                content, "Checking the weather now.",
+                "the preamble is content"
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! seed's `thinking` / `parsed` (`harmony::openai::ParsedResponse`).
 
 use gpt_oss_runtimes::Capabilities;
-use harmony::openai::{DeltaMapper, ParsedResponse, SeedContext, StopCause};
+use harmony::openai::{DeltaMapper, ParsedResponse, SeedContext, StopCause, ToolGate};
 use harmony::parser::TokenParser;
 use harmony::render::RequestOptions;
 use harmony::{tokens, RenderError, Renderer, Role, StreamDecoder, Tokenizer};
@@ -216,16 +216,22 @@ impl DeltaParser for HarmonyDeltas {
     }
 }
 
-/// The parser for a chat response: raw harmony text when `raw`, else OpenAI fields.
-/// `prefill` (the forced start of the assistant message) is fed first.
-pub fn chat_parser(tokenizer: &Tokenizer, raw: bool, prefill: &[u32]) -> Box<dyn DeltaParser> {
+/// The parser for a chat response: raw harmony text when `raw`, else OpenAI fields, with
+/// tool calls only to the functions `tools` allows. `prefill` (the forced start of the
+/// assistant message) is fed first.
+pub fn chat_parser(
+    tokenizer: &Tokenizer,
+    raw: bool,
+    tools: ToolGate,
+    prefill: &[u32],
+) -> Box<dyn DeltaParser> {
     if raw {
         let prefix = tokenizer.decode(prefill);
         return Box::new(raw_text(tokenizer, &prefix, true));
     }
     let mut p = HarmonyDeltas {
         parser: TokenParser::new(tokenizer, Some(Role::Assistant)),
-        mapper: Some(DeltaMapper::new()),
+        mapper: Some(DeltaMapper::new(tools)),
     };
     // The prefill's deltas are kept: a forced tool call must reach the client.
     let mut pending = Vec::new();
