@@ -31,6 +31,9 @@
 //! - Whole-output helpers: [`parser::parse_completion_tokens`], [`parser::parse_text`].
 //!
 //! # Mapping to OpenAI
+//! - One rule places every piece of output: [`openai::Router`] (tool calls only to the
+//!   functions an [`openai::ToolGate`] allows; preambles to `content`; unplaced text to
+//!   reasoning when there is a `final` message; nothing after `<|return|>` / `<|call|>`).
 //! - Non-streaming: [`openai::ResponseAccumulator`] (`on_event` ... `finish(StopCause)`)
 //!   -> [`openai::ParsedResponse`] -> `to_message(Option<&SeedContext>)` ->
 //!   `openai_types::AssistantMessage` (with the seed's `thinking` / `parsed` when given a
@@ -52,7 +55,7 @@
 //! let output = tokenizer.encode_with_special_tokens(
 //!     "<|channel|>analysis<|message|>Easy.<|end|><|start|>assistant<|channel|>final<|message|>4<|return|>").unwrap();
 //! let mut parser = TokenParser::new(&tokenizer, Some(harmony::Role::Assistant));
-//! let mut acc = openai::ResponseAccumulator::new();
+//! let mut acc = openai::ResponseAccumulator::new(openai::ToolGate::from_request(&request));
 //! for id in output { parser.push(id, &mut |e| acc.on_event(e)); }
 //! parser.finish(&mut |e| acc.on_event(e));
 //! let response = acc.finish(openai::StopCause::Stop);

@@ -8,7 +8,9 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use harmony::parser::{self, EndReason};
 use harmony::render::{conversation_from_request, RequestOptions};
-use harmony::{Content, Message, Renderer, Role, Tokenizer};
+use harmony::{
+    Content, ConversationConfig, Message, Renderer, Role, SystemContent, Tokenizer, ToolDescription,
+};
 use openai_harmony::chat as oh;
 use openai_harmony::{HarmonyEncoding, HarmonyEncodingName};
 use proptest::prelude::*;
@@ -378,11 +380,234 @@ proptest! {
         let opts = RequestOptions { conversation_start_date: Some("2025-06-28".into()), ..RequestOptions::default() };
         let t = ours();
         let got = Renderer::new(&t).render_request(&req, &opts).expect("render");
-        let convo: Vec<oh::Message> = conversation_from_request(&req, &opts).expect("convo").iter().map(to_ref).collect();
+        let convo = conversation_from_request(&req, &opts).expect("convo");
+        // The reference without its own dropping (no config: nothing dropped), given the
+        // conversation our rule keeps.
+        let kept: Vec<oh::Message> = convo
+            .iter()
+            .zip(dropped_by_the_guide(&convo))
+            .filter(|(_, d)| !d)
+            .map(|(m, _)| to_ref(m))
+            .collect();
         let want = reference()
-            .render_conversation_for_completion(&convo, oh::Role::Assistant, Some(&Default::default()))
+            .render_conversation_for_completion(&kept, oh::Role::Assistant, None)
             .expect("reference renders");
         prop_assert_eq!(&got, &want, "ours:\n{}\nreference:\n{}", t.decode(&got), t.decode(&want));
+        // Where the reference's default drops the same messages, its default output is ours.
+        if dropped_by_the_guide(&convo) == dropped_by_the_reference_default(&convo) {
+            let all: Vec<oh::Message> = convo.iter().map(to_ref).collect();
+            let want = reference()
+                .render_conversation_for_completion(&all, oh::Role::Assistant, Some(&Default::default()))
+                .expect("reference renders");
+            prop_assert_eq!(&got, &want);
+        }
+    }
+}
+
+/// The harmony guide's rule, written out independently of the renderer: the analysis of
+/// every turn that ended in a `final` message followed by more of the conversation is
+/// dropped; the analysis of the open tool chain (after the last `final`) stays, and so does
+/// that of a last turn the conversation ends with.
+fn dropped_by_the_guide(convo: &[Message]) -> Vec<bool> {
+    let is = |m: &Message, ch: &str| m.role == Role::Assistant && m.channel.as_deref() == Some(ch);
+    // the end of the last finished turn something follows
+    let finished = (0..convo.len())
+        .rev()
+        .find(|&i| is(&convo[i], "final") && i + 1 < convo.len());
+    convo
+        .iter()
+        .enumerate()
+        .map(|(i, m)| finished.is_some_and(|f| i < f) && is(m, "analysis"))
+        .collect()
+}
+
+/// What `openai-harmony`'s default drops: only when the last assistant message is `final`,
+/// and then only the analysis before the first `final` message.
+fn dropped_by_the_reference_default(convo: &[Message]) -> Vec<bool> {
+    let last_is_final = convo
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::Assistant)
+        .is_some_and(|m| m.channel.as_deref() == Some("final"));
+    let first_final = convo
+        .iter()
+        .position(|m| m.channel.as_deref() == Some("final"));
+    convo
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            last_is_final
+                && first_final.is_some_and(|f| i < f)
+                && m.channel.as_deref() == Some("analysis")
+        })
+        .collect()
+}
+
+fn system() -> Message {
+    Message::new(
+        Role::System,
+        SystemContent::default().with_conversation_start_date("2025-06-28"),
+    )
+}
+
+/// Prompt token counts for completing `convo`: (ours, ours without any dropping, the
+/// reference's default, the tokens of the messages the guide's rule drops).
+fn counts(convo: &[Message]) -> (usize, usize, usize, usize) {
+    let t = ours();
+    let r = Renderer::new(&t);
+    let render = |drop: bool| {
+        r.render_for_completion(
+            convo,
+            Role::Assistant,
+            ConversationConfig {
+                auto_drop_analysis: drop,
+            },
+        )
+        .expect("render")
+        .len()
+    };
+    let all: Vec<oh::Message> = convo.iter().map(to_ref).collect();
+    let reference_default = reference()
+        .render_conversation_for_completion(&all, oh::Role::Assistant, Some(&Default::default()))
+        .expect("reference renders")
+        .len();
+    let dropped: usize = convo
+        .iter()
+        .zip(dropped_by_the_guide(convo))
+        .filter(|(_, d)| *d)
+        .map(|(m, _)| {
+            let mut ids = Vec::new();
+            r.render_message_into(m, false, &mut ids).expect("render");
+            ids.len()
+        })
+        .sum();
+    (render(true), render(false), reference_default, dropped)
+}
+
+const R1: &str = "The user asks for the capital of France. That is Paris. Answer briefly.";
+const R2: &str = "The user now wants the weather in Paris. Use the get_weather tool.";
+
+/// user -> assistant (R1, "Paris.") -> user -> assistant (R2, a tool call) -> tool result:
+/// the first turn ended in `final`, so R1 goes; R2 belongs to the open tool chain and stays.
+/// `openai-harmony`'s default keeps R1 (its last assistant message is not `final`).
+#[test]
+fn analysis_of_a_finished_turn_is_dropped_before_an_open_tool_chain() {
+    let weather = ToolDescription::new(
+        "get_weather",
+        "Gets the weather.",
+        Some(json!({"type": "object", "properties": {"location": {"type": "string"}}})),
+    );
+    let convo = vec![
+        system(),
+        Message::new(
+            Role::Developer,
+            harmony::DeveloperContent::default().with_function_tools(vec![weather]),
+        ),
+        Message::new(Role::User, "What is the capital of France?"),
+        Message::new(Role::Assistant, R1).with_channel("analysis"),
+        Message::new(Role::Assistant, "Paris.").with_channel("final"),
+        Message::new(Role::User, "And the weather there?"),
+        Message::new(Role::Assistant, R2).with_channel("analysis"),
+        Message::new(Role::Assistant, "{\"location\":\"Paris\"}")
+            .with_channel("commentary")
+            .with_recipient("functions.get_weather")
+            .with_content_type("<|constrain|>json"),
+        Message::tool_result("functions.get_weather", "{\"temperature\": 20}"),
+    ];
+    let (got, all, reference_default, dropped) = counts(&convo);
+    assert_eq!(
+        dropped_by_the_guide(&convo).iter().filter(|d| **d).count(),
+        1
+    );
+    assert_eq!(got, all - dropped, "exactly R1's tokens are dropped");
+    assert_eq!(
+        (all, got),
+        (222, 200),
+        "prompt tokens without and with the rule"
+    );
+    assert_eq!(reference_default, all, "the reference's default keeps R1");
+    let text = ours().decode(
+        &Renderer::new(&ours())
+            .render_for_completion(&convo, Role::Assistant, ConversationConfig::default())
+            .expect("render"),
+    );
+    assert!(!text.contains(R1) && text.contains(R2), "{text}");
+}
+
+/// user -> assistant (R1, "Paris.") -> user -> assistant (R2, "Rome.") -> user: both turns
+/// ended in `final`, so R1 and R2 go. `openai-harmony`'s default keeps R2 (it drops only
+/// the analysis before the first `final` message).
+#[test]
+fn analysis_of_every_finished_turn_is_dropped() {
+    let convo = vec![
+        system(),
+        Message::new(Role::User, "What is the capital of France?"),
+        Message::new(Role::Assistant, R1).with_channel("analysis"),
+        Message::new(Role::Assistant, "Paris.").with_channel("final"),
+        Message::new(Role::User, "And of Italy?"),
+        Message::new(Role::Assistant, R2).with_channel("analysis"),
+        Message::new(Role::Assistant, "Rome.").with_channel("final"),
+        Message::new(Role::User, "Thanks!"),
+    ];
+    let (got, all, reference_default, dropped) = counts(&convo);
+    assert_eq!(
+        dropped_by_the_guide(&convo).iter().filter(|d| **d).count(),
+        2
+    );
+    assert_eq!(
+        got,
+        all - dropped,
+        "exactly R1's and R2's tokens are dropped"
+    );
+    assert_eq!(
+        (all, got),
+        (147, 104),
+        "prompt tokens without and with the rule"
+    );
+    assert!(reference_default > got, "the reference's default keeps R2");
+}
+
+/// Parallel calls and their results after a finished turn; several finished turns before
+/// it: only the open chain's analysis stays.
+#[test]
+fn analysis_is_kept_only_in_the_turn_whose_tool_calls_are_open() {
+    let call = |name: &str| {
+        Message::new(Role::Assistant, "{}")
+            .with_channel("commentary")
+            .with_recipient(format!("functions.{name}"))
+            .with_content_type("<|constrain|>json")
+    };
+    let convo = vec![
+        system(),
+        Message::new(Role::User, "one"),
+        Message::new(Role::Assistant, "first thought").with_channel("analysis"),
+        Message::new(Role::Assistant, "1").with_channel("final"),
+        Message::new(Role::User, "two"),
+        Message::new(Role::Assistant, "second thought").with_channel("analysis"),
+        Message::new(Role::Assistant, "2").with_channel("final"),
+        Message::new(Role::User, "three"),
+        Message::new(Role::Assistant, "third thought").with_channel("analysis"),
+        call("a"),
+        call("b"),
+        Message::tool_result("functions.a", "A"),
+        Message::tool_result("functions.b", "B"),
+        Message::new(Role::Assistant, "fourth thought").with_channel("analysis"),
+        call("c"),
+        Message::tool_result("functions.c", "C"),
+    ];
+    let (got, all, _, dropped) = counts(&convo);
+    assert_eq!(got, all - dropped);
+    let t = ours();
+    let text = t.decode(
+        &Renderer::new(&t)
+            .render_for_completion(&convo, Role::Assistant, ConversationConfig::default())
+            .expect("render"),
+    );
+    for gone in ["first thought", "second thought"] {
+        assert!(!text.contains(gone), "{gone}: {text}");
+    }
+    for kept in ["third thought", "fourth thought"] {
+        assert!(text.contains(kept), "{kept}: {text}");
     }
 }
 

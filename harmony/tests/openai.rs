@@ -2,7 +2,7 @@
 
 use harmony::openai::{
     apply_delta, classify, usage, CallIds, DeltaMapper, ParsedResponse, ResponseAccumulator,
-    SeedContext, StopCause, Target,
+    SeedContext, StopCause, Target, ToolGate,
 };
 use harmony::parser::{Event, TextParser, TokenParser};
 use harmony::render::{RenderError, RequestOptions};
@@ -106,10 +106,12 @@ fn response_format_json_schema_goes_to_the_developer_message() {
     );
 }
 
+/// Parses `text` both ways, with calls allowed to `get_weather`.
 fn parse_all(text: &str, cause: StopCause) -> (ParsedResponse, Vec<ChatDelta>) {
+    let gate = ToolGate::allow(["get_weather"]);
     let mut p = TextParser::new(Some(Role::Assistant));
-    let mut acc = ResponseAccumulator::with_call_ids(CallIds::sequential("call_"));
-    let mut mapper = DeltaMapper::with_call_ids(CallIds::sequential("call_"));
+    let mut acc = ResponseAccumulator::with_call_ids(gate.clone(), CallIds::sequential("call_"));
+    let mut mapper = DeltaMapper::with_call_ids(gate, CallIds::sequential("call_"));
     let mut deltas = Vec::new();
     let mut on = |e: Event<'_>| {
         acc.on_event(e);
@@ -131,11 +133,12 @@ fn channels_map_to_openai_fields() {
     );
     assert_eq!(r.reasoning, "Think.");
     assert_eq!(r.commentary, "One moment.");
-    assert_eq!(r.content, "Answer.");
+    // the preamble is shown to the user, ahead of the answer and apart from it
+    assert_eq!(r.content, "One moment.\nAnswer.");
     assert_eq!(r.finish_reason, Some(FinishReason::Stop));
     let m = r.to_message(None);
     assert_eq!(m.role, "assistant");
-    assert_eq!(m.content.as_deref(), Some("Answer."));
+    assert_eq!(m.content.as_deref(), Some("One moment.\nAnswer."));
     assert_eq!(m.reasoning_content.as_deref(), Some("Think."));
     assert_eq!(m.reasoning.as_deref(), Some("Think."));
     assert_eq!(m.tool_calls, None);
@@ -199,7 +202,7 @@ fn cut_off_output_finishes_with_length() {
 }
 
 #[test]
-fn unknown_channels_and_missing_headers_become_content() {
+fn unknown_channels_and_missing_headers_become_content_when_there_is_no_final_message() {
     assert_eq!(
         parse_all("Plain answer", StopCause::Stop).0.content,
         "Plain answer"
@@ -243,7 +246,7 @@ fn seed_shape_with_separate_thinking() {
         m,
         json!({
             "role": "assistant",
-            "content": "Washington",
+            "content": "Policy ok.\nWashington",
             "reasoning_content": "User asks capital.",
             "reasoning": "User asks capital.",
             "refusal": null,
@@ -253,13 +256,13 @@ fn seed_shape_with_separate_thinking() {
                 "history": [{"role": "user", "content": "What is the capital of the US?"}],
                 "analysis": "User asks capital.",
                 "commentary": "Policy ok.",
-                "final": "Washington"
+                "final": "Policy ok.\nWashington"
             }
         })
     );
     // streaming: the last delta carries the same thinking and parsed
     let mut p = TextParser::new(Some(Role::Assistant));
-    let mut mapper = DeltaMapper::new();
+    let mut mapper = DeltaMapper::new(ToolGate::none());
     let mut deltas = Vec::new();
     p.push_str(
         "<|channel|>final<|message|>Washington<|return|>",

@@ -20,9 +20,9 @@ use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
 use harmony::message::Role;
-use harmony::openai::{DeltaMapper, ResponseAccumulator, SeedContext, StopCause};
+use harmony::openai::{DeltaMapper, ResponseAccumulator, SeedContext, StopCause, ToolGate};
 use harmony::parser::TextParser;
-use openai_types::{ChatCompletionRequest, ChatDelta, FinishReason};
+use openai_types::{ChatCompletionRequest, ChatDelta, FinishReason, Tool, ToolChoice};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -56,21 +56,47 @@ pub struct RewriteOptions {
     /// The seed's request half (`developer_instructions`, `history`) when the request set
     /// `separate_thinking`.
     pub seed: Option<SeedContext>,
+    /// The functions the request offered and its `tool_choice` allows: only calls to these
+    /// become `tool_calls`.
+    pub tools: ToolGate,
+}
+
+/// The request fields the tool gate needs (the rest of the body is not read).
+#[derive(Deserialize)]
+struct ToolFields {
+    #[serde(default)]
+    tools: Option<Vec<Tool>>,
+    #[serde(default)]
+    tool_choice: Option<ToolChoice>,
 }
 
 impl RewriteOptions {
-    /// From the request body as the client sent it.
+    /// From the request body as the client sent it. A body whose `tools` cannot be read
+    /// allows no calls.
     pub fn from_request(body: &[u8], stream: bool, chat: bool, separate_thinking: bool) -> Self {
         let seed = separate_thinking.then(|| {
             serde_json::from_slice::<ChatCompletionRequest>(body)
                 .map(|r| SeedContext::from_request(&r))
                 .unwrap_or_default()
         });
+        let tools = if chat {
+            serde_json::from_slice::<ToolFields>(body)
+                .map(|f| {
+                    ToolGate::from_tools(
+                        f.tools.as_deref().unwrap_or_default(),
+                        f.tool_choice.as_ref(),
+                    )
+                })
+                .unwrap_or_default()
+        } else {
+            ToolGate::none()
+        };
         RewriteOptions {
             stream,
             chat,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             seed,
+            tools,
         }
     }
 }
@@ -90,14 +116,18 @@ pub fn for_response(
     let harmony = model_type == config::ModelType::GptOss && opts.chat;
     if ct.starts_with("text/event-stream") {
         harmony.then(|| {
-            Box::new(SseRewriter::new(opts.seed.clone(), opts.max_event_bytes))
-                as Box<dyn BodyRewriter>
+            Box::new(SseRewriter::new(
+                opts.seed.clone(),
+                opts.tools.clone(),
+                opts.max_event_bytes,
+            )) as Box<dyn BodyRewriter>
         })
     } else if ct.starts_with("application/json") && !opts.stream {
         Some(Box::new(JsonRewriter {
             buf: BytesMut::new(),
             seed: opts.seed.clone(),
             rewrite: harmony,
+            tools: opts.tools.clone(),
         }))
     } else {
         None
@@ -193,8 +223,13 @@ fn cause_of(finish_reason: Option<&str>) -> StopCause {
 }
 
 /// Rewrite one non-streaming chat completion (JSON text): each choice whose `content`
-/// carries raw harmony; `None` leaves the body as it was.
-pub fn rewrite_completion(body: &[u8], seed: Option<&SeedContext>) -> Option<Vec<u8>> {
+/// carries raw harmony, with tool calls only to the functions `tools` allows; `None` leaves
+/// the body as it was.
+pub fn rewrite_completion(
+    body: &[u8],
+    seed: Option<&SeedContext>,
+    tools: &ToolGate,
+) -> Option<Vec<u8>> {
     let mut v: Value = parse_lenient(body).ok()?;
     let choices = v.get_mut("choices")?.as_array_mut()?;
     let mut changed = false;
@@ -215,7 +250,7 @@ pub fn rewrite_completion(body: &[u8], seed: Option<&SeedContext>) -> Option<Vec
             continue;
         }
         let mut parser = TextParser::new(Some(Role::Assistant));
-        let mut acc = ResponseAccumulator::new();
+        let mut acc = ResponseAccumulator::new(tools.clone());
         parser.push_str(&content, &mut |e| acc.on_event(e));
         parser.finish(&mut |e| acc.on_event(e));
         let cause = cause_of(choice.get("finish_reason").and_then(Value::as_str));
@@ -444,6 +479,7 @@ struct JsonRewriter {
     seed: Option<SeedContext>,
     /// Rewrite raw harmony (a `gpt-oss` chat completion), else only check.
     rewrite: bool,
+    tools: ToolGate,
 }
 
 impl BodyRewriter for JsonRewriter {
@@ -473,10 +509,12 @@ impl BodyRewriter for JsonRewriter {
         if !self.rewrite {
             return Ok(body);
         }
-        Ok(match rewrite_completion(&body, self.seed.as_ref()) {
-            Some(v) => Bytes::from(v),
-            None => body,
-        })
+        Ok(
+            match rewrite_completion(&body, self.seed.as_ref(), &self.tools) {
+                Some(v) => Bytes::from(v),
+                None => body,
+            },
+        )
     }
 }
 
@@ -497,10 +535,10 @@ struct ChoiceStream {
 }
 
 impl ChoiceStream {
-    fn new() -> Self {
+    fn new(tools: ToolGate) -> Self {
         ChoiceStream {
             parser: TextParser::new(Some(Role::Assistant)),
-            mapper: Some(DeltaMapper::new()),
+            mapper: Some(DeltaMapper::new(tools)),
             mode: Mode::Passthrough,
         }
     }
@@ -556,17 +594,21 @@ pub struct SseRewriter {
     max_event_bytes: usize,
     choices: BTreeMap<u64, ChoiceStream>,
     seed: Option<SeedContext>,
+    /// The functions calls may go to (see [`RewriteOptions::tools`]).
+    tools: ToolGate,
 }
 
 impl SseRewriter {
-    /// A rewriter that holds at most `max_event_bytes` of one incomplete event.
-    pub fn new(seed: Option<SeedContext>, max_event_bytes: usize) -> Self {
+    /// A rewriter that holds at most `max_event_bytes` of one incomplete event, with tool
+    /// calls only to the functions `tools` allows.
+    pub fn new(seed: Option<SeedContext>, tools: ToolGate, max_event_bytes: usize) -> Self {
         SseRewriter {
             pending: BytesMut::new(),
             scanner: EventScanner::new(),
             max_event_bytes,
             choices: BTreeMap::new(),
             seed,
+            tools,
         }
     }
 
@@ -639,7 +681,7 @@ impl SseRewriter {
             let mode = self
                 .choices
                 .entry(c.index.unwrap_or(0))
-                .or_insert_with(ChoiceStream::new)
+                .or_insert_with(|| ChoiceStream::new(self.tools.clone()))
                 .decide(content, || {
                     c.delta.as_ref().is_some_and(FrameDelta::already_parsed)
                 });
@@ -707,7 +749,10 @@ impl SseRewriter {
                 .pointer("/delta/content")
                 .and_then(Value::as_str)
                 .map(str::to_string);
-            let st = self.choices.entry(index).or_insert_with(ChoiceStream::new);
+            let st = self
+                .choices
+                .entry(index)
+                .or_insert_with(|| ChoiceStream::new(self.tools.clone()));
             let mode = st.decide(content.as_deref(), || {
                 choice.get("delta").is_some_and(already_parsed)
             });
@@ -801,14 +846,14 @@ mod tests {
         ));
         sse.push_str(": a comment\n\ndata: [DONE]\n\n");
 
-        let mut fast = SseRewriter::new(None, DEFAULT_MAX_EVENT_BYTES);
+        let mut fast = SseRewriter::new(None, ToolGate::none(), DEFAULT_MAX_EVENT_BYTES);
         let mut a = Vec::new();
         for piece in sse.as_bytes().chunks(7) {
             a.extend_from_slice(&fast.chunk(piece).expect("chunk"));
         }
         a.extend_from_slice(&fast.finish().expect("finish"));
 
-        let mut general = SseRewriter::new(None, DEFAULT_MAX_EVENT_BYTES);
+        let mut general = SseRewriter::new(None, ToolGate::none(), DEFAULT_MAX_EVENT_BYTES);
         let mut b = BytesMut::new();
         let mut rest = sse.as_bytes();
         let mut scanner = EventScanner::new();
@@ -852,7 +897,8 @@ mod tests {
     #[test]
     fn non_streaming_raw_harmony_is_parsed() {
         let body = json!({"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":RAW},"finish_reason":"stop"}]});
-        let out = rewrite_completion(body.to_string().as_bytes(), None).expect("rewritten");
+        let out = rewrite_completion(body.to_string().as_bytes(), None, &ToolGate::none())
+            .expect("rewritten");
         let v: Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(v["choices"][0]["message"]["content"], "Washington");
         assert_eq!(
@@ -865,14 +911,17 @@ mod tests {
     #[test]
     fn already_parsed_messages_are_left_alone() {
         let body = json!({"choices":[{"index":0,"message":{"role":"assistant","content":"hi","reasoning_content":"r"},"finish_reason":"stop"}]});
-        assert!(rewrite_completion(body.to_string().as_bytes(), None).is_none());
+        assert!(rewrite_completion(body.to_string().as_bytes(), None, &ToolGate::none()).is_none());
     }
 
     #[test]
     fn content_without_tokens_passes_untouched() {
         let body = json!({"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]});
         let seed = SeedContext::default();
-        assert!(rewrite_completion(body.to_string().as_bytes(), Some(&seed)).is_none());
+        assert!(
+            rewrite_completion(body.to_string().as_bytes(), Some(&seed), &ToolGate::none())
+                .is_none()
+        );
     }
 
     #[test]
@@ -896,8 +945,8 @@ mod tests {
             r#"{{"choices":[{{"index":0,"message":{{"role":"assistant","content":"{}"}},"finish_reason":"stop"}}]}}"#,
             raw.replace('"', "\\\"")
         );
-        let out =
-            rewrite_completion(body.as_bytes(), None).expect("rewritten despite the surrogate");
+        let out = rewrite_completion(body.as_bytes(), None, &ToolGate::none())
+            .expect("rewritten despite the surrogate");
         let v: Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(v["choices"][0]["message"]["content"], "Washington \u{fffd}");
         assert!(!String::from_utf8_lossy(&out).contains("<|"));
@@ -917,7 +966,7 @@ mod tests {
             sse.push_str(&format!("data: {f}\n\n"));
         }
         sse.push_str("data: [DONE]\n\n");
-        let mut r = SseRewriter::new(None, DEFAULT_MAX_EVENT_BYTES);
+        let mut r = SseRewriter::new(None, ToolGate::none(), DEFAULT_MAX_EVENT_BYTES);
         let mut out = Vec::new();
         for read in sse.as_bytes().chunks(5) {
             out.extend_from_slice(&r.chunk(read).expect("chunk"));
@@ -938,7 +987,7 @@ mod tests {
                 let d = json!({"id":"c","choices":[{"index":0,"delta":{"content":piece},"finish_reason":null}]});
                 sse.push_str(&format!("data: {d}{eol}{eol}"));
             }
-            let mut r = SseRewriter::new(None, DEFAULT_MAX_EVENT_BYTES);
+            let mut r = SseRewriter::new(None, ToolGate::none(), DEFAULT_MAX_EVENT_BYTES);
             let out = r.chunk(sse.as_bytes()).expect("chunk");
             let text = String::from_utf8_lossy(&out);
             assert!(!text.contains("<|"), "{eol:?}: raw harmony leaked: {text}");
@@ -951,7 +1000,7 @@ mod tests {
 
     #[test]
     fn an_event_over_the_limit_ends_the_stream_and_memory_is_bounded() {
-        let mut r = SseRewriter::new(None, 1024);
+        let mut r = SseRewriter::new(None, ToolGate::none(), 1024);
         assert!(r.chunk(b"data: {\"choices\":").is_ok());
         let big = vec![b'x'; 2048];
         let err = r.chunk(&big).expect_err("over the limit");
@@ -998,7 +1047,7 @@ mod tests {
             json!({"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
         ));
         sse.push_str("data: [DONE]\n\n");
-        let mut r = SseRewriter::new(None, DEFAULT_MAX_EVENT_BYTES);
+        let mut r = SseRewriter::new(None, ToolGate::none(), DEFAULT_MAX_EVENT_BYTES);
         let mut out = Vec::new();
         for read in sse.as_bytes().chunks(7) {
             out.extend_from_slice(&r.chunk(read).expect("chunk"));
@@ -1013,5 +1062,89 @@ mod tests {
             !String::from_utf8_lossy(&out).contains("<|"),
             "no special token may leak"
         );
+    }
+
+    const CALL: &str = "<|channel|>commentary<|message|>Checking the weather now.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"location\":\"Paris\"}<|call|>";
+
+    /// Rewrites `raw` (a raw backend's content) for a request `body`, non-streamed and
+    /// streamed: (content, tool call names, finish reason) of each.
+    fn rewrite_both(body: &Value, raw: &str) -> [(String, Vec<String>, String); 2] {
+        let gpt_oss = config::ModelType::GptOss;
+        let names = |calls: &Value| -> Vec<String> {
+            calls
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.pointer("/function/name").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect()
+        };
+        let req = body.to_string();
+        let opts = RewriteOptions::from_request(req.as_bytes(), false, true, false);
+        let mut json_rw = for_response(gpt_oss, Some("application/json"), &opts).expect("json");
+        let resp = json!({"choices":[{"index":0,"message":{"role":"assistant","content":raw},"finish_reason":"stop"}]});
+        let _ = json_rw.chunk(resp.to_string().as_bytes());
+        let v: Value = serde_json::from_slice(&json_rw.finish().expect("finish")).expect("json");
+        let msg = &v["choices"][0]["message"];
+        let json = (
+            msg["content"].as_str().unwrap_or("").to_string(),
+            names(&msg["tool_calls"]),
+            v["choices"][0]["finish_reason"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        );
+
+        let opts = RewriteOptions::from_request(req.as_bytes(), true, true, false);
+        let mut sse_rw = for_response(gpt_oss, Some("text/event-stream"), &opts).expect("sse");
+        let mut sse = String::new();
+        for piece in raw.as_bytes().chunks(5) {
+            sse.push_str(&sse_chunk(std::str::from_utf8(piece).expect("ascii")));
+        }
+        sse.push_str(&format!(
+            "data: {}\n\n",
+            json!({"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
+        ));
+        let mut out = Vec::new();
+        out.extend_from_slice(&sse_rw.chunk(sse.as_bytes()).expect("chunk"));
+        out.extend_from_slice(&sse_rw.finish().expect("finish"));
+        let (content, _, finishes) = collect(&out);
+        let mut called = Vec::new();
+        for ev in String::from_utf8_lossy(&out).split("\n\n") {
+            if let Some(v) = ev
+                .strip_prefix("data: ")
+                .and_then(|d| serde_json::from_str::<Value>(d).ok())
+            {
+                called.extend(names(&v["choices"][0]["delta"]["tool_calls"]));
+            }
+        }
+        let streamed = (content, called, finishes.concat());
+        [json, streamed]
+    }
+
+    #[test]
+    fn calls_to_functions_the_request_did_not_offer_are_not_tool_calls_at_the_edge() {
+        let user = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+        let weather = json!({"type": "function", "function": {"name": "get_weather"}});
+        for body in [
+            json!({"messages": user}),
+            json!({"messages": user, "tools": [weather], "tool_choice": "none"}),
+            json!({"messages": user, "tools": [{"type": "function", "function": {"name": "get_time"}}]}),
+        ] {
+            for (content, names, finish) in rewrite_both(&body, CALL) {
+                assert!(names.is_empty(), "{body}: {names:?}");
+                assert_eq!(finish, "stop", "{body}");
+                assert_eq!(content, "Checking the weather now.", "{body}");
+            }
+        }
+        let body = json!({"messages": user, "tools": [weather]});
+        for (content, names, finish) in rewrite_both(&body, CALL) {
+            assert_eq!(names, ["get_weather"]);
+            assert_eq!(finish, "tool_calls");
+            assert_eq!(
+                content, "Checking the weather now.",
+                "the preamble is content"
+            );
+        }
     }
 }

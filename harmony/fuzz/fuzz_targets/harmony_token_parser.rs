@@ -6,7 +6,9 @@
 
 use std::sync::OnceLock;
 
-use harmony::openai::{apply_delta, DeltaMapper, ParsedResponse, ResponseAccumulator, StopCause};
+use harmony::openai::{
+    apply_delta, CallIds, DeltaMapper, ParsedResponse, ResponseAccumulator, StopCause, ToolGate,
+};
 use harmony::parser::TokenParser;
 use harmony::{Role, Tokenizer};
 use libfuzzer_sys::fuzz_target;
@@ -32,8 +34,9 @@ fuzz_target!(|data: &[u8]| {
         .collect();
 
     let mut parser = TokenParser::new(tok, Some(Role::Assistant));
-    let mut acc = ResponseAccumulator::new();
-    let mut mapper = DeltaMapper::new();
+    let gate = ToolGate::allow(["get_weather"]);
+    let mut acc = ResponseAccumulator::with_call_ids(gate.clone(), CallIds::sequential("call_"));
+    let mut mapper = DeltaMapper::with_call_ids(gate, CallIds::sequential("call_"));
     let mut deltas = Vec::new();
     for &id in &ids {
         parser.push(id, &mut |e| {

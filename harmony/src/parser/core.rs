@@ -41,8 +41,6 @@ pub(crate) struct Core {
     role_hint: Option<Role>,
     header: Header,
     kind: ChannelKind,
-    /// Scratch for header parsing (reused).
-    scratch: String,
     parts: Vec<(usize, usize)>,
     last_role: Role,
     utf8: Utf8Stream,
@@ -60,7 +58,6 @@ impl Core {
             role_hint: role,
             header: Header::default(),
             kind: ChannelKind::Other,
-            scratch: String::new(),
             parts: Vec::new(),
             last_role: role.unwrap_or(Role::Assistant),
             utf8: Utf8Stream::default(),
@@ -170,19 +167,11 @@ impl Core {
                 Special::Channel => self.buf.extend_from_slice(CHANNEL),
                 Special::Constrain => self.buf.extend_from_slice(CONSTRAIN),
                 Special::Start => {
-                    if self.header_has_text() {
-                        self.degrade(sink);
-                        self.end_message(EndReason::Interrupted, sink);
-                    }
+                    self.close_header(EndReason::Interrupted, sink);
                     self.begin_header(None, &[]);
                 }
                 Special::End | Special::Call | Special::Return => {
-                    if self.header_has_text() {
-                        self.degrade(sink);
-                        self.end_message(end_reason(sp), sink);
-                    }
-                    self.buf.clear();
-                    self.state = State::ExpectStart;
+                    self.close_header(end_reason(sp), sink);
                 }
                 _ => {}
             },
@@ -208,14 +197,7 @@ impl Core {
     pub(crate) fn finish<F: FnMut(Event<'_>) + ?Sized>(&mut self, sink: &mut F) {
         match self.state {
             State::ExpectStart => self.buf.clear(),
-            State::Header => {
-                if self.header_has_text() {
-                    self.degrade(sink);
-                    self.end_message(EndReason::Eof, sink);
-                }
-                self.buf.clear();
-                self.state = State::ExpectStart;
-            }
+            State::Header => self.close_header(EndReason::Eof, sink),
             State::Content => self.end_message(EndReason::Eof, sink),
         }
     }
@@ -257,6 +239,24 @@ impl Core {
         !rest.iter().all(|b| b.is_ascii_whitespace())
     }
 
+    /// Does the header buffer hold a header token (`<|channel|>`, `<|constrain|>`, `to=`)?
+    /// Such a buffer is a header even when `<|message|>` never came, and none of it is text.
+    fn header_has_marker(&self) -> bool {
+        has_marker(&self.buf)
+    }
+
+    /// The header was closed (by an end token, a new `<|start|>` or the end of output)
+    /// before `<|message|>`. A buffer with header tokens gives nothing; other text is a
+    /// message without a channel (the model wrote text where a header belongs).
+    fn close_header<F: FnMut(Event<'_>) + ?Sized>(&mut self, reason: EndReason, sink: &mut F) {
+        if !self.header_has_marker() && self.header_has_text() {
+            self.degrade(sink);
+            self.end_message(reason, sink);
+        }
+        self.buf.clear();
+        self.state = State::ExpectStart;
+    }
+
     /// Splits a leading role word (`assistant`, or the hinted role) off `bytes`.
     fn split_role<'b>(&self, bytes: &'b [u8]) -> (Option<Role>, &'b [u8]) {
         let end = bytes
@@ -272,155 +272,135 @@ impl Core {
         }
     }
 
-    /// The header buffer was not a header: start a message whose content is the buffer (minus a
-    /// leading role word, and with a `<|channel|>NAME` taken as the channel).
+    /// The header buffer was cut (a newline, or too long) before `<|message|>`. With header
+    /// tokens, it is a header whose content starts after its last token; without, it is text
+    /// (minus a leading role word) of a message without a channel.
     fn degrade<F: FnMut(Event<'_>) + ?Sized>(&mut self, sink: &mut F) {
         let buf = std::mem::take(&mut self.buf);
-        let (role_word, mut rest) = self.split_role(&buf);
-        let mut channel = None;
-        let mut tail: &[u8] = &[];
-        if let Some(i) = memchr::memmem::find(rest, CHANNEL) {
-            let after = &rest[i + CHANNEL.len()..];
-            let n = after
-                .iter()
-                .position(|&b| b.is_ascii_whitespace() || b == b'<')
-                .unwrap_or(after.len());
-            if n > 0 {
-                channel = Some(String::from_utf8_lossy(&after[..n]).into_owned());
-            }
-            tail = &after[n..];
-            rest = &rest[..i];
-        }
-        let role = self.role_hint.or(role_word).unwrap_or(Role::Assistant);
-        let header = Header {
-            role,
-            channel,
-            ..Header::default()
-        };
-        self.start_message(header, sink);
         let trim = |b: &[u8]| -> usize { b.iter().take_while(|c| c.is_ascii_whitespace()).count() };
-        let rest = if role_word.is_some() {
-            &rest[trim(rest)..]
+        if has_marker(&buf) {
+            let end = self.parse_header_from(&buf);
+            let rest = &buf[end..];
+            self.enter_content(sink);
+            self.on_text(&rest[trim(rest)..], sink);
         } else {
-            rest
-        };
-        let tail = if rest.is_empty() {
-            &tail[trim(tail)..]
-        } else {
-            tail
-        };
-        self.on_text(rest, sink);
-        self.on_text(tail, sink);
+            let (role_word, rest) = self.split_role(&buf);
+            let role = self.role_hint.or(role_word).unwrap_or(Role::Assistant);
+            self.start_message(
+                Header {
+                    role,
+                    ..Header::default()
+                },
+                sink,
+            );
+            let rest = if role_word.is_some() {
+                &rest[trim(rest)..]
+            } else {
+                rest
+            };
+            self.on_text(rest, sink);
+        }
         self.buf = buf;
         self.buf.clear();
     }
 
-    /// Parses a complete header (`<|message|>` was seen) into `self.header`, as `openai-harmony`
-    /// does, but never failing: what it cannot place it drops. Reuses the header's strings
-    /// and a scratch buffer, so a steady stream of messages allocates nothing here.
+    /// Parses a complete header (`<|message|>` was seen) into `self.header`.
     fn parse_header_in_place(&mut self) {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
+        let buf = std::mem::take(&mut self.buf);
+        self.parse_header_from(&buf);
+        self.buf = buf;
+    }
+
+    /// Parses header bytes into `self.header`, token by token, as `openai-harmony` does for
+    /// well-formed headers but never failing and never by position: the role (or a tool's
+    /// name) is the first word; `<|channel|>NAME` is the channel; the `to=` word is the
+    /// recipient; `<|constrain|>TYPE` (or a plain word last, after the recipient) is the
+    /// content type; they may come in any order, and other words are ignored. Returns the
+    /// byte offset just after the last header token.
+    fn parse_header_from(&mut self, bytes: &[u8]) -> usize {
         let lossy;
-        let text: &str = match std::str::from_utf8(&self.buf) {
+        let text: &str = match std::str::from_utf8(bytes) {
             Ok(t) => t,
             Err(_) => {
-                lossy = String::from_utf8_lossy(&self.buf).into_owned();
+                lossy = String::from_utf8_lossy(bytes).into_owned();
                 &lossy
             }
         };
-        // `<|channel|>NAME`: NAME runs to whitespace or `<`; the rest of the header is what
-        // surrounds it.
-        let mut channel: Option<(usize, usize)> = None;
-        let body = match memchr::memmem::find(text.as_bytes(), CHANNEL) {
-            Some(idx) => {
-                let after = &text[idx + CHANNEL.len()..];
-                let end = after
-                    .find(|c: char| c.is_whitespace() || c == '<')
-                    .unwrap_or(after.len());
-                scratch.push_str(&text[..idx]);
-                scratch.push_str(&after[end..]);
-                let body = scratch.len();
-                if end > 0 {
-                    scratch.push_str(&after[..end]);
-                    channel = Some((body, scratch.len()));
-                }
-                body
-            }
-            None => {
-                scratch.push_str(text);
-                scratch.len()
-            }
-        };
-        let trimmed = scratch[..body].trim();
-        let offset = trimmed.as_ptr() as usize - scratch.as_ptr() as usize;
-        self.split_parts(trimmed, offset);
+        self.split_parts(text);
         let parts = std::mem::take(&mut self.parts);
-        let mut parts_slice: &[(usize, usize)] = &parts;
-        let part = |r: &(usize, usize)| &scratch[r.0..r.1];
-
+        let mut role = self.role_hint;
         let mut name: Option<&str> = None;
-        let role = match self.role_hint {
-            Some(r) => r,
-            None => match parts_slice.first().map(part) {
-                None => self.last_role,
-                Some(first) => match Role::parse(first) {
-                    Some(Role::Tool) => {
-                        name = Some(first);
-                        Role::Tool
-                    }
-                    Some(r) => r,
-                    None => {
-                        // Unknown author: a tool (`browser.search`, `functions.x`).
-                        parts_slice = &parts_slice[1..];
-                        name = Some(first);
-                        Role::Tool
-                    }
-                },
-            },
-        };
-        if parts_slice.first().map(part) == Some(role.as_str()) {
-            parts_slice = &parts_slice[1..];
-        }
+        let mut channel: Option<&str> = None;
         let mut recipient: Option<&str> = None;
         let mut content_type: Option<&str> = None;
-        if let Some((last, rest)) = parts_slice.split_last() {
-            let last = part(last);
-            if let Some(r) = last.strip_prefix("to=") {
-                recipient = Some(r);
-            } else if rest.is_empty() {
-                recipient = Some(last);
-            } else {
-                content_type = Some(last);
-                if let Some(raw) = rest.last().map(part) {
-                    recipient = Some(raw.strip_prefix("to=").unwrap_or(raw));
+        let mut end = 0;
+        let mut after_recipient = false;
+        for (i, &(a, b)) in parts.iter().enumerate() {
+            let word = &text[a..b];
+            if let Some(after) = word.strip_prefix("<|channel|>") {
+                let n = after.find('<').unwrap_or(after.len());
+                if channel.is_none() && n > 0 {
+                    channel = Some(&after[..n]);
                 }
+                end = b;
+            } else if word.starts_with("<|constrain|>") {
+                content_type.get_or_insert(word);
+                end = b;
+            } else if let Some(r) = word.strip_prefix("to=") {
+                if recipient.is_none() {
+                    recipient = Some(r);
+                    after_recipient = true;
+                }
+                end = b;
+            } else if i == 0 {
+                match (self.role_hint, Role::parse(word)) {
+                    (Some(hint), _) if word == hint.as_str() => end = b,
+                    (Some(_), _) => {}
+                    (None, Some(Role::Tool)) => {
+                        role = Some(Role::Tool);
+                        name = Some(word);
+                        end = b;
+                    }
+                    (None, Some(r)) => {
+                        role = Some(r);
+                        end = b;
+                    }
+                    (None, None) => {
+                        // Unknown author: a tool (`browser.search`, `functions.x`).
+                        role = Some(Role::Tool);
+                        name = Some(word);
+                        end = b;
+                    }
+                }
+            } else if after_recipient && i + 1 == parts.len() && content_type.is_none() {
+                content_type = Some(word);
+                end = b;
             }
         }
         let h = &mut self.header;
-        h.role = role;
+        h.role = role.unwrap_or(self.last_role);
         set(&mut h.name, name);
-        set(&mut h.channel, channel.map(|(a, b)| &scratch[a..b]));
+        set(&mut h.channel, channel);
         set(&mut h.recipient, recipient);
         set(&mut h.content_type, content_type);
         self.parts = parts;
-        self.scratch = scratch;
+        // `text` may be a lossy copy: map the end back to the bytes (equal when valid).
+        if text.len() == bytes.len() {
+            end
+        } else {
+            bytes.len()
+        }
     }
 
-    /// Splits at ASCII whitespace and before every `<|constrain|>` (the reference inserts a
-    /// space before the marker, then splits at whitespace); ranges go to `self.parts`.
-    fn split_parts(&mut self, s: &str, offset: usize) {
+    /// Splits at ASCII whitespace and before every `<|channel|>` and `<|constrain|>`; ranges
+    /// go to `self.parts`.
+    fn split_parts(&mut self, s: &str) {
         self.parts.clear();
-        let base = s.as_ptr() as usize - offset;
+        let base = s.as_ptr() as usize;
         for word in s.split_ascii_whitespace() {
             let mut w = word;
             let mut off = w.as_ptr() as usize - base;
-            while let Some(i) = w
-                .get(1..)
-                .filter(|t| t.contains('<'))
-                .and_then(|t| t.find("<|constrain|>"))
-                .map(|i| i + 1)
-            {
+            while let Some(i) = next_marker(w) {
                 self.parts.push((off, off + i));
                 off += i;
                 w = &w[i..];
@@ -430,6 +410,28 @@ impl Core {
             }
         }
     }
+}
+
+/// Does `buf` hold a header token: `<|channel|>`, `<|constrain|>` or a `to=` word?
+fn has_marker(buf: &[u8]) -> bool {
+    memchr::memmem::find(buf, CHANNEL).is_some()
+        || memchr::memmem::find(buf, CONSTRAIN).is_some()
+        || buf
+            .split(|b| b.is_ascii_whitespace() || *b == b'>')
+            .any(|w| w.starts_with(b"to="))
+}
+
+/// Where the next `<|channel|>` or `<|constrain|>` after the first byte of `w` begins.
+fn next_marker(w: &str) -> Option<usize> {
+    let tail = w.get(1..)?;
+    if !tail.contains('<') {
+        return None;
+    }
+    [tail.find("<|channel|>"), tail.find("<|constrain|>")]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|i| i + 1)
 }
 
 /// Sets an optional string, reusing its allocation.

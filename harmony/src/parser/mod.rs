@@ -12,7 +12,9 @@
 //! Both are tolerant: output without a header, text before the first header, unknown channels,
 //! stray special tokens and a stream cut off anywhere all give a best-effort result (text that
 //! cannot be placed becomes content of an assistant message without a channel, which the
-//! OpenAI mapping treats as final). They never fail.
+//! OpenAI mapping places by its unplaced-text rule). Headers are read token by token (role,
+//! `<|channel|>`, `to=`, `<|constrain|>`, in any order); a header closed before `<|message|>`
+//! gives no message, so none of its words becomes text. They never fail.
 
 pub(crate) mod core;
 mod text;

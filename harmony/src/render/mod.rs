@@ -32,9 +32,12 @@ pub enum RenderError {
 /// Conversation-level rendering options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConversationConfig {
-    /// The harmony rule: when the last assistant message is a `final` one, analysis messages
-    /// before the first `final` message are dropped. (A tool-call chain still going has no
-    /// final last message, so its analysis is kept.)
+    /// The harmony guide's rule: earlier chain of thought is dropped once a turn ended in a
+    /// `final` message and the conversation went on, so every `analysis` message before the
+    /// last such `final` one is left out; the analysis after it (the turn whose tool calls are
+    /// still open) is kept.
+    /// `openai-harmony`'s default differs: it drops only when the conversation's last
+    /// assistant message is `final`, and then only analysis before the first `final`.
     pub auto_drop_analysis: bool,
 }
 
@@ -151,18 +154,11 @@ impl Renderer {
                 .iter()
                 .any(|c| matches!(c, Content::Developer(d) if d.has_function_tools()))
         });
-        let last_assistant_is_final = messages
-            .iter()
-            .rev()
-            .find(|m| m.role == Role::Assistant)
-            .is_some_and(|m| m.channel.as_deref() == Some("final"));
-        let drop_analysis = config.auto_drop_analysis && last_assistant_is_final;
-        let first_final = messages
-            .iter()
-            .position(|m| m.channel.as_deref() == Some("final"));
+        let cutoff = analysis_cutoff(messages);
         for (i, m) in messages.iter().enumerate() {
-            let dropped = drop_analysis
-                && first_final.is_some_and(|f| i < f)
+            let dropped = config.auto_drop_analysis
+                && cutoff.is_some_and(|c| i < c)
+                && m.role == Role::Assistant
                 && m.channel.as_deref() == Some("analysis");
             if !dropped {
                 self.render_message_at(m, i, has_function_tools, into)?;
@@ -222,6 +218,27 @@ impl Renderer {
         let mut out = Vec::new();
         self.render_request_into(request, options, &mut out)?;
         Ok(out)
+    }
+}
+
+/// The harmony guide's rule for earlier chain of thought: once a turn ended in a `final`
+/// message and the conversation went on, that turn's analysis (and every earlier one) is
+/// dropped; only the turn whose tool calls are still open keeps it. Analysis messages before
+/// the returned index are dropped: the last `final` message when messages follow it, else the
+/// one before it (a conversation ending in a `final` message keeps that turn's analysis, as
+/// the reference does).
+fn analysis_cutoff(messages: &[Message]) -> Option<usize> {
+    let is_final = |m: &Message| m.role == Role::Assistant && m.channel.as_deref() == Some("final");
+    let mut finals = messages
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, m)| is_final(m))
+        .map(|(i, _)| i);
+    match finals.next() {
+        Some(last) if last + 1 < messages.len() => Some(last),
+        Some(_) => finals.next(),
+        None => None,
     }
 }
 

@@ -21,7 +21,7 @@ use crate::sse;
 use crate::state::AppState;
 use crate::submit::{self, Submission};
 use crate::validate::{self, ValidChat};
-use harmony::openai::{apply_delta, ParsedResponse, SeedContext};
+use harmony::openai::{apply_delta, ParsedResponse, SeedContext, ToolGate};
 
 const ENDPOINT: &str = "chat_completions";
 
@@ -57,9 +57,13 @@ async fn serve(
     let raw = state.config.raw_output;
     let prompt = codec::render_chat(&model.tokenizer, &valid)?;
     let prefill = codec::prefill(&model.tokenizer, &valid.tool_plan)?;
+    // Tool calls only to the functions the request offered and `tool_choice` allows (the
+    // validated request keeps exactly those in `tools`).
+    let gate = ToolGate::from_request(&valid.render);
     let parser = codec::chat_parser(
         &model.tokenizer,
         raw,
+        gate,
         &prefill,
         &valid.stop,
         valid.sampling.min_tokens,

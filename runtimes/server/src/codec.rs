@@ -4,7 +4,7 @@
 //! seed's `thinking` / `parsed` (`harmony::openai::ParsedResponse`).
 
 use gpt_oss_runtimes::Capabilities;
-use harmony::openai::{DeltaMapper, ParsedResponse, SeedContext, StopCause};
+use harmony::openai::{DeltaMapper, ParsedResponse, SeedContext, StopCause, ToolGate};
 use harmony::parser::TokenParser;
 use harmony::render::RequestOptions;
 use harmony::{tokens, RenderError, Renderer, Role, StreamDecoder, Tokenizer};
@@ -276,8 +276,9 @@ impl DeltaParser for HarmonyDeltas {
     }
 }
 
-/// The parser for a chat response: raw harmony text when `raw`, else OpenAI fields.
-/// `prefill` (the forced start of the assistant message) is fed first.
+/// The parser for a chat response: raw harmony text when `raw`, else OpenAI fields, with
+/// tool calls only to the functions `tools` allows. `prefill` (the forced start of the
+/// assistant message) is fed first.
 ///
 /// With `raw`, the parser also matches `stop` (from the `min_tokens`-th generated token on)
 /// on the answer inside the raw text and ends the output before the stop string
@@ -286,6 +287,7 @@ impl DeltaParser for HarmonyDeltas {
 pub fn chat_parser(
     tokenizer: &Tokenizer,
     raw: bool,
+    tools: ToolGate,
     prefill: &[u32],
     stop: &[String],
     min_tokens: u32,
@@ -294,7 +296,7 @@ pub fn chat_parser(
         let prefix = tokenizer.decode(prefill);
         let mut p = raw_text(tokenizer, &prefix, true);
         if !stop.is_empty() {
-            let mut mapper = DeltaMapper::new();
+            let mut mapper = DeltaMapper::new(tools);
             let mut ignored = Vec::new();
             p.counter
                 .push_all(prefill, &mut |e| mapper.on_event(e, &mut ignored));
@@ -310,7 +312,7 @@ pub fn chat_parser(
     }
     let mut p = HarmonyDeltas {
         parser: TokenParser::new(tokenizer, Some(Role::Assistant)),
-        mapper: Some(DeltaMapper::new()),
+        mapper: Some(DeltaMapper::new(tools)),
     };
     // The prefill's deltas are kept: a forced tool call must reach the client.
     let mut pending = Vec::new();

@@ -686,3 +686,87 @@ async fn required_tool_choice_lets_the_model_name_the_function() {
     assert_eq!(args, r#"{"city":"Oslo"}"#);
     assert_eq!(finish, "tool_calls");
 }
+
+const WEATHER_CALL: &str = "<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant<|channel|>commentary<|message|>Checking the weather now.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"location\":\"Paris\"}<|call|>";
+
+/// The JSON answer and the stream merged as a client merges it: (content, tool call names,
+/// finish reason) of each.
+async fn json_and_stream(s: &Setup, body: Value) -> [(String, Vec<String>, Value); 2] {
+    let (status, v, _) = call(&s.state, "POST", "/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    let choice = &v["choices"][0];
+    let names = |calls: &Value| -> Vec<String> {
+        calls
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["function"]["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let json = (
+        choice["message"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+        names(&choice["message"]["tool_calls"]),
+        choice["finish_reason"].clone(),
+    );
+    let mut body = body;
+    body["stream"] = json!(true);
+    let (status, text, _) = call(&s.state, "POST", "/v1/chat/completions", body).await;
+    assert_eq!(status, 200);
+    let mut streamed = (String::new(), Vec::new(), Value::Null);
+    for p in sse_payloads(text.as_str().unwrap_or("")) {
+        let Ok(c) = serde_json::from_str::<Value>(&p) else {
+            continue;
+        };
+        let Some(ch) = c["choices"].get(0) else {
+            continue;
+        };
+        streamed
+            .0
+            .push_str(ch["delta"]["content"].as_str().unwrap_or(""));
+        streamed.1.extend(names(&ch["delta"]["tool_calls"]));
+        if !ch["finish_reason"].is_null() {
+            streamed.2 = ch["finish_reason"].clone();
+        }
+    }
+    [json, streamed]
+}
+
+#[tokio::test]
+async fn calls_to_functions_the_request_did_not_offer_are_not_tool_calls() {
+    let s = setup(WEATHER_CALL, 0, 2, 4, None);
+    let user = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+    let time = json!({"type": "function", "function": {"name": "get_time"}});
+    let weather = json!({"type": "function", "function": {"name": "get_weather"}});
+    for body in [
+        json!({"messages": user}),
+        json!({"messages": user, "tools": [weather], "tool_choice": "none"}),
+        json!({"messages": user, "tools": [time]}),
+    ] {
+        for (content, names, finish) in json_and_stream(&s, body.clone()).await {
+            assert!(names.is_empty(), "{body}: {names:?}");
+            assert_eq!(finish, "stop", "{body}");
+            assert_eq!(content, "Checking the weather now.", "{body}");
+        }
+    }
+    let body = json!({"messages": user, "tools": [time, weather]});
+    for (_, names, finish) in json_and_stream(&s, body).await {
+        assert_eq!(names, ["get_weather"]);
+        assert_eq!(finish, "tool_calls");
+    }
+}
+
+#[tokio::test]
+async fn preambles_are_content_next_to_the_call_in_json_and_sse() {
+    let s = setup(WEATHER_CALL, 0, 2, 4, None);
+    let body = json!({
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather"}}]
+    });
+    let [json, streamed] = json_and_stream(&s, body).await;
+    assert_eq!(json.0, "Checking the weather now.");
+    assert_eq!(json.1, ["get_weather"]);
+    assert_eq!(json, streamed, "JSON and SSE agree");
+}

@@ -1,15 +1,18 @@
 //! Parsed harmony output -> OpenAI Chat Completions shapes.
 //!
-//! - `final` (and messages without a channel, or with an unknown one) -> `content`;
-//! - `analysis` -> `reasoning_content`, also as `reasoning`;
-//! - a message addressed to a tool (`to=functions.NAME`, whatever its channel) -> `tool_calls`,
-//!   with the content as JSON `arguments` and an id `call_...`;
-//! - other `commentary` (preambles) -> kept apart: the seed's `thinking.commentary` /
-//!   `parsed.commentary`, and the `commentary` field of stream deltas;
-//! - messages of other authors (the model imitating a user or a tool) are dropped.
+//! The placing rule lives in [`route`] (see [`Router`]): `final` -> `content`; `analysis` ->
+//! `reasoning_content` (also as `reasoning`); preambles (commentary without a recipient) ->
+//! `content` and the seed's `commentary`; a message to an allowed function -> `tool_calls`;
+//! unplaced text -> reasoning when the output has a `final` message, else `content`; nothing
+//! after `<|return|>` / `<|call|>`.
 //!
 //! [`ResponseAccumulator`] builds the whole message (non-streaming); [`DeltaMapper`] turns the
-//! same events into chunk deltas (streaming). Both take parser events, from either parser.
+//! same events into chunk deltas (streaming). Both apply the one [`Router`]'s pieces, so the
+//! deltas, applied in order, give the non-streamed message.
+
+mod route;
+
+pub use route::{Piece, Router, ToolGate};
 
 use openai_types::{
     AssistantMessage, ChatCompletionRequest, ChatDelta, FinishReason, FunctionCall,
@@ -19,13 +22,19 @@ use openai_types::{
 use crate::message::Role;
 use crate::parser::{EndReason, Event, Header, TokenCounts};
 
-/// Where a message's content goes.
+/// Where a message's content goes, by its header alone (before the [`ToolGate`] and the
+/// unplaced-text rule apply).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
+    /// `final`.
     Content,
+    /// `analysis`.
     Reasoning,
     /// Commentary that is not a tool call (a preamble).
     Commentary,
+    /// No channel, or one harmony does not define: reasoning when the output has a `final`
+    /// message, `content` otherwise.
+    Unplaced,
     /// A tool call to this function name (`functions.` stripped).
     ToolCall(String),
     /// Not the assistant's: dropped.
@@ -38,14 +47,15 @@ pub fn classify(h: &Header) -> Target {
         return Target::Ignore;
     }
     if let Some(r) = h.recipient.as_deref() {
-        if !matches!(r, "all" | "assistant" | "user") && !r.is_empty() {
+        if !matches!(r, "all" | "assistant" | "user") {
             return Target::ToolCall(r.strip_prefix("functions.").unwrap_or(r).to_string());
         }
     }
     match h.channel.as_deref() {
+        Some("final") => Target::Content,
         Some("analysis") => Target::Reasoning,
         Some("commentary") => Target::Commentary,
-        _ => Target::Content,
+        _ => Target::Unplaced,
     }
 }
 
@@ -129,11 +139,11 @@ impl SeedContext {
 /// The whole parsed response.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ParsedResponse {
-    /// `final` text (messages without channel included).
+    /// `final` text and preambles (and unplaced text when there is no `final` message).
     pub content: String,
     /// `analysis` text.
     pub reasoning: String,
-    /// Commentary that is not a tool call.
+    /// Commentary that is not a tool call (preambles; also in `content`).
     pub commentary: String,
     pub tool_calls: Vec<ToolCall>,
     pub finish_reason: Option<FinishReason>,
@@ -190,75 +200,69 @@ pub fn usage(prompt_tokens: u32, counts: TokenCounts) -> Usage {
     Usage::new(prompt_tokens, counts.total, counts.analysis)
 }
 
-/// Collects events into a [`ParsedResponse`].
+/// Applies one [`Piece`] to a response.
+fn apply_piece(msg: &mut ParsedResponse, p: Piece<'_>) {
+    match p {
+        Piece::Content(t) => msg.content.push_str(t),
+        Piece::Commentary(t) => msg.commentary.push_str(t),
+        Piece::Reasoning(t) => msg.reasoning.push_str(t),
+        Piece::CallStart { id, name, .. } => msg.tool_calls.push(ToolCall {
+            id: id.to_string(),
+            kind: "function".to_string(),
+            function: FunctionCall {
+                name: name.to_string(),
+                arguments: String::new(),
+            },
+        }),
+        Piece::CallArgs { index, text } => {
+            if let Some(c) = msg.tool_calls.get_mut(index as usize) {
+                c.function.arguments.push_str(text);
+            }
+        }
+    }
+}
+
+/// Collects events into a [`ParsedResponse`] (the non-streamed answer), by the [`Router`]'s
+/// rule.
 #[derive(Clone, Debug, Default)]
 pub struct ResponseAccumulator {
+    router: Router,
     out: ParsedResponse,
-    current: Option<Target>,
-    last_end: Option<EndReason>,
-    ids: CallIds,
 }
 
 impl ResponseAccumulator {
-    /// With random tool-call ids.
-    pub fn new() -> ResponseAccumulator {
-        ResponseAccumulator::default()
+    /// Random tool-call ids; calls to the functions `gate` allows.
+    pub fn new(gate: ToolGate) -> ResponseAccumulator {
+        ResponseAccumulator::with_call_ids(gate, CallIds::random())
     }
 
-    pub fn with_call_ids(ids: CallIds) -> ResponseAccumulator {
+    /// Tool-call ids from `ids`; calls to the functions `gate` allows.
+    pub fn with_call_ids(gate: ToolGate, ids: CallIds) -> ResponseAccumulator {
         ResponseAccumulator {
-            ids,
-            ..ResponseAccumulator::default()
+            router: Router::new(gate, ids),
+            out: ParsedResponse::default(),
         }
     }
 
     pub fn on_event(&mut self, e: Event<'_>) {
-        match e {
-            Event::MessageStart(h) => {
-                let target = classify(h);
-                if let Target::ToolCall(name) = &target {
-                    self.out.tool_calls.push(ToolCall {
-                        id: self.ids.next_id(),
-                        kind: "function".to_string(),
-                        function: FunctionCall {
-                            name: name.clone(),
-                            arguments: String::new(),
-                        },
-                    });
-                }
-                self.current = Some(target);
-                self.last_end = None;
-            }
-            Event::ContentDelta(t) => match &self.current {
-                Some(Target::Content) => self.out.content.push_str(t),
-                Some(Target::Reasoning) => self.out.reasoning.push_str(t),
-                Some(Target::Commentary) => self.out.commentary.push_str(t),
-                Some(Target::ToolCall(_)) => {
-                    if let Some(c) = self.out.tool_calls.last_mut() {
-                        c.function.arguments.push_str(t);
-                    }
-                }
-                Some(Target::Ignore) | None => {}
-            },
-            Event::MessageEnd(r) => {
-                self.current = None;
-                self.last_end = Some(r);
-            }
-        }
+        let out = &mut self.out;
+        self.router.on_event(e, &mut |p| apply_piece(out, p));
     }
 
-    /// What has been parsed so far.
+    /// What has been placed so far (unplaced text may still be held back).
     pub fn partial(&self) -> &ParsedResponse {
         &self.out
     }
 
     /// The response, with its finish reason: `length` when generation ran out inside a
-    /// message, `tool_calls` when the model called tools, `stop` otherwise.
+    /// message, `tool_calls` when the model called an allowed tool, `stop` otherwise.
     pub fn finish(mut self, cause: StopCause) -> ParsedResponse {
+        let out = &mut self.out;
+        self.router.finish(&mut |p| apply_piece(out, p));
         self.out.finish_reason = Some(finish_reason(
             cause,
-            self.last_end,
-            !self.out.tool_calls.is_empty(),
+            self.router.last_end(),
+            self.router.call_count() > 0,
         ));
         self.out
     }
@@ -277,126 +281,137 @@ fn finish_reason(cause: StopCause, last_end: Option<EndReason>, has_calls: bool)
     }
 }
 
-/// Turns events into OpenAI stream deltas. The first delta carries `role: "assistant"`.
+/// Turns events into OpenAI stream deltas, by the same [`Router`] as
+/// [`ResponseAccumulator`]: applying the deltas in order ([`apply_delta`]) gives the
+/// non-streamed answer. The first delta carries `role: "assistant"`.
 #[derive(Clone, Debug, Default)]
 pub struct DeltaMapper {
     acc: ResponseAccumulator,
-    current: Option<Target>,
-    tool_index: u32,
     sent_role: bool,
 }
 
+/// Appends a piece to `out` as a delta; text is merged into the last delta when that one
+/// was made by the same call (`from` is where this call's deltas begin) and has no tool
+/// call.
+fn piece_delta(p: Piece<'_>, from: usize, out: &mut Vec<ChatDelta>) {
+    let last = if out.len() > from {
+        out.last_mut().filter(|d| d.tool_calls.is_none())
+    } else {
+        None
+    };
+    let append = |slot: &mut Option<String>, t: &str| match slot {
+        Some(s) => s.push_str(t),
+        None => *slot = Some(t.to_string()),
+    };
+    match p {
+        Piece::Content(t) | Piece::Commentary(t) | Piece::Reasoning(t) => {
+            let d = match last {
+                Some(d) => d,
+                None => {
+                    out.push(ChatDelta::default());
+                    let Some(d) = out.last_mut() else { return };
+                    d
+                }
+            };
+            match p {
+                Piece::Content(_) => append(&mut d.content, t),
+                Piece::Commentary(_) => append(&mut d.commentary, t),
+                _ => {
+                    append(&mut d.reasoning_content, t);
+                    append(&mut d.reasoning, t);
+                }
+            }
+        }
+        Piece::CallStart { index, id, name } => out.push(ChatDelta {
+            tool_calls: Some(vec![ToolCallDelta {
+                index,
+                id: Some(id.to_string()),
+                kind: Some("function".to_string()),
+                function: FunctionCallDelta {
+                    name: Some(name.to_string()),
+                    arguments: Some(String::new()),
+                },
+            }]),
+            ..ChatDelta::default()
+        }),
+        Piece::CallArgs { index, text } => out.push(ChatDelta {
+            tool_calls: Some(vec![ToolCallDelta {
+                index,
+                id: None,
+                kind: None,
+                function: FunctionCallDelta {
+                    name: None,
+                    arguments: Some(text.to_string()),
+                },
+            }]),
+            ..ChatDelta::default()
+        }),
+    }
+}
+
 impl DeltaMapper {
-    /// With random tool-call ids.
-    pub fn new() -> DeltaMapper {
-        DeltaMapper::default()
+    /// Random tool-call ids; calls to the functions `gate` allows.
+    pub fn new(gate: ToolGate) -> DeltaMapper {
+        DeltaMapper::with_call_ids(gate, CallIds::random())
     }
 
-    pub fn with_call_ids(ids: CallIds) -> DeltaMapper {
+    /// Tool-call ids from `ids`; calls to the functions `gate` allows.
+    pub fn with_call_ids(gate: ToolGate, ids: CallIds) -> DeltaMapper {
         DeltaMapper {
-            acc: ResponseAccumulator::with_call_ids(ids),
-            ..DeltaMapper::default()
+            acc: ResponseAccumulator::with_call_ids(gate, ids),
+            sent_role: false,
         }
     }
 
-    fn emit(&mut self, mut d: ChatDelta, out: &mut Vec<ChatDelta>) {
-        if !self.sent_role {
-            d.role = Some("assistant".to_string());
-            self.sent_role = true;
+    fn route(&mut self, e: Option<Event<'_>>, out: &mut Vec<ChatDelta>) {
+        let from = out.len();
+        let ResponseAccumulator { router, out: msg } = &mut self.acc;
+        let mut sink = |p: Piece<'_>| {
+            apply_piece(msg, p);
+            piece_delta(p, from, out);
+        };
+        match e {
+            Some(e) => router.on_event(e, &mut sink),
+            None => router.finish(&mut sink),
         }
-        out.push(d);
+        if !self.sent_role {
+            if let Some(d) = out.get_mut(from) {
+                d.role = Some("assistant".to_string());
+                self.sent_role = true;
+            }
+        }
     }
 
     /// Appends the deltas `e` produces (often none) to `out`.
     pub fn on_event(&mut self, e: Event<'_>, out: &mut Vec<ChatDelta>) {
-        self.acc.on_event(e);
-        match e {
-            Event::MessageStart(h) => {
-                let target = classify(h);
-                if let Target::ToolCall(name) = &target {
-                    let id = self
-                        .acc
-                        .partial()
-                        .tool_calls
-                        .last()
-                        .map(|c| c.id.clone())
-                        .unwrap_or_default();
-                    let d = ChatDelta {
-                        tool_calls: Some(vec![ToolCallDelta {
-                            index: self.tool_index,
-                            id: Some(id),
-                            kind: Some("function".to_string()),
-                            function: FunctionCallDelta {
-                                name: Some(name.clone()),
-                                arguments: Some(String::new()),
-                            },
-                        }]),
-                        ..ChatDelta::default()
-                    };
-                    self.emit(d, out);
-                }
-                self.current = Some(target);
-            }
-            Event::ContentDelta(t) => {
-                let d = match &self.current {
-                    Some(Target::Content) => ChatDelta {
-                        content: Some(t.to_string()),
-                        ..ChatDelta::default()
-                    },
-                    Some(Target::Reasoning) => ChatDelta {
-                        reasoning_content: Some(t.to_string()),
-                        reasoning: Some(t.to_string()),
-                        ..ChatDelta::default()
-                    },
-                    Some(Target::Commentary) => ChatDelta {
-                        commentary: Some(t.to_string()),
-                        ..ChatDelta::default()
-                    },
-                    Some(Target::ToolCall(_)) => ChatDelta {
-                        tool_calls: Some(vec![ToolCallDelta {
-                            index: self.tool_index,
-                            id: None,
-                            kind: None,
-                            function: FunctionCallDelta {
-                                name: None,
-                                arguments: Some(t.to_string()),
-                            },
-                        }]),
-                        ..ChatDelta::default()
-                    },
-                    Some(Target::Ignore) | None => return,
-                };
-                self.emit(d, out);
-            }
-            Event::MessageEnd(_) => {
-                if let Some(Target::ToolCall(_)) = self.current {
-                    self.tool_index += 1;
-                }
-                self.current = None;
-            }
-        }
+        self.route(Some(e), out);
     }
 
-    /// Ends the stream: returns the finish reason and the whole response. With `seed`, a
-    /// last delta carrying the seed's `thinking` and `parsed` is appended to `out`.
+    /// Ends the stream: appends what was held back, returns the finish reason and the whole
+    /// response. With `seed`, a last delta carrying the seed's `thinking` and `parsed` is
+    /// appended to `out`.
     pub fn finish(
         mut self,
         cause: StopCause,
         seed: Option<&SeedContext>,
         out: &mut Vec<ChatDelta>,
     ) -> ParsedResponse {
-        let acc = std::mem::take(&mut self.acc);
-        let parsed = acc.finish(cause);
-        if let Some(seed) = seed {
-            let d = ChatDelta {
+        self.route(None, out);
+        let parsed = std::mem::take(&mut self.acc).finish(cause);
+        let last = match seed {
+            Some(seed) => ChatDelta {
                 thinking: Some(parsed.thinking()),
                 parsed: Some(parsed.parsed(seed)),
                 ..ChatDelta::default()
-            };
-            self.emit(d, out);
-        } else if !self.sent_role {
-            self.emit(ChatDelta::default(), out);
+            },
+            None if !self.sent_role => ChatDelta::default(),
+            None => return parsed,
+        };
+        let mut last = last;
+        if !self.sent_role {
+            last.role = Some("assistant".to_string());
         }
+        out.push(last);
         parsed
     }
 }
