@@ -90,6 +90,7 @@ async fn direct(
         stop_token_ids: stop.to_vec(),
         max_new_tokens: n,
         cancel: CancellationToken::new(),
+        constraint: None,
     };
     let mut s = backend.generate(req).await.expect("generate");
     let mut count = 0;
@@ -174,6 +175,7 @@ fn main() {
         state.set_model(ModelState::Ready(Arc::new(LoadedModel {
             backend: Arc::clone(&backend),
             tokenizer: tokenizer.clone(),
+            grammars: Default::default(),
         })));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));

@@ -110,6 +110,7 @@ async fn one(backend: &OnnxBackend, prompt: Vec<u32>, new_tokens: u32) -> Timing
         stop_token_ids: vec![],
         max_new_tokens: new_tokens,
         cancel: CancellationToken::new(),
+        constraint: None,
     };
     let mut stream = match backend.generate(request).await {
         Ok(s) => s,

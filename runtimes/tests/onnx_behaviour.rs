@@ -20,7 +20,7 @@ fn sampled(seed: u64) -> SamplingParams {
         top_p: 0.95,
         top_k: None,
         seed: Some(seed),
-        min_tokens: 0,
+        ..SamplingParams::greedy()
     }
 }
 

@@ -58,6 +58,7 @@ async fn serve(
     let prompt = codec::render_chat(&model.tokenizer, &valid)?;
     let prefill = codec::prefill(&model.tokenizer, &valid.tool_plan)?;
     let parser = codec::chat_parser(&model.tokenizer, raw, &prefill);
+    let constraint = crate::grammar::for_chat(&model.grammars, &model.tokenizer, &valid).await?;
     let mut full_prompt = prompt;
     full_prompt.extend_from_slice(&prefill);
     let submission = Submission {
@@ -67,6 +68,7 @@ async fn serve(
         stop: valid.stop.clone(),
         parser,
         arrived,
+        constraint,
     };
     let parts = submit::admit_and_start(state, &model, submission).await?;
     let events = generation::run(parts);

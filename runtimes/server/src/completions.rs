@@ -96,6 +96,7 @@ async fn serve(
         stop: valid.stop.clone(),
         parser: codec::text_parser(&model.tokenizer),
         arrived,
+        constraint: None,
     };
     let parts = submit::admit_and_start(state, &model, submission).await?;
     let events = generation::run(parts);

@@ -21,6 +21,8 @@ pub struct Submission {
     pub stop: Vec<String>,
     pub parser: Box<dyn DeltaParser>,
     pub arrived: Instant,
+    /// The grammar the output must follow, if any.
+    pub constraint: Option<gpt_oss_runtimes::constraint::Constraint>,
 }
 
 /// Waits for a slot (FIFO; 429 when the waiting line is full), then starts the
@@ -72,6 +74,7 @@ pub async fn admit_and_start(
         stop_token_ids: codec::stop_token_ids(caps),
         max_new_tokens,
         cancel: cancel.clone(),
+        constraint: sub.constraint,
     };
     let tokens = model.backend.generate(request).await?;
     Ok(GenerationParts {

@@ -155,6 +155,7 @@ fn setup_failing(
     state.set_model(ModelState::Ready(Arc::new(LoadedModel {
         backend: Arc::new(backend),
         tokenizer: tok,
+        grammars: Default::default(),
     })));
     Setup { state, active }
 }

@@ -26,6 +26,145 @@ const IGNORED_CHAT_FIELDS: &[&str] = &[
 ];
 const IGNORED_COMPLETION_FIELDS: &[&str] = &[];
 
+/// OpenAI chat fields this server does not implement, accepted at these values (their default)
+/// or `null`; any other value is a 400 naming the field.
+const CHAT_FIELDS_AT_DEFAULT: &[(&str, &str)] = &[
+    ("modalities", r#"["text"]"#),
+    ("prediction", "null"),
+    ("audio", "null"),
+    ("functions", "null"),
+    ("function_call", "null"),
+    ("web_search_options", "null"),
+];
+
+/// Takes the fields of `CHAT_FIELDS_AT_DEFAULT` out of `extra`; 400 for a value other than
+/// the default or `null`.
+fn fields_at_default(extra: &mut serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    for (field, default) in CHAT_FIELDS_AT_DEFAULT {
+        let Some(value) = extra.remove(*field) else {
+            continue;
+        };
+        let default: Value = serde_json::from_str(default).unwrap_or(Value::Null);
+        if !value.is_null() && value != default {
+            return Err(ApiError::field(
+                *field,
+                format!("is not supported by this server; only {default} or null is accepted"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The logit-changing fields of OpenAI and vLLM, shared by chat and completions.
+struct LogitFields {
+    presence_penalty: Option<Value>,
+    frequency_penalty: Option<Value>,
+    repetition_penalty: Option<Value>,
+    min_p: Option<Value>,
+    logit_bias: Option<Value>,
+}
+
+impl LogitFields {
+    /// Takes the fields that are not typed in the request out of `extra`.
+    fn take(extra: &mut serde_json::Map<String, Value>) -> LogitFields {
+        LogitFields {
+            presence_penalty: extra.remove("presence_penalty"),
+            frequency_penalty: extra.remove("frequency_penalty"),
+            repetition_penalty: extra.remove("repetition_penalty"),
+            min_p: extra.remove("min_p"),
+            logit_bias: extra.remove("logit_bias"),
+        }
+    }
+}
+
+fn number_in(
+    value: Option<&Value>,
+    param: &str,
+    default: f64,
+    ok: impl Fn(f64) -> bool,
+    range: &str,
+) -> Result<f32, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(default as f32),
+        Some(v) => match v.as_f64() {
+            Some(x) if x.is_finite() && ok(x) => Ok(x as f32),
+            Some(x) => Err(ApiError::field(param, format!("must be {range}, got {x}"))),
+            None => Err(ApiError::field(param, format!("must be a number, got {v}"))),
+        },
+    }
+}
+
+/// Applies penalties, `logit_bias` and `min_p` to `sampling`, checking their ranges.
+fn logit_fields(sampling: &mut SamplingParams, f: LogitFields) -> Result<(), ApiError> {
+    let between = |lo: f64, hi: f64| move |x: f64| (lo..=hi).contains(&x);
+    sampling.presence_penalty = number_in(
+        f.presence_penalty.as_ref(),
+        "presence_penalty",
+        0.0,
+        between(-2.0, 2.0),
+        "between -2 and 2",
+    )?;
+    sampling.frequency_penalty = number_in(
+        f.frequency_penalty.as_ref(),
+        "frequency_penalty",
+        0.0,
+        between(-2.0, 2.0),
+        "between -2 and 2",
+    )?;
+    sampling.repetition_penalty = number_in(
+        f.repetition_penalty.as_ref(),
+        "repetition_penalty",
+        1.0,
+        |x| x > 0.0,
+        "greater than 0",
+    )?;
+    sampling.min_p = number_in(
+        f.min_p.as_ref(),
+        "min_p",
+        0.0,
+        between(0.0, 1.0),
+        "between 0 and 1",
+    )?;
+    sampling.logit_bias = match f.logit_bias {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(map)) => {
+            let mut bias = Vec::with_capacity(map.len());
+            for (key, value) in &map {
+                let param = format!("logit_bias.{key}");
+                let id = key
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|id| *id < harmony::tokens::VOCAB_SIZE)
+                    .ok_or_else(|| {
+                        ApiError::field(
+                            param.as_str(),
+                            format!(
+                                "keys must be token ids below {}, got `{key}`",
+                                harmony::tokens::VOCAB_SIZE
+                            ),
+                        )
+                    })?;
+                let b = number_in(
+                    Some(value),
+                    &param,
+                    0.0,
+                    between(-100.0, 100.0),
+                    "between -100 and 100",
+                )?;
+                bias.push((id, b));
+            }
+            bias
+        }
+        Some(v) => {
+            return Err(ApiError::field(
+                "logit_bias",
+                format!("must be an object mapping token ids to biases, got {v}"),
+            ))
+        }
+    };
+    Ok(())
+}
+
 /// Parses a JSON body into `T`, naming the field path of the first type error.
 pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
@@ -81,6 +220,8 @@ pub struct ValidChat {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub tool_plan: ToolPlan,
+    /// Tools were offered but `tool_choice` is `"none"`: no recipient may be written.
+    pub tools_withheld: bool,
     pub separate_thinking: bool,
     pub stream: bool,
     pub include_usage: bool,
@@ -200,6 +341,7 @@ fn sampling(
         // Negative seeds are accepted, as OpenAI does; their bits make the u64 seed.
         seed: seed.map(|s| s as u64),
         min_tokens: min_tokens(min, max_tokens, max_param)?,
+        ..SamplingParams::greedy()
     })
 }
 
@@ -242,10 +384,7 @@ fn unknown_fields(
 ) -> Result<(), ApiError> {
     for key in extra.keys() {
         if !ignored.contains(&key.as_str()) {
-            return Err(ApiError::field(
-                key.as_str(),
-                "Unrecognized request argument supplied",
-            ));
+            return Err(ApiError::UnknownParameter(key.clone()));
         }
     }
     Ok(())
@@ -364,6 +503,11 @@ fn tools(tools: &[Tool]) -> Result<(), ApiError> {
 /// Validates a chat request against the served model.
 pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidChat, ApiError> {
     check_model(req.model.as_deref(), served_model)?;
+    fields_at_default(&mut req.extra)?;
+    let mut logit = LogitFields::take(&mut req.extra);
+    logit.presence_penalty = req.presence_penalty.map(Value::from);
+    logit.frequency_penalty = req.frequency_penalty.map(Value::from);
+    logit.logit_bias = req.logit_bias.take().map(Value::Object);
     unknown_fields(&req.extra, IGNORED_CHAT_FIELDS)?;
     messages(&req.messages)?;
     let max_param = match req.max_completion_tokens {
@@ -371,7 +515,7 @@ pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidC
         None => "max_tokens",
     };
     let max_tokens = max_tokens(req.max_completion_tokens.or(req.max_tokens), max_param)?;
-    let sampling = sampling(
+    let mut sampling = sampling(
         SamplingFields {
             temperature: req.temperature,
             top_p: req.top_p,
@@ -382,18 +526,9 @@ pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidC
         max_tokens,
         max_param,
     )?;
+    logit_fields(&mut sampling, logit)?;
     let stop = stop(req.stop.as_ref())?;
     n(req.n)?;
-    unsupported_if(
-        req.frequency_penalty.is_some_and(|v| v != 0.0),
-        "frequency_penalty",
-        "is not supported by this server; leave it unset or 0",
-    )?;
-    unsupported_if(
-        req.presence_penalty.is_some_and(|v| v != 0.0),
-        "presence_penalty",
-        "is not supported by this server; leave it unset or 0",
-    )?;
     unsupported_if(
         req.logprobs == Some(true),
         "logprobs",
@@ -403,11 +538,6 @@ pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidC
         req.top_logprobs.is_some_and(|v| v != 0),
         "top_logprobs",
         "log probabilities are not supported by this server",
-    )?;
-    unsupported_if(
-        req.logit_bias.as_ref().is_some_and(|m| !m.is_empty()),
-        "logit_bias",
-        "is not supported by this server",
     )?;
     let stream = req.stream.unwrap_or(false);
     unsupported_if(
@@ -465,6 +595,7 @@ pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidC
             ))
         }
     };
+    let tools_withheld = tool_plan == ToolPlan::NoTools && !given_tools.is_empty();
     req.tools = match &tool_plan {
         ToolPlan::NoTools => None,
         ToolPlan::Auto | ToolPlan::Required => Some(given_tools),
@@ -487,6 +618,7 @@ pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidC
         sampling,
         stop,
         tool_plan,
+        tools_withheld,
         separate_thinking,
         stream,
         include_usage,
@@ -494,23 +626,18 @@ pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidC
 }
 
 /// Validates a completions request against the served model.
-pub fn completion(req: CompletionRequest, served_model: &str) -> Result<ValidCompletion, ApiError> {
+pub fn completion(
+    mut req: CompletionRequest,
+    served_model: &str,
+) -> Result<ValidCompletion, ApiError> {
     check_model(req.model.as_deref(), served_model)?;
+    let logit = LogitFields::take(&mut req.extra);
     for key in req.extra.keys() {
-        let known_unsupported = matches!(
-            key.as_str(),
-            "logprobs"
-                | "suffix"
-                | "best_of"
-                | "frequency_penalty"
-                | "presence_penalty"
-                | "logit_bias"
-        );
+        let known_unsupported = matches!(key.as_str(), "logprobs" | "suffix" | "best_of");
         let value = &req.extra[key];
         let harmless = value.is_null()
             || value == &Value::from(0)
-            || value == &Value::from(1) && key == "best_of"
-            || value.as_object().is_some_and(|o| o.is_empty()) && key == "logit_bias";
+            || value == &Value::from(1) && key == "best_of";
         if known_unsupported && !harmless {
             return Err(ApiError::field(
                 key.as_str(),
@@ -518,10 +645,7 @@ pub fn completion(req: CompletionRequest, served_model: &str) -> Result<ValidCom
             ));
         }
         if !known_unsupported && !IGNORED_COMPLETION_FIELDS.contains(&key.as_str()) {
-            return Err(ApiError::field(
-                key.as_str(),
-                "Unrecognized request argument supplied",
-            ));
+            return Err(ApiError::UnknownParameter(key.clone()));
         }
     }
     let prompt = match req.prompt {
@@ -551,20 +675,22 @@ pub fn completion(req: CompletionRequest, served_model: &str) -> Result<ValidCom
     )?;
     n(req.n)?;
     let max_tokens = max_tokens(req.max_tokens, "max_tokens")?;
+    let mut sampling = sampling(
+        SamplingFields {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            seed: req.seed,
+            min_tokens: req.min_tokens,
+        },
+        max_tokens,
+        "max_tokens",
+    )?;
+    logit_fields(&mut sampling, logit)?;
     Ok(ValidCompletion {
         prompt,
         max_tokens,
-        sampling: sampling(
-            SamplingFields {
-                temperature: req.temperature,
-                top_p: req.top_p,
-                top_k: req.top_k,
-                seed: req.seed,
-                min_tokens: req.min_tokens,
-            },
-            max_tokens,
-            "max_tokens",
-        )?,
+        sampling,
         stop: stop(req.stop.as_ref())?,
         echo: req.echo.unwrap_or(false),
         stream,

@@ -168,6 +168,7 @@ pub fn request(
         stop_token_ids: stop,
         max_new_tokens,
         cancel: CancellationToken::new(),
+        constraint: None,
     }
 }
 
