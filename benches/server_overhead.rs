@@ -97,6 +97,7 @@ async fn direct(
     while let Some(ev) = s.next().await {
         match ev {
             TokenEvent::Token(_) => count += 1,
+            TokenEvent::Logprob(_) => {}
             TokenEvent::Finish { .. } => break,
             TokenEvent::Error(e) => panic!("backend error: {e}"),
         }

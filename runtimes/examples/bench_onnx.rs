@@ -124,6 +124,7 @@ async fn one(backend: &OnnxBackend, prompt: Vec<u32>, new_tokens: u32) -> Timing
                 tokens += 1;
                 first.get_or_insert_with(Instant::now);
             }
+            TokenEvent::Logprob(_) => {}
             TokenEvent::Finish { .. } => break,
             TokenEvent::Error(e) => panic!("generation failed: {e}"),
         }

@@ -35,6 +35,9 @@ pub struct SamplingParams {
     /// vLLM's `min_p`: tokens less likely than `min_p` times the most likely one are dropped.
     /// 0 disables it.
     pub min_p: f32,
+    /// Report log-probabilities ([`TokenEvent::Logprob`] before each token) with this many
+    /// alternatives (OpenAI's `top_logprobs`, up to 20); `None`: no log-probabilities.
+    pub logprobs: Option<u32>,
 }
 
 impl SamplingParams {
@@ -51,6 +54,7 @@ impl SamplingParams {
             repetition_penalty: 1.0,
             logit_bias: Vec::new(),
             min_p: 0.0,
+            logprobs: None,
         }
     }
 
@@ -104,9 +108,23 @@ pub struct GenerationUsage {
     pub completion_tokens: u32,
 }
 
+/// The log-probability of a sampled token and of the most likely alternatives, under the
+/// model's distribution (log-softmax of its logits, before temperature, penalties and masks,
+/// as OpenAI and vLLM report them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    /// Natural log, at most 0.
+    pub logprob: f32,
+    /// The most likely tokens, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
 /// One item of a generation stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenEvent {
+    /// The log-probabilities of the next [`TokenEvent::Token`], when the request asked for them.
+    Logprob(TokenLogprob),
     /// A sampled token id.
     Token(u32),
     /// The last event of every stream.

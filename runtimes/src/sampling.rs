@@ -196,6 +196,52 @@ impl Sampler {
     }
 }
 
+/// The log-probability of `token` and of the `top` most likely tokens under `logits`
+/// (log-softmax; NaN logits count as impossible).
+pub fn logprobs(logits: &[f32], token: u32, top: usize) -> crate::TokenLogprob {
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|l| !l.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits
+        .iter()
+        .filter(|l| !l.is_nan())
+        .map(|&l| ((l - max) as f64).exp())
+        .sum();
+    let lse = max as f64 + sum.ln();
+    let lp = |l: f32| {
+        if l.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            (l as f64 - lse) as f32
+        }
+    };
+    let mut best: Vec<(u32, f32)> = Vec::new();
+    if top > 0 {
+        let mut all: Vec<(f32, u32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.is_nan())
+            .map(|(i, &l)| (l, i as u32))
+            .collect();
+        let top = top.min(all.len());
+        if top > 0 && top < all.len() {
+            all.select_nth_unstable_by(top - 1, |a, b| desc(a.0, b.0));
+        }
+        all.truncate(top);
+        all.sort_by(|a, b| desc(a.0, b.0).then(a.1.cmp(&b.1)));
+        best = all.into_iter().map(|(l, id)| (id, lp(l))).collect();
+    }
+    crate::TokenLogprob {
+        token,
+        logprob: logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&l| lp(l)),
+        top: best,
+    }
+}
+
 /// Descending order for floats (NaNs were filtered out).
 fn desc(a: f32, b: f32) -> std::cmp::Ordering {
     b.partial_cmp(&a).unwrap_or(std::cmp::Ordering::Equal)
@@ -378,6 +424,16 @@ mod tests {
             "seen once: divided or multiplied once"
         );
         assert_eq!(s.sample(&l), 3, "the unseen token wins greedily");
+    }
+
+    #[test]
+    fn logprobs_are_a_log_softmax() {
+        let l = [0.0f32, (3.0f32).ln(), f32::NAN];
+        let lp = logprobs(&l, 0, 5);
+        assert!((lp.logprob - 0.25f32.ln()).abs() < 1e-6, "{lp:?}");
+        assert_eq!(lp.top.len(), 2, "NaN is no candidate");
+        assert_eq!(lp.top[0].0, 1);
+        assert!((lp.top[0].1 - 0.75f32.ln()).abs() < 1e-6);
     }
 
     #[test]

@@ -227,3 +227,97 @@ def test_an_unsupported_schema_keyword_is_a_400_naming_it(nano):
                 "schema": {"type": "array", "unevaluatedItems": False}}})
     assert e.value.body["param"] == "response_format.json_schema.schema"
     assert "unevaluatedItems" in e.value.body["message"]
+
+
+# --- OpenAI's other sampling parameters and response details, on the same nano server ---
+
+
+def test_n_gives_independent_choices_streamed_or_not(nano):
+    client = nano.client()
+    kw = dict(model="gpt-oss-20b", messages=_messages(0), temperature=1.0, max_tokens=40, seed=5,
+              extra_body={"reasoning_effort": "low"})
+    r = client.chat.completions.create(n=3, **kw)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    single = client.chat.completions.create(**kw)
+    assert r.choices[0].message.content == single.choices[0].message.content, "choice 0 uses the seed"
+    texts = {(c.message.content, c.message.model_extra.get("reasoning_content")) for c in r.choices}
+    assert len(texts) > 1, "three sampled choices should not all be equal"
+    assert r.usage.prompt_tokens == single.usage.prompt_tokens, "the prompt is counted once"
+    finishes, contents = {}, {}
+    for chunk in client.chat.completions.create(n=2, stream=True, **kw):
+        for c in chunk.choices:
+            contents[c.index] = contents.get(c.index, "") + (c.delta.content or "")
+            if c.finish_reason:
+                finishes[c.index] = c.finish_reason
+    assert sorted(finishes) == [0, 1]
+    assert contents[0] == r.choices[0].message.content, "streamed choice 0 equals choice 0"
+
+
+def test_chat_logprobs_cover_the_content(nano):
+    client = nano.client()
+    kw = dict(model="gpt-oss-20b", messages=_messages(0), temperature=0.7, max_tokens=MAX_TOKENS,
+              seed=3, logprobs=True, top_logprobs=3, extra_body={"reasoning_effort": "low"})
+    r = client.chat.completions.create(**kw)
+    content = r.choices[0].logprobs.content
+    assert content, r
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    for t in content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3
+        assert t.top_logprobs[0].logprob >= t.top_logprobs[-1].logprob
+        assert t.logprob <= t.top_logprobs[0].logprob + 1e-5
+        assert bytes(t.bytes).decode("utf-8", "replace") == t.token
+    streamed = []
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        for c in chunk.choices:
+            if c.logprobs and c.logprobs.content:
+                streamed.extend(c.logprobs.content)
+    assert [(t.token, round(t.logprob, 4)) for t in streamed] == \
+        [(t.token, round(t.logprob, 4)) for t in content], "SSE and JSON report the same logprobs"
+
+
+def test_completions_logprobs_n_and_logit_bias(nano):
+    client = nano.client()
+    r = client.completions.create(model="gpt-oss-20b", prompt="The capital of France is", max_tokens=8,
+                                  temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 8
+    assert "".join(lp.tokens) == r.choices[0].text
+    assert lp.text_offset[0] == 0 and all(a < b for a, b in zip(lp.text_offset, lp.text_offset[1:]))
+    # A +100 bias on one token makes it the only choice; -100 bans the greedy first token.
+    forced = client.completions.create(model="gpt-oss-20b", prompt="The capital of France is",
+                                       max_tokens=4, temperature=0, logprobs=0,
+                                       logit_bias={"12194": 100})
+    assert len(set(forced.choices[0].logprobs.tokens)) == 1, forced
+    assert forced.choices[0].logprobs.tokens[0] != lp.tokens[0]
+    many = client.completions.create(model="gpt-oss-20b", prompt="The capital of France is", max_tokens=8,
+                                     temperature=1.0, seed=1, n=3)
+    assert [c.index for c in many.choices] == [0, 1, 2]
+
+
+def test_penalties_change_a_repetitive_greedy_answer(nano):
+    client = nano.client()
+    kw = dict(model="gpt-oss-20b", prompt="a a a a a a a a a a a a", max_tokens=24, temperature=0)
+    plain = client.completions.create(**kw).choices[0].text
+    freq = client.completions.create(frequency_penalty=2.0, **kw).choices[0].text
+    pres = client.completions.create(presence_penalty=2.0, **kw).choices[0].text
+    rep = client.completions.create(extra_body={"repetition_penalty": 2.0}, **kw).choices[0].text
+    assert freq != plain and pres != plain and rep != plain, (plain, freq, pres, rep)
+
+
+def test_fingerprint_usage_details_and_defaults(nano):
+    client = nano.client()
+    kw = dict(model="gpt-oss-20b", messages=_messages(0), max_tokens=4, temperature=0)
+    a = client.chat.completions.create(**kw)
+    b = client.chat.completions.create(**kw)
+    assert a.system_fingerprint and a.system_fingerprint == b.system_fingerprint
+    assert a.usage.prompt_tokens_details.cached_tokens == 0
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    assert all("usage" in c.model_fields_set for c in chunks), "usage: null on every chunk"
+    assert all(c.usage is None for c in chunks[:-1]) and chunks[-1].usage is not None
+    # OpenAI's parameters at their defaults or null are accepted; unknown ones are not.
+    client.chat.completions.create(modalities=["text"], prediction=None, audio=None, functions=None,
+                                   logprobs=False, presence_penalty=0, frequency_penalty=0,
+                                   logit_bias={}, n=1, **kw)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(extra_body={"frobnicate": 1}, **kw)
+    assert e.value.body["code"] == "unknown_parameter" and e.value.body["param"] == "frobnicate"

@@ -17,6 +17,7 @@ pub mod generation;
 pub mod grammar;
 pub mod info;
 pub mod loader;
+pub mod logprobs;
 pub mod metrics;
 pub mod queue;
 pub mod server;

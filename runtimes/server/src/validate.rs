@@ -220,6 +220,8 @@ pub struct ValidChat {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub tool_plan: ToolPlan,
+    /// How many independent choices (`n`).
+    pub n: u32,
     /// Tools were offered but `tool_choice` is `"none"`: no recipient may be written.
     pub tools_withheld: bool,
     pub separate_thinking: bool,
@@ -241,6 +243,8 @@ pub struct ValidCompletion {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub echo: bool,
+    /// How many independent choices (`n`).
+    pub n: u32,
     pub stream: bool,
     pub include_usage: bool,
 }
@@ -368,13 +372,59 @@ fn stop(stop: Option<&Stop>) -> Result<Vec<String>, ApiError> {
     Ok(list)
 }
 
-fn n(n: Option<i64>) -> Result<(), ApiError> {
+/// OpenAI's limit on `n`.
+pub const MAX_N: u32 = 128;
+/// OpenAI's limit on chat's `top_logprobs`.
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+/// OpenAI's limit on the completions endpoint's `logprobs`.
+pub const MAX_COMPLETION_LOGPROBS: u32 = 5;
+
+/// `n`: how many independent choices, 1 to [`MAX_N`].
+fn n(n: Option<i64>) -> Result<u32, ApiError> {
     match n {
-        None | Some(1) => Ok(()),
+        None => Ok(1),
+        Some(v) if (1..=i64::from(MAX_N)).contains(&v) => Ok(v as u32),
         Some(v) => Err(ApiError::field(
             "n",
-            format!("only n=1 is supported (one choice per request), got {v}; send separate requests with different `seed`s instead"),
+            format!("must be between 1 and {MAX_N}, got {v}"),
         )),
+    }
+}
+
+/// Chat's `logprobs` / `top_logprobs`: how many alternatives to report, `None` for no
+/// log-probabilities.
+fn chat_logprobs(logprobs: Option<bool>, top: Option<i64>) -> Result<Option<u32>, ApiError> {
+    let top = match top {
+        None => None,
+        Some(t) if (0..=i64::from(MAX_TOP_LOGPROBS)).contains(&t) => Some(t as u32),
+        Some(t) => {
+            return Err(ApiError::field(
+                "top_logprobs",
+                format!("must be between 0 and {MAX_TOP_LOGPROBS}, got {t}"),
+            ))
+        }
+    };
+    match (logprobs.unwrap_or(false), top) {
+        (true, top) => Ok(Some(top.unwrap_or(0))),
+        (false, Some(t)) if t > 0 => Err(ApiError::field(
+            "top_logprobs",
+            "requires `logprobs` to be true",
+        )),
+        (false, _) => Ok(None),
+    }
+}
+
+/// The completions endpoint's integer `logprobs` (0 to [`MAX_COMPLETION_LOGPROBS`]).
+fn completion_logprobs(value: Option<&Value>) -> Result<Option<u32>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(k) if k <= u64::from(MAX_COMPLETION_LOGPROBS) => Ok(Some(k as u32)),
+            _ => Err(ApiError::field(
+                "logprobs",
+                format!("must be an integer between 0 and {MAX_COMPLETION_LOGPROBS}, got {v}"),
+            )),
+        },
     }
 }
 
@@ -528,17 +578,8 @@ pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidC
     )?;
     logit_fields(&mut sampling, logit)?;
     let stop = stop(req.stop.as_ref())?;
-    n(req.n)?;
-    unsupported_if(
-        req.logprobs == Some(true),
-        "logprobs",
-        "log probabilities are not supported by this server",
-    )?;
-    unsupported_if(
-        req.top_logprobs.is_some_and(|v| v != 0),
-        "top_logprobs",
-        "log probabilities are not supported by this server",
-    )?;
+    let n = n(req.n)?;
+    sampling.logprobs = chat_logprobs(req.logprobs, req.top_logprobs)?;
     let stream = req.stream.unwrap_or(false);
     unsupported_if(
         req.stream_options.is_some() && !stream,
@@ -618,6 +659,7 @@ pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidC
         sampling,
         stop,
         tool_plan,
+        n,
         tools_withheld,
         separate_thinking,
         stream,
@@ -632,8 +674,9 @@ pub fn completion(
 ) -> Result<ValidCompletion, ApiError> {
     check_model(req.model.as_deref(), served_model)?;
     let logit = LogitFields::take(&mut req.extra);
+    let logprobs = completion_logprobs(req.extra.remove("logprobs").as_ref())?;
     for key in req.extra.keys() {
-        let known_unsupported = matches!(key.as_str(), "logprobs" | "suffix" | "best_of");
+        let known_unsupported = matches!(key.as_str(), "suffix" | "best_of");
         let value = &req.extra[key];
         let harmless = value.is_null()
             || value == &Value::from(0)
@@ -673,7 +716,7 @@ pub fn completion(
         "stream_options",
         "is only allowed when `stream` is true",
     )?;
-    n(req.n)?;
+    let n = n(req.n)?;
     let max_tokens = max_tokens(req.max_tokens, "max_tokens")?;
     let mut sampling = sampling(
         SamplingFields {
@@ -687,12 +730,14 @@ pub fn completion(
         "max_tokens",
     )?;
     logit_fields(&mut sampling, logit)?;
+    sampling.logprobs = logprobs;
     Ok(ValidCompletion {
         prompt,
         max_tokens,
         sampling,
         stop: stop(req.stop.as_ref())?,
         echo: req.echo.unwrap_or(false),
+        n,
         stream,
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
     })
@@ -744,7 +789,39 @@ mod tests {
                 r#"{"messages":[{"role":"user","content":"x"}],"top_p":0}"#,
                 "top_p",
             ),
-            (r#"{"messages":[{"role":"user","content":"x"}],"n":3}"#, "n"),
+            (r#"{"messages":[{"role":"user","content":"x"}],"n":0}"#, "n"),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"n":129}"#,
+                "n",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"top_logprobs":3}"#,
+                "top_logprobs",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}"#,
+                "top_logprobs",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"presence_penalty":2.5}"#,
+                "presence_penalty",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"logit_bias":{"abc":1}}"#,
+                "logit_bias.abc",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"logit_bias":{"5":101}}"#,
+                "logit_bias.5",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"modalities":["text","audio"]}"#,
+                "modalities",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"min_p":2}"#,
+                "min_p",
+            ),
             (
                 r#"{"messages":[{"role":"user","content":"x"}],"min_tokens":-1}"#,
                 "min_tokens",
@@ -810,6 +887,27 @@ mod tests {
         let v = chat(req, "m").expect("valid");
         assert_eq!(v.tool_plan, ToolPlan::NoTools);
         assert!(v.render.tools.is_none());
+    }
+
+    #[test]
+    fn openai_fields_at_their_default_or_null_are_accepted() {
+        let req: ChatCompletionRequest = parse_body(
+            br#"{"messages":[{"role":"user","content":"x"}],"modalities":["text"],"prediction":null,
+                "audio":null,"functions":null,"function_call":null,"logprobs":false,"top_logprobs":0,
+                "logit_bias":{"12":-5},"presence_penalty":0.5,"frequency_penalty":-0.5,
+                "repetition_penalty":1.1,"min_p":0.05,"n":3}"#,
+        )
+        .expect("valid JSON");
+        let v = chat(req, "m").expect("accepted");
+        assert_eq!(v.n, 3);
+        assert_eq!(v.sampling.logit_bias, vec![(12, -5.0)]);
+        assert_eq!(v.sampling.presence_penalty, 0.5);
+        assert_eq!(v.sampling.frequency_penalty, -0.5);
+        assert!((v.sampling.repetition_penalty - 1.1).abs() < 1e-6);
+        assert!((v.sampling.min_p - 0.05).abs() < 1e-6);
+        assert_eq!(v.sampling.logprobs, None);
+        let e = chat_err(r#"{"messages":[{"role":"user","content":"x"}],"frobnicate":1}"#);
+        assert_eq!(e.body().error.code.as_deref(), Some("unknown_parameter"));
     }
 
     #[test]

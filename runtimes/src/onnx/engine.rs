@@ -114,6 +114,8 @@ impl Active {
     /// Masks `logits` by the request's grammar, samples, streams the token and decides whether
     /// the sequence is done.
     fn accept(&mut self, logits: &mut [f32]) -> bool {
+        // Log-probabilities are the model's: taken before penalties and masks change the logits.
+        let raw = self.job.request.sampling.logprobs.map(|_| logits.to_vec());
         self.sampler.adjust(logits);
         let request = &mut self.job.request;
         let mut keep_stops_out = self.generated < request.sampling.min_tokens;
@@ -133,6 +135,10 @@ impl Active {
             self.sampler.sample(logits)
         };
         self.sampler.observe(token);
+        if let (Some(raw), Some(top)) = (raw, self.job.request.sampling.logprobs) {
+            let lp = crate::sampling::logprobs(&raw, token, top as usize);
+            self.job.events.send(TokenEvent::Logprob(lp)).ok();
+        }
         if let Some(c) = self.job.request.constraint.as_mut() {
             if let Err(e) = c.commit(token) {
                 self.fail(&ModelError::Runtime(e.to_string()));
