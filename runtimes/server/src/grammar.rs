@@ -97,9 +97,74 @@ struct Plan {
     parts: Vec<JsonPart>,
 }
 
+/// The largest magnitude of a number the grammar lets the model write when the schema sets
+/// no bound: 15 integer digits.
+const NUMBER_BOUND: f64 = 1e15;
+/// The finest fraction of a `number` the grammar lets the model write when the schema sets no
+/// `multipleOf`: 6 decimals.
+const NUMBER_STEP: f64 = 1e-6;
+
+/// Keywords whose values are data, not schemas: never rewritten.
+const DATA_KEYWORDS: &[&str] = &["enum", "const", "default", "examples"];
+
+/// Bounds every `number` / `integer` of a schema that has no bounds of its own (at most
+/// [`NUMBER_BOUND`] in magnitude and, for `number`, multiples of [`NUMBER_STEP`]), so that a
+/// small model cannot write digits until `max_tokens` runs out: JSON Schema numbers are
+/// otherwise unbounded lexemes. What the grammar allows still validates against the schema.
+fn bound_numbers(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let numeric = |t: &Value| t == "number" || t == "integer";
+            let (is_numeric, is_number) = match map.get("type") {
+                Some(Value::Array(types)) => (
+                    types.iter().any(numeric),
+                    types.iter().any(|t| t == "number"),
+                ),
+                Some(t) => (numeric(t), t == "number"),
+                None => (false, false),
+            };
+            if is_numeric {
+                if !map.contains_key("minimum") && !map.contains_key("exclusiveMinimum") {
+                    map.insert("minimum".into(), json!(-NUMBER_BOUND));
+                }
+                if !map.contains_key("maximum") && !map.contains_key("exclusiveMaximum") {
+                    map.insert("maximum".into(), json!(NUMBER_BOUND));
+                }
+                if is_number && !map.contains_key("multipleOf") {
+                    map.insert("multipleOf".into(), json!(NUMBER_STEP));
+                }
+            }
+            for (key, value) in map.iter_mut() {
+                if !DATA_KEYWORDS.contains(&key.as_str()) {
+                    bound_numbers(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_numbers),
+        _ => {}
+    }
+}
+
+/// `json_object`: any JSON object, its numbers bounded as in [`bound_numbers`].
+fn any_json_object() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": {"$ref": "#/$defs/value"},
+        "$defs": {"value": {"anyOf": [
+            {"type": "string"},
+            {"type": "number", "minimum": -NUMBER_BOUND, "maximum": NUMBER_BOUND, "multipleOf": NUMBER_STEP},
+            {"type": "boolean"},
+            {"type": "null"},
+            {"type": "array", "items": {"$ref": "#/$defs/value"}},
+            {"type": "object", "additionalProperties": {"$ref": "#/$defs/value"}}
+        ]}}
+    })
+}
+
 /// How JSON is written in every constrained body: compact, with the separators of
 /// Python's `json.dumps`.
 fn with_layout(mut schema: Value) -> Value {
+    bound_numbers(&mut schema);
     if let Value::Object(map) = &mut schema {
         map.insert(
             "x-guidance".to_string(),
@@ -110,7 +175,7 @@ fn with_layout(mut schema: Value) -> Value {
 }
 
 fn any_object() -> Value {
-    json!({"type": "object"})
+    any_json_object()
 }
 
 /// The schema of a function's arguments: its own when `strict`, else any JSON object.
@@ -381,6 +446,63 @@ mod tests {
 
         let plain = valid(r#"{"messages":[{"role":"user","content":"x"}]}"#);
         assert!(plan(&plain).is_none(), "no constraint without a reason");
+    }
+
+    #[test]
+    fn numbers_without_bounds_get_them_and_data_is_untouched() {
+        let mut s = json!({"type": "object", "properties": {
+            "a": {"type": "number"}, "b": {"type": "integer", "minimum": 3},
+            "c": {"type": ["number", "null"], "multipleOf": 0.5},
+            "d": {"enum": [{"type": "number"}]}}});
+        bound_numbers(&mut s);
+        assert_eq!(
+            s["properties"]["a"],
+            json!({"type": "number", "minimum": -1e15, "maximum": 1e15, "multipleOf": 1e-6})
+        );
+        assert_eq!(
+            s["properties"]["b"],
+            json!({"type": "integer", "minimum": 3, "maximum": 1e15})
+        );
+        assert_eq!(s["properties"]["c"]["multipleOf"], json!(0.5));
+        assert_eq!(s["properties"]["d"], json!({"enum": [{"type": "number"}]}));
+        let tokenizer = Tokenizer::o200k_harmony().expect("tokenizer");
+        let compiler = compiler();
+        let c = compiler
+            .compile_lark(&format!(
+                "start: {}",
+                json_rule(&JsonPart {
+                    schema: s,
+                    param: String::new()
+                })
+            ))
+            .expect("bounded numbers compile");
+        assert!(follows(
+            &mut c.clone(),
+            &tokenizer,
+            r#"{"a": -12.125, "b": 4"#
+        ));
+        assert!(
+            !follows(&mut c.clone(), &tokenizer, r#"{"a": 1.1234567"#),
+            "7 decimals"
+        );
+        assert!(
+            !follows(&mut c.clone(), &tokenizer, r#"{"a": 12345678901234567"#),
+            "17 digits"
+        );
+        let mut any = compiler
+            .compile_lark(&format!(
+                "start: {}",
+                json_rule(&JsonPart {
+                    schema: any_json_object(),
+                    param: String::new()
+                })
+            ))
+            .expect("json_object compiles");
+        assert!(follows(
+            &mut any,
+            &tokenizer,
+            r#"{"x": [1, {"y": null}], "z": "w"}"#
+        ));
     }
 
     #[test]
