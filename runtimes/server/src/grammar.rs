@@ -145,20 +145,26 @@ fn bound_numbers(schema: &mut Value) {
     }
 }
 
-/// `json_object`: any JSON object, its numbers bounded as in [`bound_numbers`].
+/// `json_object` and the arguments of a non-strict function: any JSON object, with keys of at
+/// most 32 identifier characters, strings of at most 200 characters and numbers bounded as in
+/// [`bound_numbers`], so that a small model cannot ramble inside a key or a value until
+/// `max_tokens` runs out.
 fn any_json_object() -> Value {
-    json!({
+    let object = json!({
         "type": "object",
-        "additionalProperties": {"$ref": "#/$defs/value"},
-        "$defs": {"value": {"anyOf": [
-            {"type": "string"},
-            {"type": "number", "minimum": -NUMBER_BOUND, "maximum": NUMBER_BOUND, "multipleOf": NUMBER_STEP},
-            {"type": "boolean"},
-            {"type": "null"},
-            {"type": "array", "items": {"$ref": "#/$defs/value"}},
-            {"type": "object", "additionalProperties": {"$ref": "#/$defs/value"}}
-        ]}}
-    })
+        "patternProperties": {"^[A-Za-z_][A-Za-z0-9_]{0,31}$": {"$ref": "#/$defs/value"}},
+        "additionalProperties": false
+    });
+    let mut root = object.clone();
+    root["$defs"] = json!({"value": {"anyOf": [
+        {"type": "string", "maxLength": 200},
+        {"type": "number", "minimum": -NUMBER_BOUND, "maximum": NUMBER_BOUND, "multipleOf": NUMBER_STEP},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array", "items": {"$ref": "#/$defs/value"}},
+        object
+    ]}});
+    root
 }
 
 /// How JSON is written in every constrained body: compact, with the separators of
