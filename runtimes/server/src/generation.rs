@@ -37,6 +37,8 @@ pub trait DeltaParser: Send {
 }
 
 /// One item of a generation.
+/// Deltas dominate the stream, so they stay unboxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum GenEvent {
     Delta(ChatDelta),
