@@ -90,12 +90,14 @@ async fn direct(
         stop_token_ids: stop.to_vec(),
         max_new_tokens: n,
         cancel: CancellationToken::new(),
+        constraint: None,
     };
     let mut s = backend.generate(req).await.expect("generate");
     let mut count = 0;
     while let Some(ev) = s.next().await {
         match ev {
             TokenEvent::Token(_) => count += 1,
+            TokenEvent::Logprob(_) => {}
             TokenEvent::Finish { .. } => break,
             TokenEvent::Error(e) => panic!("backend error: {e}"),
         }
@@ -174,6 +176,7 @@ fn main() {
         state.set_model(ModelState::Ready(Arc::new(LoadedModel {
             backend: Arc::clone(&backend),
             tokenizer: tokenizer.clone(),
+            grammars: Default::default(),
         })));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));

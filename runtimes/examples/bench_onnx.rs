@@ -110,6 +110,7 @@ async fn one(backend: &OnnxBackend, prompt: Vec<u32>, new_tokens: u32) -> Timing
         stop_token_ids: vec![],
         max_new_tokens: new_tokens,
         cancel: CancellationToken::new(),
+        constraint: None,
     };
     let mut stream = match backend.generate(request).await {
         Ok(s) => s,
@@ -123,6 +124,7 @@ async fn one(backend: &OnnxBackend, prompt: Vec<u32>, new_tokens: u32) -> Timing
                 tokens += 1;
                 first.get_or_insert_with(Instant::now);
             }
+            TokenEvent::Logprob(_) => {}
             TokenEvent::Finish { .. } => break,
             TokenEvent::Error(e) => panic!("generation failed: {e}"),
         }

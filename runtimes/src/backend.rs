@@ -21,6 +21,23 @@ pub struct SamplingParams {
     /// vLLM's `min_tokens`: the request's stop tokens cannot be sampled until this many tokens
     /// were generated. 0 disables it.
     pub min_tokens: u32,
+    /// OpenAI's `presence_penalty` (-2..=2): subtracted once from the logit of every token
+    /// generated so far. 0 disables it.
+    pub presence_penalty: f32,
+    /// OpenAI's `frequency_penalty` (-2..=2): subtracted from a token's logit once per time it
+    /// was generated so far. 0 disables it.
+    pub frequency_penalty: f32,
+    /// vLLM's `repetition_penalty` (> 0): the logit of a token seen in the prompt or the output
+    /// is divided by it when positive and multiplied by it when negative. 1 disables it.
+    pub repetition_penalty: f32,
+    /// OpenAI's `logit_bias`: added to the logits of these token ids before sampling.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// vLLM's `min_p`: tokens less likely than `min_p` times the most likely one are dropped.
+    /// 0 disables it.
+    pub min_p: f32,
+    /// Report log-probabilities ([`TokenEvent::Logprob`] before each token) with this many
+    /// alternatives (OpenAI's `top_logprobs`, up to 20); `None`: no log-probabilities.
+    pub logprobs: Option<u32>,
 }
 
 impl SamplingParams {
@@ -32,7 +49,21 @@ impl SamplingParams {
             top_k: None,
             seed: None,
             min_tokens: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            logit_bias: Vec::new(),
+            min_p: 0.0,
+            logprobs: None,
         }
+    }
+
+    /// Whether anything changes the logits before the token is chosen (penalties, bias).
+    pub fn adjusts_logits(&self) -> bool {
+        self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || self.repetition_penalty != 1.0
+            || !self.logit_bias.is_empty()
     }
 
     pub fn is_greedy(&self) -> bool {
@@ -53,6 +84,9 @@ pub struct GenerateRequest {
     pub max_new_tokens: u32,
     /// Cancelled when the client goes away: the backend stops generating and frees its slot.
     pub cancel: CancellationToken,
+    /// A grammar the generated tokens must follow: before each token is sampled, every token
+    /// it does not allow is masked out. `None`: unconstrained.
+    pub constraint: Option<crate::constraint::Constraint>,
 }
 
 /// Why a generation ended.
@@ -74,9 +108,23 @@ pub struct GenerationUsage {
     pub completion_tokens: u32,
 }
 
+/// The log-probability of a sampled token and of the most likely alternatives, under the
+/// model's distribution (log-softmax of its logits, before temperature, penalties and masks,
+/// as OpenAI and vLLM report them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    /// Natural log, at most 0.
+    pub logprob: f32,
+    /// The most likely tokens, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
 /// One item of a generation stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenEvent {
+    /// The log-probabilities of the next [`TokenEvent::Token`], when the request asked for them.
+    Logprob(TokenLogprob),
     /// A sampled token id.
     Token(u32),
     /// The last event of every stream.

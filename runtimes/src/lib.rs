@@ -3,6 +3,7 @@
 //! - [`backend`]: the [`InferenceBackend`] trait that the HTTP server holds as
 //!   `Arc<dyn InferenceBackend>`, and the request / event types it speaks.
 //! - [`onnx`]: the ONNX Runtime backend ([`OnnxBackend`]) for onnxruntime-genai exports.
+//! - [`constraint`]: grammar-constrained sampling (llguidance token masks).
 //! - [`sampling`]: greedy, temperature, top-k and top-p sampling with a seeded RNG.
 //! - [`device`]: `--device-map` (`auto`, `cpu`, `cuda`, `cuda:N`).
 //!
@@ -11,6 +12,7 @@
 //! messages or harmony: rendering and parsing happen in the `harmony` crate.
 
 pub mod backend;
+pub mod constraint;
 pub mod device;
 pub mod nano;
 pub mod onnx;

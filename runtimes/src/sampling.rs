@@ -1,7 +1,10 @@
-//! Choosing the next token from logits: greedy, temperature, top-k, top-p, with a seeded RNG.
+//! Choosing the next token from logits: penalties and `logit_bias` first ([`Sampler::adjust`]),
+//! then greedy, or temperature, top-k, top-p and min-p with a seeded RNG.
 //!
 //! The same seed, parameters and logits give the same token on every run: each request owns a
 //! [`Sampler`] whose RNG is seeded from the request's seed (or from the OS when it has none).
+
+use std::collections::{HashMap, HashSet};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -18,6 +21,10 @@ pub struct Sampler {
     rng: StdRng,
     /// Reused between steps: (logit, token id) candidates.
     scratch: Vec<(f32, u32)>,
+    /// How often each token was generated so far (presence and frequency penalties).
+    generated: HashMap<u32, u32>,
+    /// Tokens of the prompt (the repetition penalty counts them too, as vLLM does).
+    prompt: HashSet<u32>,
 }
 
 impl Sampler {
@@ -30,6 +37,57 @@ impl Sampler {
             params,
             rng,
             scratch: Vec::new(),
+            generated: HashMap::new(),
+            prompt: HashSet::new(),
+        }
+    }
+
+    /// A sampler for a sequence with this prompt (its tokens count for `repetition_penalty`).
+    pub fn for_prompt(params: SamplingParams, prompt: &[u32]) -> Self {
+        let mut s = Sampler::new(params);
+        if s.params.repetition_penalty != 1.0 {
+            s.prompt = prompt.iter().copied().collect();
+        }
+        s
+    }
+
+    /// Applies `logit_bias` and the presence, frequency and repetition penalties to `logits`,
+    /// from the tokens [`Sampler::observe`]d so far (OpenAI's and vLLM's definitions).
+    pub fn adjust(&self, logits: &mut [f32]) {
+        let p = &self.params;
+        if !p.adjusts_logits() {
+            return;
+        }
+        if p.repetition_penalty != 1.0 {
+            let r = p.repetition_penalty;
+            for &id in self.prompt.iter().chain(self.generated.keys()) {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l = if *l > 0.0 { *l / r } else { *l * r };
+                }
+            }
+            // A token both in the prompt and generated was penalised twice above; undo once.
+            for id in self.generated.keys().filter(|id| self.prompt.contains(id)) {
+                if let Some(l) = logits.get_mut(*id as usize) {
+                    *l = if *l > 0.0 { *l * r } else { *l / r };
+                }
+            }
+        }
+        for (&id, &count) in &self.generated {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l -= p.frequency_penalty * count as f32 + p.presence_penalty;
+            }
+        }
+        for &(id, bias) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
+    }
+
+    /// Records a generated token for the penalties.
+    pub fn observe(&mut self, token: u32) {
+        if self.params.adjusts_logits() {
+            *self.generated.entry(token).or_insert(0) += 1;
         }
     }
 
@@ -63,7 +121,8 @@ impl Sampler {
             logits
                 .iter()
                 .enumerate()
-                .filter(|(_, l)| !l.is_nan())
+                // Masked tokens (minus infinity: a grammar, `min_tokens`) are never candidates.
+                .filter(|(_, &l)| !l.is_nan() && l != f32::NEG_INFINITY)
                 .map(|(i, &l)| (l, i as u32)),
         );
         if !excluded.is_empty() {
@@ -78,6 +137,14 @@ impl Sampler {
             scratch.truncate(top_k);
         }
         let weight = |l: f32| ((l - max) / temperature).exp();
+        if self.params.min_p > 0.0 {
+            // `weight` is each token's probability relative to the most likely one.
+            let min_p = self.params.min_p.min(1.0);
+            scratch.retain(|&(l, _)| weight(l) >= min_p);
+            if scratch.is_empty() {
+                return argmax_excluding(logits, excluded);
+            }
+        }
         let total: f64 = scratch.iter().map(|&(l, _)| weight(l) as f64).sum();
 
         // The nucleus: the fewest most likely tokens whose probability reaches top_p. Sort only a
@@ -126,6 +193,52 @@ impl Sampler {
         }
         kept.last()
             .map_or_else(|| argmax_excluding(logits, excluded), |&(_, id)| id)
+    }
+}
+
+/// The log-probability of `token` and of the `top` most likely tokens under `logits`
+/// (log-softmax; NaN logits count as impossible).
+pub fn logprobs(logits: &[f32], token: u32, top: usize) -> crate::TokenLogprob {
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|l| !l.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits
+        .iter()
+        .filter(|l| !l.is_nan())
+        .map(|&l| ((l - max) as f64).exp())
+        .sum();
+    let lse = max as f64 + sum.ln();
+    let lp = |l: f32| {
+        if l.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            (l as f64 - lse) as f32
+        }
+    };
+    let mut best: Vec<(u32, f32)> = Vec::new();
+    if top > 0 {
+        let mut all: Vec<(f32, u32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.is_nan())
+            .map(|(i, &l)| (l, i as u32))
+            .collect();
+        let top = top.min(all.len());
+        if top > 0 && top < all.len() {
+            all.select_nth_unstable_by(top - 1, |a, b| desc(a.0, b.0));
+        }
+        all.truncate(top);
+        all.sort_by(|a, b| desc(a.0, b.0).then(a.1.cmp(&b.1)));
+        best = all.into_iter().map(|(l, id)| (id, lp(l))).collect();
+    }
+    crate::TokenLogprob {
+        token,
+        logprob: logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&l| lp(l)),
+        top: best,
     }
 }
 
@@ -180,7 +293,7 @@ mod tests {
             top_p,
             top_k,
             seed,
-            min_tokens: 0,
+            ..SamplingParams::greedy()
         }
     }
 
@@ -282,6 +395,64 @@ mod tests {
             draws.contains(&1),
             "token 1 is in the nucleus and must be drawn sometimes"
         );
+    }
+
+    #[test]
+    fn penalties_and_bias_follow_openai_and_vllm() {
+        let mut p = SamplingParams::greedy();
+        p.presence_penalty = 0.5;
+        p.frequency_penalty = 0.25;
+        p.logit_bias = vec![(3, -100.0), (9, 1.0)];
+        let mut s = Sampler::for_prompt(p, &[1]);
+        s.observe(0);
+        s.observe(0);
+        s.observe(2);
+        let mut l = vec![1.0f32; 4];
+        s.adjust(&mut l);
+        assert_eq!(l, vec![1.0 - 0.5 - 0.5, 1.0, 1.0 - 0.5 - 0.25, -99.0]);
+
+        let mut p = SamplingParams::greedy();
+        p.repetition_penalty = 2.0;
+        let mut s = Sampler::for_prompt(p, &[0, 1]);
+        s.observe(1);
+        s.observe(2);
+        let mut l = vec![4.0f32, -4.0, 4.0, 4.0];
+        s.adjust(&mut l);
+        assert_eq!(
+            l,
+            vec![2.0, -8.0, 2.0, 4.0],
+            "seen once: divided or multiplied once"
+        );
+        assert_eq!(s.sample(&l), 3, "the unseen token wins greedily");
+    }
+
+    #[test]
+    fn logprobs_are_a_log_softmax() {
+        let l = [0.0f32, (3.0f32).ln(), f32::NAN];
+        let lp = logprobs(&l, 0, 5);
+        assert!((lp.logprob - 0.25f32.ln()).abs() < 1e-6, "{lp:?}");
+        assert_eq!(lp.top.len(), 2, "NaN is no candidate");
+        assert_eq!(lp.top[0].0, 1);
+        assert!((lp.top[0].1 - 0.75f32.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn min_p_drops_the_unlikely() {
+        // Token 1 is e^-3 (about 5%) as likely as token 0.
+        let l = [3.0f32, 0.0, 2.5];
+        let mut p = params(1.0, 1.0, None, Some(4));
+        p.min_p = 0.1;
+        let mut s = Sampler::new(p);
+        let draws: Vec<u32> = (0..2000).map(|_| s.sample(&l)).collect();
+        assert!(!draws.contains(&1), "min_p 0.1 keeps tokens 0 and 2 only");
+        assert!(draws.contains(&2));
+    }
+
+    #[test]
+    fn masked_tokens_are_never_drawn() {
+        let l = [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY, 0.0];
+        let mut s = Sampler::new(params(2.0, 1.0, None, Some(9)));
+        assert!((0..2000).map(|_| s.sample(&l)).all(|t| t == 1 || t == 3));
     }
 
     #[test]

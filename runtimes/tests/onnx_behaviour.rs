@@ -20,7 +20,7 @@ fn sampled(seed: u64) -> SamplingParams {
         top_p: 0.95,
         top_k: None,
         seed: Some(seed),
-        min_tokens: 0,
+        ..SamplingParams::greedy()
     }
 }
 
@@ -437,4 +437,114 @@ fn missing_or_corrupt_model_folders_give_errors_naming_the_file() {
     );
 
     let _ = std::fs::remove_dir_all(&base);
+}
+
+/// Runs a request and collects its tokens and the log-probabilities reported with them.
+async fn run_with_logprobs(
+    backend: &OnnxBackend,
+    prompt: Vec<u32>,
+    sampling: SamplingParams,
+    max_new_tokens: u32,
+) -> (Vec<u32>, Vec<gpt_oss_runtimes::TokenLogprob>) {
+    let mut stream = backend
+        .generate(request(
+            "logprobs",
+            prompt,
+            sampling,
+            vec![],
+            max_new_tokens,
+        ))
+        .await
+        .expect("generate");
+    let (mut tokens, mut logprobs) = (Vec::new(), Vec::new());
+    while let Some(ev) = stream.next().await {
+        match ev {
+            TokenEvent::Logprob(lp) => logprobs.push(lp),
+            TokenEvent::Token(t) => tokens.push(t),
+            TokenEvent::Finish { .. } => break,
+            TokenEvent::Error(e) => panic!("generation failed: {e}"),
+        }
+    }
+    (tokens, logprobs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_sum_to_the_log_probability_of_the_sequence() {
+    // Batched decoding (the pool) for the sequence; fresh prefills to score each prefix.
+    let backend = load(2);
+    let (_, prompt, _) = prompts().into_iter().next().expect("a prompt");
+    let mut sampling = sampled(11);
+    sampling.logprobs = Some(3);
+    let (tokens, logprobs) = run_with_logprobs(&backend, prompt.clone(), sampling, 6).await;
+    assert_eq!(tokens.len(), 6);
+    assert_eq!(logprobs.len(), tokens.len(), "one logprob per token");
+    let mut scored = 0.0f64;
+    for (i, (t, lp)) in tokens.iter().zip(&logprobs).enumerate() {
+        assert_eq!(lp.token, *t);
+        assert!(lp.logprob <= 0.0 && lp.top.len() == 3, "{lp:?}");
+        assert!(
+            lp.top.windows(2).all(|w| w[0].1 >= w[1].1),
+            "most likely first"
+        );
+        assert!(lp.logprob <= lp.top[0].1 + 1e-6);
+        // The runtime's own log-probability of token i after prompt + tokens[..i]: a fresh
+        // prefill of that prefix, whose top alternatives hold every token's log-probability.
+        let mut prefix = prompt.clone();
+        prefix.extend_from_slice(&tokens[..i]);
+        let mut all = SamplingParams::greedy();
+        all.logprobs = Some(201_088);
+        let (_, fresh) = run_with_logprobs(&backend, prefix, all, 1).await;
+        let p = fresh[0]
+            .top
+            .iter()
+            .find(|(id, _)| id == t)
+            .expect("every token is among all alternatives")
+            .1;
+        scored += p as f64;
+    }
+    let sum: f64 = logprobs.iter().map(|lp| lp.logprob as f64).sum();
+    assert!(
+        (sum - scored).abs() < 1e-3 * tokens.len() as f64,
+        "reported sum {sum} vs the runtime's {scored}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logit_bias_and_penalties_change_greedy_tokens() {
+    let backend = load(1);
+    let (_, prompt, _) = prompts().into_iter().next().expect("a prompt");
+    let (plain, _) = run(
+        &backend,
+        request(
+            "plain",
+            prompt.clone(),
+            SamplingParams::greedy(),
+            vec![],
+            12,
+        ),
+    )
+    .await;
+    let mut biased = SamplingParams::greedy();
+    biased.logit_bias = vec![(plain[0], -100.0)];
+    let (b, _) = run(&backend, request("bias", prompt.clone(), biased, vec![], 1)).await;
+    assert_ne!(b[0], plain[0], "a -100 bias bans the greedy token");
+    let mut forced = SamplingParams::greedy();
+    forced.logit_bias = vec![(42, 100.0)];
+    let (f, _) = run(
+        &backend,
+        request("force", prompt.clone(), forced, vec![], 3),
+    )
+    .await;
+    assert_eq!(f, vec![42, 42, 42], "a +100 bias forces the token");
+    // With +100 on token 42 greedy decoding repeats it; a presence or frequency penalty far
+    // beyond OpenAI's range (applied before the bias) lets it be generated once only.
+    for (presence, frequency) in [(1e4f32, 0.0f32), (0.0, 1e4)] {
+        let mut p = SamplingParams::greedy();
+        p.logit_bias = vec![(42, 100.0)];
+        p.presence_penalty = presence;
+        p.frequency_penalty = frequency;
+        let (t, _) = run(&backend, request("pen", prompt.clone(), p, vec![], 4)).await;
+        assert_eq!(t[0], 42, "{t:?}");
+        assert!(t[1..].iter().all(|&x| x != 42), "penalised repeat: {t:?}");
+    }
 }

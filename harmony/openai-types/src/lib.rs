@@ -45,7 +45,7 @@ impl Usage {
             total_tokens: prompt_tokens.saturating_add(completion_tokens),
             thinking_tokens: Some(reasoning_tokens),
             completion_tokens_details: Some(CompletionTokensDetails { reasoning_tokens }),
-            prompt_tokens_details: None,
+            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: 0 }),
         }
     }
 }

@@ -17,11 +17,14 @@ use openai_types::{
 use crate::codec;
 use crate::error::ApiError;
 use crate::generation::{self, GenEvent};
+use crate::logprobs;
 use crate::sse;
 use crate::state::AppState;
 use crate::submit::{self, Submission};
 use crate::validate::{self, ValidChat};
 use harmony::openai::{apply_delta, ParsedResponse, SeedContext, ToolGate};
+use harmony::Tokenizer;
+use serde_json::Value;
 
 const ENDPOINT: &str = "chat_completions";
 
@@ -59,15 +62,19 @@ async fn serve(
     let prefill = codec::prefill(&model.tokenizer, &valid.tool_plan)?;
     // Tool calls only to the functions the request offered and `tool_choice` allows (the
     // validated request keeps exactly those in `tools`).
-    let gate = ToolGate::from_request(&valid.render);
-    let parser = codec::chat_parser(
-        &model.tokenizer,
-        raw,
-        gate,
-        &prefill,
-        &valid.stop,
-        valid.sampling.min_tokens,
-    );
+    let parsers = (0..valid.n)
+        .map(|_| {
+            codec::chat_parser(
+                &model.tokenizer,
+                raw,
+                ToolGate::from_request(&valid.render),
+                &prefill,
+                &valid.stop,
+                valid.sampling.min_tokens,
+            )
+        })
+        .collect();
+    let constraint = crate::grammar::for_chat(&model.grammars, &model.tokenizer, &valid).await?;
     let mut full_prompt = prompt;
     full_prompt.extend_from_slice(&prefill);
     let submission = Submission {
@@ -77,20 +84,37 @@ async fn serve(
         // Raw output matches stop strings on the answer inside its parser; the generation's
         // matcher looks at all of `content`, which is the answer only in parsed output.
         stop: if raw { Vec::new() } else { valid.stop.clone() },
-        parser,
+        parsers,
         arrived,
+        constraint,
     };
     let parts = submit::admit_and_start(state, &model, submission).await?;
-    let events = generation::run(parts);
-    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let created = openai_types::unix_now();
-    let model_name = state.config.model_name.clone();
+    let events = generation::run_all(parts);
+    let meta = Meta {
+        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        created: openai_types::unix_now(),
+        model: state.config.model_name.clone(),
+        fingerprint: crate::info::system_fingerprint(
+            &state.config.model_name,
+            model.backend.capabilities(),
+        ),
+        tokenizer: model.tokenizer.clone(),
+    };
     if valid.stream {
-        Ok(stream_response(id, created, model_name, valid, events).into_response())
+        Ok(stream_response(meta, valid, events).into_response())
     } else {
-        let completion = collect(id, created, model_name, &valid, events).await?;
+        let completion = collect(meta, &valid, events).await?;
         Ok(Json(completion).into_response())
     }
+}
+
+/// What every chunk or response of one request repeats.
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+    fingerprint: String,
+    tokenizer: Tokenizer,
 }
 
 /// The message the client ends up with, from the deltas it was sent.
@@ -101,96 +125,154 @@ fn message(valid: &ValidChat, response: &ParsedResponse) -> AssistantMessage {
     response.to_message(seed.as_ref())
 }
 
+/// One choice while its events arrive.
+#[derive(Default)]
+struct ChoiceState {
+    acc: ParsedResponse,
+    logprobs: Vec<Value>,
+    finish: Option<(FinishReason, Usage)>,
+}
+
 async fn collect(
-    id: String,
-    created: u64,
-    model: String,
+    meta: Meta,
     valid: &ValidChat,
-    events: impl Stream<Item = GenEvent>,
+    events: impl Stream<Item = (u32, GenEvent)>,
 ) -> Result<ChatCompletion, ApiError> {
-    let mut acc = ParsedResponse::default();
-    let mut finish: Option<(FinishReason, Usage)> = None;
+    let mut choices: Vec<ChoiceState> = (0..valid.n).map(|_| ChoiceState::default()).collect();
     let mut events = std::pin::pin!(events);
-    while let Some(ev) = events.next().await {
+    while let Some((i, ev)) = events.next().await {
+        let Some(c) = choices.get_mut(i as usize) else {
+            continue;
+        };
         match ev {
-            GenEvent::Delta(d) => apply_delta(&mut acc, &d),
+            GenEvent::Delta(d) => apply_delta(&mut c.acc, &d),
+            GenEvent::Logprobs(lps) => c.logprobs.extend(
+                lps.iter()
+                    .map(|lp| logprobs::chat_entry(&meta.tokenizer, lp)),
+            ),
             GenEvent::Done {
                 finish_reason,
                 usage,
-            } => finish = Some((finish_reason, usage)),
+            } => c.finish = Some((finish_reason, usage)),
             GenEvent::Failed(e) => return Err(e),
         }
     }
-    let (finish_reason, usage) = finish.ok_or_else(|| {
-        ApiError::Internal("the generation ended without a finish event".to_string())
-    })?;
-    Ok(ChatCompletion {
-        id,
-        object: "chat.completion".to_string(),
-        created,
-        model,
-        choices: vec![ChatChoice {
-            index: 0,
-            message: message(valid, &acc),
+    let mut usages = Vec::with_capacity(choices.len());
+    let mut out = Vec::with_capacity(choices.len());
+    for (i, c) in choices.into_iter().enumerate() {
+        let (finish_reason, usage) = c.finish.ok_or_else(|| {
+            ApiError::Internal("the generation ended without a finish event".to_string())
+        })?;
+        usages.push(usage);
+        out.push(ChatChoice {
+            index: i as u32,
+            message: message(valid, &c.acc),
             finish_reason: Some(finish_reason),
-            logprobs: None,
-        }],
-        usage: Some(usage),
-        system_fingerprint: None,
+            logprobs: valid
+                .sampling
+                .logprobs
+                .map(|_| logprobs::chat_logprobs(c.logprobs)),
+        });
+    }
+    Ok(ChatCompletion {
+        id: meta.id,
+        object: "chat.completion".to_string(),
+        created: meta.created,
+        model: meta.model,
+        choices: out,
+        usage: Some(generation::total_usage(&usages)),
+        system_fingerprint: Some(meta.fingerprint),
     })
 }
 
 fn chunk(
-    id: &str,
-    created: u64,
-    model: &str,
+    meta: &Meta,
+    index: u32,
     delta: ChatDelta,
     finish: Option<FinishReason>,
+    logprobs: Option<Value>,
 ) -> ChatCompletionChunk {
     ChatCompletionChunk {
-        id: id.to_string(),
+        id: meta.id.clone(),
         object: "chat.completion.chunk".to_string(),
-        created,
-        model: model.to_string(),
+        created: meta.created,
+        model: meta.model.clone(),
         choices: vec![ChunkChoice {
-            index: 0,
+            index,
             delta,
             finish_reason: finish,
-            logprobs: None,
+            logprobs,
         }],
         usage: None,
-        system_fingerprint: None,
+        system_fingerprint: Some(meta.fingerprint.clone()),
+    }
+}
+
+/// A chunk as an SSE event; with `include_usage`, every chunk before the last carries
+/// `"usage": null`, as OpenAI sends it.
+fn chunk_event(c: &ChatCompletionChunk, include_usage: bool) -> Event {
+    if !include_usage || c.usage.is_some() {
+        return sse::json_event(c);
+    }
+    match serde_json::to_value(c) {
+        Ok(Value::Object(mut map)) => {
+            map.insert("usage".to_string(), Value::Null);
+            sse::json_event(&map)
+        }
+        _ => sse::json_event(c),
     }
 }
 
 fn stream_response(
-    id: String,
-    created: u64,
-    model: String,
+    meta: Meta,
     valid: ValidChat,
-    events: impl Stream<Item = GenEvent> + Send + 'static,
+    events: impl Stream<Item = (u32, GenEvent)> + Send + 'static,
 ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>> + Send + 'static> {
-    let first = chunk(
-        &id,
-        created,
-        &model,
-        ChatDelta {
-            role: Some("assistant".to_string()),
-            content: Some(String::new()),
-            ..ChatDelta::default()
-        },
-        None,
-    );
-    let head = stream::once(async move { sse::json_event(&first) });
+    let include_usage = valid.include_usage;
+    let firsts: Vec<Event> = (0..valid.n)
+        .map(|i| {
+            let first = chunk(
+                &meta,
+                i,
+                ChatDelta {
+                    role: Some("assistant".to_string()),
+                    content: Some(String::new()),
+                    ..ChatDelta::default()
+                },
+                None,
+                None,
+            );
+            chunk_event(&first, include_usage)
+        })
+        .collect();
+    let head = stream::iter(firsts);
     // The seed's `thinking` / `parsed` need the whole output: accumulate alongside.
-    let mut acc = ParsedResponse::default();
-    let body = events.flat_map(move |ev| {
+    let mut acc: Vec<ParsedResponse> = (0..valid.n).map(|_| ParsedResponse::default()).collect();
+    let mut usages = Vec::new();
+    let n = valid.n as usize;
+    let body = events.flat_map(move |(i, ev)| {
         let out: Vec<Event> = match ev {
             GenEvent::Delta(d) => {
                 if valid.separate_thinking {
-                    apply_delta(&mut acc, &d);
+                    if let Some(a) = acc.get_mut(i as usize) {
+                        apply_delta(a, &d);
+                    }
                 }
-                vec![sse::json_event(&chunk(&id, created, &model, d, None))]
+                vec![chunk_event(&chunk(&meta, i, d, None, None), include_usage)]
+            }
+            GenEvent::Logprobs(lps) => {
+                let content = lps
+                    .iter()
+                    .map(|lp| logprobs::chat_entry(&meta.tokenizer, lp))
+                    .collect();
+                let c = chunk(
+                    &meta,
+                    i,
+                    ChatDelta::default(),
+                    None,
+                    Some(logprobs::chat_logprobs(content)),
+                );
+                vec![chunk_event(&c, include_usage)]
             }
             GenEvent::Done {
                 finish_reason,
@@ -198,21 +280,21 @@ fn stream_response(
             } => {
                 let mut last = ChatDelta::default();
                 if valid.separate_thinking {
-                    let (t, p) = codec::seed_fields(&valid, &acc);
-                    last.thinking = Some(t);
-                    last.parsed = Some(p);
+                    if let Some(a) = acc.get(i as usize) {
+                        let (t, p) = codec::seed_fields(&valid, a);
+                        last.thinking = Some(t);
+                        last.parsed = Some(p);
+                    }
                 }
-                let mut v = vec![sse::json_event(&chunk(
-                    &id,
-                    created,
-                    &model,
-                    last,
-                    Some(finish_reason),
-                ))];
-                if valid.include_usage {
-                    let mut u = chunk(&id, created, &model, ChatDelta::default(), None);
+                let mut v = vec![chunk_event(
+                    &chunk(&meta, i, last, Some(finish_reason), None),
+                    include_usage,
+                )];
+                usages.push(usage);
+                if include_usage && usages.len() == n {
+                    let mut u = chunk(&meta, 0, ChatDelta::default(), None, None);
                     u.choices.clear();
-                    u.usage = Some(usage);
+                    u.usage = Some(generation::total_usage(&usages));
                     v.push(sse::json_event(&u));
                 }
                 v

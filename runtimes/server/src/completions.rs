@@ -12,10 +12,12 @@ use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use futures::stream::{self, StreamExt};
 use openai_types::{Completion, CompletionChoice, FinishReason, Usage};
+use serde_json::Value;
 
 use crate::codec;
 use crate::error::ApiError;
 use crate::generation::{self, GenEvent};
+use crate::logprobs::CompletionLogprobs;
 use crate::sse;
 use crate::state::AppState;
 use crate::submit::{self, Submission};
@@ -42,27 +44,58 @@ pub async fn handler(
     }
 }
 
-fn completion(
-    id: &str,
+/// What every chunk or response of one request repeats.
+struct Meta {
+    id: String,
     created: u64,
-    model: &str,
+    model: String,
+    fingerprint: String,
+}
+
+fn completion(
+    meta: &Meta,
+    index: u32,
     text: String,
     finish: Option<FinishReason>,
-    usage: Option<Usage>,
+    logprobs: Option<Value>,
 ) -> Completion {
     Completion {
-        id: id.to_string(),
+        id: meta.id.clone(),
         object: "text_completion".to_string(),
-        created,
-        model: model.to_string(),
+        created: meta.created,
+        model: meta.model.clone(),
         choices: vec![CompletionChoice {
             text,
-            index: 0,
-            logprobs: None,
+            index,
+            logprobs,
             finish_reason: finish,
         }],
-        usage,
+        usage: None,
+        system_fingerprint: Some(meta.fingerprint.clone()),
     }
+}
+
+/// A chunk as an SSE event; with `include_usage`, every chunk before the last carries
+/// `"usage": null`, as OpenAI sends it.
+fn chunk_event(c: &Completion, include_usage: bool) -> axum::response::sse::Event {
+    if !include_usage || c.usage.is_some() {
+        return sse::json_event(c);
+    }
+    match serde_json::to_value(c) {
+        Ok(Value::Object(mut map)) => {
+            map.insert("usage".to_string(), Value::Null);
+            sse::json_event(&map)
+        }
+        _ => sse::json_event(c),
+    }
+}
+
+/// One choice while its events arrive.
+#[derive(Default)]
+struct ChoiceState {
+    text: String,
+    logprobs: CompletionLogprobs,
+    finish: Option<(FinishReason, Usage)>,
 }
 
 async fn serve(
@@ -94,56 +127,84 @@ async fn serve(
         sampling: valid.sampling.clone(),
         max_tokens: valid.max_tokens,
         stop: valid.stop.clone(),
-        parser: codec::text_parser(&model.tokenizer),
+        parsers: (0..valid.n)
+            .map(|_| codec::text_parser(&model.tokenizer))
+            .collect(),
         arrived,
+        constraint: None,
     };
     let parts = submit::admit_and_start(state, &model, submission).await?;
-    let events = generation::run(parts);
-    let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
-    let created = openai_types::unix_now();
-    let model_name = state.config.model_name.clone();
+    let events = generation::run_all(parts);
+    let meta = Meta {
+        id: format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
+        created: openai_types::unix_now(),
+        model: state.config.model_name.clone(),
+        fingerprint: crate::info::system_fingerprint(
+            &state.config.model_name,
+            model.backend.capabilities(),
+        ),
+    };
+    let tokenizer = model.tokenizer.clone();
+    let want_logprobs = valid.sampling.logprobs.is_some();
+    let n = valid.n as usize;
 
     if valid.stream {
         let include_usage = valid.include_usage;
-        let head = echo.map(|text| {
-            Ok::<_, std::convert::Infallible>(sse::json_event(&completion(
-                &id,
-                created,
-                &model_name,
-                text,
-                None,
-                None,
-            )))
-        });
-        let body = events.flat_map(move |ev| {
+        let heads: Vec<_> = match &echo {
+            Some(text) => (0..valid.n)
+                .map(|i| {
+                    Ok::<_, std::convert::Infallible>(chunk_event(
+                        &completion(&meta, i, text.clone(), None, None),
+                        include_usage,
+                    ))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        // Where the next text starts, per choice, for `text_offset`.
+        let mut offsets = vec![echo.as_ref().map_or(0, String::len); n];
+        let mut usages = Vec::new();
+        let body = events.flat_map(move |(i, ev)| {
             let out = match ev {
                 GenEvent::Delta(d) => match d.content {
-                    Some(text) => vec![sse::json_event(&completion(
-                        &id,
-                        created,
-                        &model_name,
-                        text,
-                        None,
-                        None,
-                    ))],
+                    Some(text) => {
+                        if let Some(o) = offsets.get_mut(i as usize) {
+                            *o += text.len();
+                        }
+                        vec![chunk_event(
+                            &completion(&meta, i, text, None, None),
+                            include_usage,
+                        )]
+                    }
                     None => vec![],
                 },
+                GenEvent::Logprobs(lps) => {
+                    let mut l = CompletionLogprobs::default();
+                    let offset = offsets.get(i as usize).copied().unwrap_or(0);
+                    // The text of these tokens was sent just before; their offsets are its start.
+                    let len: usize = lps
+                        .iter()
+                        .map(|lp| tokenizer.token_bytes_or_replacement(lp.token).len())
+                        .sum();
+                    l.push(&tokenizer, &lps, offset.saturating_sub(len));
+                    vec![chunk_event(
+                        &completion(&meta, i, String::new(), None, Some(l.take())),
+                        include_usage,
+                    )]
+                }
                 GenEvent::Done {
                     finish_reason,
                     usage,
                 } => {
-                    let mut v = vec![sse::json_event(&completion(
-                        &id,
-                        created,
-                        &model_name,
-                        String::new(),
-                        Some(finish_reason),
-                        None,
-                    ))];
-                    if include_usage {
-                        let mut c =
-                            completion(&id, created, &model_name, String::new(), None, Some(usage));
+                    let mut v = vec![chunk_event(
+                        &completion(&meta, i, String::new(), Some(finish_reason), None),
+                        include_usage,
+                    )];
+                    usages.push(usage);
+                    if include_usage && usages.len() == n {
+                        let mut c = completion(&meta, 0, String::new(), None, None);
                         c.choices.clear();
+                        c.usage = Some(generation::total_usage(&usages));
                         v.push(sse::json_event(&c));
                     }
                     v
@@ -153,39 +214,59 @@ async fn serve(
             stream::iter(out.into_iter().map(Ok))
         });
         let done = stream::once(async { Ok(sse::done_event()) });
-        let all = stream::iter(head).chain(body).chain(done);
+        let all = stream::iter(heads).chain(body).chain(done);
         return Ok(Sse::new(all)
             .keep_alive(KeepAlive::default())
             .into_response());
     }
 
-    let mut text = echo.unwrap_or_default();
-    let mut finish = None;
+    let mut choices: Vec<ChoiceState> = (0..n)
+        .map(|_| ChoiceState {
+            text: echo.clone().unwrap_or_default(),
+            ..ChoiceState::default()
+        })
+        .collect();
     let mut events = std::pin::pin!(events);
-    while let Some(ev) = events.next().await {
+    while let Some((i, ev)) = events.next().await {
+        let Some(c) = choices.get_mut(i as usize) else {
+            continue;
+        };
         match ev {
             GenEvent::Delta(d) => {
-                if let Some(c) = d.content {
-                    text.push_str(&c);
+                if let Some(t) = d.content {
+                    c.text.push_str(&t);
                 }
+            }
+            GenEvent::Logprobs(lps) => {
+                let len: usize = lps
+                    .iter()
+                    .map(|lp| tokenizer.token_bytes_or_replacement(lp.token).len())
+                    .sum();
+                c.logprobs
+                    .push(&tokenizer, &lps, c.text.len().saturating_sub(len));
             }
             GenEvent::Done {
                 finish_reason,
                 usage,
-            } => finish = Some((finish_reason, usage)),
+            } => c.finish = Some((finish_reason, usage)),
             GenEvent::Failed(e) => return Err(e),
         }
     }
-    let (finish_reason, usage) = finish.ok_or_else(|| {
-        ApiError::Internal("the generation ended without a finish event".to_string())
-    })?;
-    Ok(Json(completion(
-        &id,
-        created,
-        &state.config.model_name,
-        text,
-        Some(finish_reason),
-        Some(usage),
-    ))
-    .into_response())
+    let mut usages = Vec::with_capacity(n);
+    let mut out = completion(&meta, 0, String::new(), None, None);
+    out.choices.clear();
+    for (i, mut c) in choices.into_iter().enumerate() {
+        let (finish_reason, usage) = c.finish.ok_or_else(|| {
+            ApiError::Internal("the generation ended without a finish event".to_string())
+        })?;
+        usages.push(usage);
+        out.choices.push(CompletionChoice {
+            text: c.text,
+            index: i as u32,
+            logprobs: want_logprobs.then(|| c.logprobs.take()),
+            finish_reason: Some(finish_reason),
+        });
+    }
+    out.usage = Some(generation::total_usage(&usages));
+    Ok(Json(out).into_response())
 }

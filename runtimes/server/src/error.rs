@@ -12,6 +12,9 @@ pub enum ApiError {
     /// 400: a field is missing, of the wrong type or out of range. `param` is the field path.
     #[error("{message}")]
     InvalidField { message: String, param: String },
+    /// 400: a field OpenAI does not define (code `unknown_parameter`, as OpenAI sends).
+    #[error("Unrecognized request argument supplied: {0}")]
+    UnknownParameter(String),
     /// 400: the body is not JSON, or not an object.
     #[error("{0}")]
     InvalidJson(String),
@@ -46,7 +49,9 @@ impl ApiError {
 
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ApiError::InvalidField { .. } | ApiError::InvalidJson(_) => ErrorKind::InvalidRequest,
+            ApiError::InvalidField { .. }
+            | ApiError::UnknownParameter(_)
+            | ApiError::InvalidJson(_) => ErrorKind::InvalidRequest,
             ApiError::Unauthorized(_) => ErrorKind::Authentication,
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => ErrorKind::NotFound,
             ApiError::MethodNotAllowed(_) => ErrorKind::InvalidRequest,
@@ -68,6 +73,7 @@ impl ApiError {
     fn code(&self) -> Option<&'static str> {
         match self {
             ApiError::InvalidField { .. } => Some("invalid_value"),
+            ApiError::UnknownParameter(_) => Some("unknown_parameter"),
             ApiError::InvalidJson(_) => Some("invalid_json"),
             ApiError::Unauthorized(_) => Some("invalid_api_key"),
             ApiError::ModelNotFound(_) => Some("model_not_found"),
@@ -83,6 +89,7 @@ impl ApiError {
     fn param(&self) -> Option<&str> {
         match self {
             ApiError::InvalidField { param, .. } => Some(param),
+            ApiError::UnknownParameter(param) => Some(param),
             ApiError::ModelNotFound(_) => Some("model"),
             _ => None,
         }
@@ -96,7 +103,9 @@ impl ApiError {
     /// A short label for the `errors_total` metric.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            ApiError::InvalidField { .. } | ApiError::InvalidJson(_) => "invalid_request",
+            ApiError::InvalidField { .. }
+            | ApiError::UnknownParameter(_)
+            | ApiError::InvalidJson(_) => "invalid_request",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::stream::{self, Stream, StreamExt};
-use gpt_oss_runtimes::{StopReason, TokenEvent, TokenStream};
+use gpt_oss_runtimes::{StopReason, TokenEvent, TokenLogprob, TokenStream};
 use harmony::openai::StopCause;
 use openai_types::{ChatDelta, FinishReason, Usage};
 use tokio_util::sync::DropGuard;
@@ -42,9 +42,15 @@ pub trait DeltaParser: Send {
 }
 
 /// One item of a generation.
+/// Deltas dominate the stream, so they stay unboxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum GenEvent {
     Delta(ChatDelta),
+    /// The log-probabilities of the tokens whose text the last `content` delta carried (only
+    /// when the request asked for them; tokens of the analysis channel and of message headers
+    /// are not reported, as OpenAI reports only the message's content).
+    Logprobs(Vec<TokenLogprob>),
     Done {
         finish_reason: FinishReason,
         usage: Usage,
@@ -61,7 +67,8 @@ pub struct GenerationParts {
     pub stop: StopMatcher,
     /// Stop strings are not looked for in the text of the first `min_tokens` tokens (vLLM).
     pub min_tokens: u32,
-    pub permit: Permit,
+    /// Shared by the `n` sequences of one request: the slot is freed when all are done.
+    pub permit: Arc<Permit>,
     pub cancel: DropGuard,
     pub metrics: Arc<Metrics>,
     /// When the request arrived, for time to first token.
@@ -75,6 +82,10 @@ struct Run {
     completion_tokens: u32,
     finished: bool,
     scratch: Vec<ChatDelta>,
+    /// The log-probability sent just before the token it belongs to.
+    pending_logprob: Option<TokenLogprob>,
+    /// Log-probabilities of tokens that produced no text yet (a character split over tokens).
+    unclaimed: Vec<TokenLogprob>,
 }
 
 impl Run {
@@ -95,6 +106,23 @@ impl Run {
             if !d.is_empty() {
                 deltas.push(GenEvent::Delta(d));
             }
+        }
+    }
+
+    /// Gives `token`'s log-probability to the content it produced, if any; drops it with those
+    /// before it when the token was a header's special token or produced other fields.
+    fn claim(&mut self, token: u32, out: &mut Vec<GenEvent>) {
+        let Some(lp) = self.pending_logprob.take() else {
+            return;
+        };
+        let has_content = |e: &GenEvent| matches!(e, GenEvent::Delta(d) if d.content.as_deref().is_some_and(|c| !c.is_empty()));
+        if out.iter().any(has_content) {
+            self.unclaimed.push(lp);
+            out.push(GenEvent::Logprobs(std::mem::take(&mut self.unclaimed)));
+        } else if !out.is_empty() || harmony::tokens::is_special(token) {
+            self.unclaimed.clear();
+        } else {
+            self.unclaimed.push(lp);
         }
     }
 
@@ -146,12 +174,17 @@ impl Run {
                     }
                     self.completion_tokens += 1;
                     self.parts.parser.push(id, &mut self.scratch);
+                    let before = out.len();
                     self.filter(&mut out);
+                    let mut produced = out.split_off(before);
+                    self.claim(id, &mut produced);
+                    out.append(&mut produced);
                     if self.parts.stop.matched() || self.parts.parser.stop_matched() {
                         tracing::debug!("stop string matched; ending generation");
                         self.done(StopCause::Stop, None, &mut out);
                     }
                 }
+                Some(TokenEvent::Logprob(lp)) => self.pending_logprob = Some(lp),
                 Some(TokenEvent::Finish { reason, usage }) => {
                     if usage.prompt_tokens > 0 {
                         self.parts.prompt_tokens = usage.prompt_tokens;
@@ -198,6 +231,25 @@ impl Drop for Run {
     }
 }
 
+/// The events of the `n` generations of one request, tagged with their choice index, in the
+/// order they happen. Dropping the stream cancels them all.
+pub fn run_all(parts: Vec<GenerationParts>) -> impl Stream<Item = (u32, GenEvent)> + Send {
+    stream::select_all(
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| run(p).map(move |e| (i as u32, e)).boxed()),
+    )
+}
+
+/// Sums the usage of the `n` sequences of one request (the prompt is counted once).
+pub fn total_usage(usages: &[Usage]) -> Usage {
+    let prompt = usages.first().map_or(0, |u| u.prompt_tokens);
+    let completion = usages.iter().map(|u| u.completion_tokens).sum();
+    let reasoning = usages.iter().map(|u| u.thinking_tokens.unwrap_or(0)).sum();
+    Usage::new(prompt, completion, reasoning)
+}
+
 /// The events of one generation. Dropping the stream cancels it and frees its slot.
 pub fn run(parts: GenerationParts) -> impl Stream<Item = GenEvent> + Send {
     let run = Run {
@@ -206,6 +258,8 @@ pub fn run(parts: GenerationParts) -> impl Stream<Item = GenEvent> + Send {
         completion_tokens: 0,
         finished: false,
         scratch: Vec::new(),
+        pending_logprob: None,
+        unclaimed: Vec::new(),
     };
     stream::unfold(run, |mut run| async move {
         let events = run.next_events().await?;

@@ -96,3 +96,24 @@ pub async fn method_not_allowed(
     state.metrics.error("method_not_allowed");
     ApiError::MethodNotAllowed(format!("Method {method} is not allowed on {}", uri.path()))
 }
+
+/// `system_fingerprint`: the same for every response of one model served by one build of this
+/// server (the crate version, the model's name and its shape), different when either changes.
+pub fn system_fingerprint(model_name: &str, caps: &gpt_oss_runtimes::Capabilities) -> String {
+    // FNV-1a: stable across runs and platforms (the std hasher is randomly keyed).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let parts = [
+        env!("CARGO_PKG_VERSION"),
+        model_name,
+        &caps.model_name,
+        &caps.context_length.to_string(),
+        &caps.vocab_size.to_string(),
+    ];
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0)) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("fp_{:012x}", hash & 0xffff_ffff_ffff)
+}

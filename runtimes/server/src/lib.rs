@@ -3,7 +3,7 @@
 //!
 //! Request flow: the body is read under the size limit ([`body`]), parsed and
 //! validated once into valid types ([`validate`]), rendered to harmony token ids
-//! ([`codec`]), admitted by the FIFO queue ([`queue`]), and generated as a stream
+//! ([`codec`]), given the grammar its output must follow ([`grammar`]), admitted by the FIFO queue ([`queue`]), and generated as a stream
 //! of events ([`generation`]) that owns its concurrency permit. Chat and completion
 //! handlers ([`chat`], [`completions`]) turn those events into JSON or SSE.
 
@@ -14,8 +14,10 @@ pub mod codec;
 pub mod completions;
 pub mod error;
 pub mod generation;
+pub mod grammar;
 pub mod info;
 pub mod loader;
+pub mod logprobs;
 pub mod metrics;
 pub mod queue;
 pub mod server;

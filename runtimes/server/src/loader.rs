@@ -27,5 +27,6 @@ pub fn load_onnx(
     Ok(LoadedModel {
         backend: Arc::new(backend),
         tokenizer,
+        grammars: Default::default(),
     })
 }

@@ -15,6 +15,8 @@ use crate::queue::Admission;
 pub struct LoadedModel {
     pub backend: Arc<dyn InferenceBackend>,
     pub tokenizer: Tokenizer,
+    /// Grammar compilation for constrained decoding, over this tokenizer's vocabulary.
+    pub grammars: crate::grammar::Compilers,
 }
 
 /// Where the model is in its life.

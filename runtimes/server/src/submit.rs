@@ -19,17 +19,21 @@ pub struct Submission {
     pub sampling: SamplingParams,
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
-    pub parser: Box<dyn DeltaParser>,
+    /// One parser per choice: `n` of them for `n` independent sequences.
+    pub parsers: Vec<Box<dyn DeltaParser>>,
     pub arrived: Instant,
+    /// The grammar the output must follow, if any.
+    pub constraint: Option<gpt_oss_runtimes::constraint::Constraint>,
 }
 
-/// Waits for a slot (FIFO; 429 when the waiting line is full), then starts the
-/// generation. The returned parts own the slot.
+/// Waits for a slot (FIFO; 429 when the waiting line is full), then starts one generation
+/// per parser (the `n` choices, each with its own sampler and grammar state; with a `seed`,
+/// choice `i` samples with `seed + i`). The returned parts share the slot.
 pub async fn admit_and_start(
     state: &Arc<AppState>,
     model: &LoadedModel,
     sub: Submission,
-) -> Result<GenerationParts, ApiError> {
+) -> Result<Vec<GenerationParts>, ApiError> {
     let caps = model.backend.capabilities();
     let prompt_tokens = u32::try_from(sub.prompt.len()).unwrap_or(u32::MAX);
     if prompt_tokens >= caps.context_length {
@@ -57,32 +61,42 @@ pub async fn admit_and_start(
         AdmitError::Closed => ApiError::Unavailable("the server is shutting down".to_string()),
     })?;
 
-    let cancel = CancellationToken::new();
-    let request_id = uuid::Uuid::new_v4().simple().to_string();
-    tracing::info!(
-        request_id,
-        prompt_tokens,
-        max_new_tokens,
-        "generation admitted"
-    );
-    let request = GenerateRequest {
-        request_id,
-        prompt: sub.prompt,
-        sampling: sub.sampling,
-        stop_token_ids: codec::stop_token_ids(caps),
-        max_new_tokens,
-        cancel: cancel.clone(),
-    };
-    let tokens = model.backend.generate(request).await?;
-    Ok(GenerationParts {
-        tokens,
-        parser: sub.parser,
-        stop: StopMatcher::new(sub.stop),
-        min_tokens,
-        permit,
-        cancel: cancel.drop_guard(),
-        metrics: Arc::clone(&state.metrics),
-        arrived: sub.arrived,
-        prompt_tokens,
-    })
+    let permit = Arc::new(permit);
+    let stop_token_ids = codec::stop_token_ids(caps);
+    let mut all = Vec::with_capacity(sub.parsers.len());
+    for (i, parser) in sub.parsers.into_iter().enumerate() {
+        let cancel = CancellationToken::new();
+        let request_id = uuid::Uuid::new_v4().simple().to_string();
+        tracing::info!(
+            request_id,
+            prompt_tokens,
+            max_new_tokens,
+            choice = i,
+            "generation admitted"
+        );
+        let mut sampling = sub.sampling.clone();
+        sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
+        let request = GenerateRequest {
+            request_id,
+            prompt: sub.prompt.clone(),
+            sampling,
+            stop_token_ids: stop_token_ids.clone(),
+            max_new_tokens,
+            cancel: cancel.clone(),
+            constraint: sub.constraint.clone(),
+        };
+        let tokens = model.backend.generate(request).await?;
+        all.push(GenerationParts {
+            tokens,
+            parser,
+            stop: StopMatcher::new(sub.stop.clone()),
+            min_tokens,
+            permit: Arc::clone(&permit),
+            cancel: cancel.drop_guard(),
+            metrics: Arc::clone(&state.metrics),
+            arrived: sub.arrived,
+            prompt_tokens,
+        });
+    }
+    Ok(all)
 }

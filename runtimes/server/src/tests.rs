@@ -180,6 +180,7 @@ fn setup_with(
     state.set_model(ModelState::Ready(Arc::new(LoadedModel {
         backend: Arc::new(backend),
         tokenizer: tok,
+        grammars: Default::default(),
     })));
     Setup { state, active }
 }

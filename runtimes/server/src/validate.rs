@@ -26,6 +26,145 @@ const IGNORED_CHAT_FIELDS: &[&str] = &[
 ];
 const IGNORED_COMPLETION_FIELDS: &[&str] = &[];
 
+/// OpenAI chat fields this server does not implement, accepted at these values (their default)
+/// or `null`; any other value is a 400 naming the field.
+const CHAT_FIELDS_AT_DEFAULT: &[(&str, &str)] = &[
+    ("modalities", r#"["text"]"#),
+    ("prediction", "null"),
+    ("audio", "null"),
+    ("functions", "null"),
+    ("function_call", "null"),
+    ("web_search_options", "null"),
+];
+
+/// Takes the fields of `CHAT_FIELDS_AT_DEFAULT` out of `extra`; 400 for a value other than
+/// the default or `null`.
+fn fields_at_default(extra: &mut serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    for (field, default) in CHAT_FIELDS_AT_DEFAULT {
+        let Some(value) = extra.remove(*field) else {
+            continue;
+        };
+        let default: Value = serde_json::from_str(default).unwrap_or(Value::Null);
+        if !value.is_null() && value != default {
+            return Err(ApiError::field(
+                *field,
+                format!("is not supported by this server; only {default} or null is accepted"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The logit-changing fields of OpenAI and vLLM, shared by chat and completions.
+struct LogitFields {
+    presence_penalty: Option<Value>,
+    frequency_penalty: Option<Value>,
+    repetition_penalty: Option<Value>,
+    min_p: Option<Value>,
+    logit_bias: Option<Value>,
+}
+
+impl LogitFields {
+    /// Takes the fields that are not typed in the request out of `extra`.
+    fn take(extra: &mut serde_json::Map<String, Value>) -> LogitFields {
+        LogitFields {
+            presence_penalty: extra.remove("presence_penalty"),
+            frequency_penalty: extra.remove("frequency_penalty"),
+            repetition_penalty: extra.remove("repetition_penalty"),
+            min_p: extra.remove("min_p"),
+            logit_bias: extra.remove("logit_bias"),
+        }
+    }
+}
+
+fn number_in(
+    value: Option<&Value>,
+    param: &str,
+    default: f64,
+    ok: impl Fn(f64) -> bool,
+    range: &str,
+) -> Result<f32, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(default as f32),
+        Some(v) => match v.as_f64() {
+            Some(x) if x.is_finite() && ok(x) => Ok(x as f32),
+            Some(x) => Err(ApiError::field(param, format!("must be {range}, got {x}"))),
+            None => Err(ApiError::field(param, format!("must be a number, got {v}"))),
+        },
+    }
+}
+
+/// Applies penalties, `logit_bias` and `min_p` to `sampling`, checking their ranges.
+fn logit_fields(sampling: &mut SamplingParams, f: LogitFields) -> Result<(), ApiError> {
+    let between = |lo: f64, hi: f64| move |x: f64| (lo..=hi).contains(&x);
+    sampling.presence_penalty = number_in(
+        f.presence_penalty.as_ref(),
+        "presence_penalty",
+        0.0,
+        between(-2.0, 2.0),
+        "between -2 and 2",
+    )?;
+    sampling.frequency_penalty = number_in(
+        f.frequency_penalty.as_ref(),
+        "frequency_penalty",
+        0.0,
+        between(-2.0, 2.0),
+        "between -2 and 2",
+    )?;
+    sampling.repetition_penalty = number_in(
+        f.repetition_penalty.as_ref(),
+        "repetition_penalty",
+        1.0,
+        |x| x > 0.0,
+        "greater than 0",
+    )?;
+    sampling.min_p = number_in(
+        f.min_p.as_ref(),
+        "min_p",
+        0.0,
+        between(0.0, 1.0),
+        "between 0 and 1",
+    )?;
+    sampling.logit_bias = match f.logit_bias {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(map)) => {
+            let mut bias = Vec::with_capacity(map.len());
+            for (key, value) in &map {
+                let param = format!("logit_bias.{key}");
+                let id = key
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|id| *id < harmony::tokens::VOCAB_SIZE)
+                    .ok_or_else(|| {
+                        ApiError::field(
+                            param.as_str(),
+                            format!(
+                                "keys must be token ids below {}, got `{key}`",
+                                harmony::tokens::VOCAB_SIZE
+                            ),
+                        )
+                    })?;
+                let b = number_in(
+                    Some(value),
+                    &param,
+                    0.0,
+                    between(-100.0, 100.0),
+                    "between -100 and 100",
+                )?;
+                bias.push((id, b));
+            }
+            bias
+        }
+        Some(v) => {
+            return Err(ApiError::field(
+                "logit_bias",
+                format!("must be an object mapping token ids to biases, got {v}"),
+            ))
+        }
+    };
+    Ok(())
+}
+
 /// Parses a JSON body into `T`, naming the field path of the first type error.
 pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if let Some(path) = openai_types::json::find_duplicate_key(body) {
@@ -87,6 +226,10 @@ pub struct ValidChat {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub tool_plan: ToolPlan,
+    /// How many independent choices (`n`).
+    pub n: u32,
+    /// Tools were offered but `tool_choice` is `"none"`: no recipient may be written.
+    pub tools_withheld: bool,
     pub separate_thinking: bool,
     pub stream: bool,
     pub include_usage: bool,
@@ -106,6 +249,8 @@ pub struct ValidCompletion {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub echo: bool,
+    /// How many independent choices (`n`).
+    pub n: u32,
     pub stream: bool,
     pub include_usage: bool,
 }
@@ -206,6 +351,7 @@ fn sampling(
         // Negative seeds are accepted, as OpenAI does; their bits make the u64 seed.
         seed: seed.map(|s| s as u64),
         min_tokens: min_tokens(min, max_tokens, max_param)?,
+        ..SamplingParams::greedy()
     })
 }
 
@@ -232,13 +378,59 @@ fn stop(stop: Option<&Stop>) -> Result<Vec<String>, ApiError> {
     Ok(list)
 }
 
-fn n(n: Option<i64>) -> Result<(), ApiError> {
+/// OpenAI's limit on `n`.
+pub const MAX_N: u32 = 128;
+/// OpenAI's limit on chat's `top_logprobs`.
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+/// OpenAI's limit on the completions endpoint's `logprobs`.
+pub const MAX_COMPLETION_LOGPROBS: u32 = 5;
+
+/// `n`: how many independent choices, 1 to [`MAX_N`].
+fn n(n: Option<i64>) -> Result<u32, ApiError> {
     match n {
-        None | Some(1) => Ok(()),
+        None => Ok(1),
+        Some(v) if (1..=i64::from(MAX_N)).contains(&v) => Ok(v as u32),
         Some(v) => Err(ApiError::field(
             "n",
-            format!("only n=1 is supported (one choice per request), got {v}; send separate requests with different `seed`s instead"),
+            format!("must be between 1 and {MAX_N}, got {v}"),
         )),
+    }
+}
+
+/// Chat's `logprobs` / `top_logprobs`: how many alternatives to report, `None` for no
+/// log-probabilities.
+fn chat_logprobs(logprobs: Option<bool>, top: Option<i64>) -> Result<Option<u32>, ApiError> {
+    let top = match top {
+        None => None,
+        Some(t) if (0..=i64::from(MAX_TOP_LOGPROBS)).contains(&t) => Some(t as u32),
+        Some(t) => {
+            return Err(ApiError::field(
+                "top_logprobs",
+                format!("must be between 0 and {MAX_TOP_LOGPROBS}, got {t}"),
+            ))
+        }
+    };
+    match (logprobs.unwrap_or(false), top) {
+        (true, top) => Ok(Some(top.unwrap_or(0))),
+        (false, Some(t)) if t > 0 => Err(ApiError::field(
+            "top_logprobs",
+            "requires `logprobs` to be true",
+        )),
+        (false, _) => Ok(None),
+    }
+}
+
+/// The completions endpoint's integer `logprobs` (0 to [`MAX_COMPLETION_LOGPROBS`]).
+fn completion_logprobs(value: Option<&Value>) -> Result<Option<u32>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(k) if k <= u64::from(MAX_COMPLETION_LOGPROBS) => Ok(Some(k as u32)),
+            _ => Err(ApiError::field(
+                "logprobs",
+                format!("must be an integer between 0 and {MAX_COMPLETION_LOGPROBS}, got {v}"),
+            )),
+        },
     }
 }
 
@@ -248,10 +440,7 @@ fn unknown_fields(
 ) -> Result<(), ApiError> {
     for key in extra.keys() {
         if !ignored.contains(&key.as_str()) {
-            return Err(ApiError::field(
-                key.as_str(),
-                "Unrecognized request argument supplied",
-            ));
+            return Err(ApiError::UnknownParameter(key.clone()));
         }
     }
     Ok(())
@@ -370,6 +559,11 @@ fn tools(tools: &[Tool]) -> Result<(), ApiError> {
 /// Validates a chat request against the served model.
 pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidChat, ApiError> {
     check_model(req.model.as_deref(), served_model)?;
+    fields_at_default(&mut req.extra)?;
+    let mut logit = LogitFields::take(&mut req.extra);
+    logit.presence_penalty = req.presence_penalty.map(Value::from);
+    logit.frequency_penalty = req.frequency_penalty.map(Value::from);
+    logit.logit_bias = req.logit_bias.take().map(Value::Object);
     unknown_fields(&req.extra, IGNORED_CHAT_FIELDS)?;
     messages(&req.messages)?;
     let max_param = match req.max_completion_tokens {
@@ -377,7 +571,7 @@ pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidC
         None => "max_tokens",
     };
     let max_tokens = max_tokens(req.max_completion_tokens.or(req.max_tokens), max_param)?;
-    let sampling = sampling(
+    let mut sampling = sampling(
         SamplingFields {
             temperature: req.temperature,
             top_p: req.top_p,
@@ -388,33 +582,10 @@ pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidC
         max_tokens,
         max_param,
     )?;
+    logit_fields(&mut sampling, logit)?;
     let stop = stop(req.stop.as_ref())?;
-    n(req.n)?;
-    unsupported_if(
-        req.frequency_penalty.is_some_and(|v| v != 0.0),
-        "frequency_penalty",
-        "is not supported by this server; leave it unset or 0",
-    )?;
-    unsupported_if(
-        req.presence_penalty.is_some_and(|v| v != 0.0),
-        "presence_penalty",
-        "is not supported by this server; leave it unset or 0",
-    )?;
-    unsupported_if(
-        req.logprobs == Some(true),
-        "logprobs",
-        "log probabilities are not supported by this server",
-    )?;
-    unsupported_if(
-        req.top_logprobs.is_some_and(|v| v != 0),
-        "top_logprobs",
-        "log probabilities are not supported by this server",
-    )?;
-    unsupported_if(
-        req.logit_bias.as_ref().is_some_and(|m| !m.is_empty()),
-        "logit_bias",
-        "is not supported by this server",
-    )?;
+    let n = n(req.n)?;
+    sampling.logprobs = chat_logprobs(req.logprobs, req.top_logprobs)?;
     let stream = req.stream.unwrap_or(false);
     unsupported_if(
         req.stream_options.is_some() && !stream,
@@ -471,6 +642,7 @@ pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidC
             ))
         }
     };
+    let tools_withheld = tool_plan == ToolPlan::NoTools && !given_tools.is_empty();
     req.tools = match &tool_plan {
         ToolPlan::NoTools => None,
         ToolPlan::Auto | ToolPlan::Required => Some(given_tools),
@@ -493,6 +665,8 @@ pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidC
         sampling,
         stop,
         tool_plan,
+        n,
+        tools_withheld,
         separate_thinking,
         stream,
         include_usage,
@@ -500,23 +674,19 @@ pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidC
 }
 
 /// Validates a completions request against the served model.
-pub fn completion(req: CompletionRequest, served_model: &str) -> Result<ValidCompletion, ApiError> {
+pub fn completion(
+    mut req: CompletionRequest,
+    served_model: &str,
+) -> Result<ValidCompletion, ApiError> {
     check_model(req.model.as_deref(), served_model)?;
+    let logit = LogitFields::take(&mut req.extra);
+    let logprobs = completion_logprobs(req.extra.remove("logprobs").as_ref())?;
     for key in req.extra.keys() {
-        let known_unsupported = matches!(
-            key.as_str(),
-            "logprobs"
-                | "suffix"
-                | "best_of"
-                | "frequency_penalty"
-                | "presence_penalty"
-                | "logit_bias"
-        );
+        let known_unsupported = matches!(key.as_str(), "suffix" | "best_of");
         let value = &req.extra[key];
         let harmless = value.is_null()
             || value == &Value::from(0)
-            || value == &Value::from(1) && key == "best_of"
-            || value.as_object().is_some_and(|o| o.is_empty()) && key == "logit_bias";
+            || value == &Value::from(1) && key == "best_of";
         if known_unsupported && !harmless {
             return Err(ApiError::field(
                 key.as_str(),
@@ -524,10 +694,7 @@ pub fn completion(req: CompletionRequest, served_model: &str) -> Result<ValidCom
             ));
         }
         if !known_unsupported && !IGNORED_COMPLETION_FIELDS.contains(&key.as_str()) {
-            return Err(ApiError::field(
-                key.as_str(),
-                "Unrecognized request argument supplied",
-            ));
+            return Err(ApiError::UnknownParameter(key.clone()));
         }
     }
     let prompt = match req.prompt {
@@ -555,24 +722,28 @@ pub fn completion(req: CompletionRequest, served_model: &str) -> Result<ValidCom
         "stream_options",
         "is only allowed when `stream` is true",
     )?;
-    n(req.n)?;
+    let n = n(req.n)?;
     let max_tokens = max_tokens(req.max_tokens, "max_tokens")?;
+    let mut sampling = sampling(
+        SamplingFields {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            seed: req.seed,
+            min_tokens: req.min_tokens,
+        },
+        max_tokens,
+        "max_tokens",
+    )?;
+    logit_fields(&mut sampling, logit)?;
+    sampling.logprobs = logprobs;
     Ok(ValidCompletion {
         prompt,
         max_tokens,
-        sampling: sampling(
-            SamplingFields {
-                temperature: req.temperature,
-                top_p: req.top_p,
-                top_k: req.top_k,
-                seed: req.seed,
-                min_tokens: req.min_tokens,
-            },
-            max_tokens,
-            "max_tokens",
-        )?,
+        sampling,
         stop: stop(req.stop.as_ref())?,
         echo: req.echo.unwrap_or(false),
+        n,
         stream,
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
     })
@@ -624,7 +795,39 @@ mod tests {
                 r#"{"messages":[{"role":"user","content":"x"}],"top_p":0}"#,
                 "top_p",
             ),
-            (r#"{"messages":[{"role":"user","content":"x"}],"n":3}"#, "n"),
+            (r#"{"messages":[{"role":"user","content":"x"}],"n":0}"#, "n"),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"n":129}"#,
+                "n",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"top_logprobs":3}"#,
+                "top_logprobs",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}"#,
+                "top_logprobs",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"presence_penalty":2.5}"#,
+                "presence_penalty",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"logit_bias":{"abc":1}}"#,
+                "logit_bias.abc",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"logit_bias":{"5":101}}"#,
+                "logit_bias.5",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"modalities":["text","audio"]}"#,
+                "modalities",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"min_p":2}"#,
+                "min_p",
+            ),
             (
                 r#"{"messages":[{"role":"user","content":"x"}],"min_tokens":-1}"#,
                 "min_tokens",
@@ -690,6 +893,27 @@ mod tests {
         let v = chat(req, "m").expect("valid");
         assert_eq!(v.tool_plan, ToolPlan::NoTools);
         assert!(v.render.tools.is_none());
+    }
+
+    #[test]
+    fn openai_fields_at_their_default_or_null_are_accepted() {
+        let req: ChatCompletionRequest = parse_body(
+            br#"{"messages":[{"role":"user","content":"x"}],"modalities":["text"],"prediction":null,
+                "audio":null,"functions":null,"function_call":null,"logprobs":false,"top_logprobs":0,
+                "logit_bias":{"12":-5},"presence_penalty":0.5,"frequency_penalty":-0.5,
+                "repetition_penalty":1.1,"min_p":0.05,"n":3}"#,
+        )
+        .expect("valid JSON");
+        let v = chat(req, "m").expect("accepted");
+        assert_eq!(v.n, 3);
+        assert_eq!(v.sampling.logit_bias, vec![(12, -5.0)]);
+        assert_eq!(v.sampling.presence_penalty, 0.5);
+        assert_eq!(v.sampling.frequency_penalty, -0.5);
+        assert!((v.sampling.repetition_penalty - 1.1).abs() < 1e-6);
+        assert!((v.sampling.min_p - 0.05).abs() < 1e-6);
+        assert_eq!(v.sampling.logprobs, None);
+        let e = chat_err(r#"{"messages":[{"role":"user","content":"x"}],"frobnicate":1}"#);
+        assert_eq!(e.body().error.code.as_deref(), Some("unknown_parameter"));
     }
 
     #[test]

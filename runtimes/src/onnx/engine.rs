@@ -111,15 +111,40 @@ impl Active {
             .ok();
     }
 
-    /// Samples from `logits`, streams the token and decides whether the sequence is done.
-    fn accept(&mut self, logits: &[f32]) -> bool {
+    /// Masks `logits` by the request's grammar, samples, streams the token and decides whether
+    /// the sequence is done.
+    fn accept(&mut self, logits: &mut [f32]) -> bool {
+        // Log-probabilities are the model's: taken before penalties and masks change the logits.
+        let raw = self.job.request.sampling.logprobs.map(|_| logits.to_vec());
+        self.sampler.adjust(logits);
+        let request = &mut self.job.request;
+        let mut keep_stops_out = self.generated < request.sampling.min_tokens;
+        if let Some(c) = request.constraint.as_mut() {
+            if let Err(e) = c.mask(logits) {
+                self.fail(&ModelError::Runtime(e.to_string()));
+                return true;
+            }
+            // The grammar wins over `min_tokens` when a stop token is all it allows.
+            keep_stops_out = keep_stops_out && c.allows_other_than(&request.stop_token_ids);
+        }
         let request = &self.job.request;
-        let token = if self.generated < request.sampling.min_tokens {
+        let token = if keep_stops_out {
             self.sampler
                 .sample_excluding(logits, &request.stop_token_ids)
         } else {
             self.sampler.sample(logits)
         };
+        self.sampler.observe(token);
+        if let (Some(raw), Some(top)) = (raw, self.job.request.sampling.logprobs) {
+            let lp = crate::sampling::logprobs(&raw, token, top as usize);
+            self.job.events.send(TokenEvent::Logprob(lp)).ok();
+        }
+        if let Some(c) = self.job.request.constraint.as_mut() {
+            if let Err(e) = c.commit(token) {
+                self.fail(&ModelError::Runtime(e.to_string()));
+                return true;
+            }
+        }
         self.generated += 1;
         self.pending = Some(token);
         if self.job.events.send(TokenEvent::Token(token)).is_err() {
@@ -243,7 +268,7 @@ pub(crate) fn run(
                             true
                         }
                         Ok(()) => match p.row_logits(row, vocab, &mut logits) {
-                            Ok(()) => a.accept(&logits),
+                            Ok(()) => a.accept(&mut logits),
                             Err(e) => {
                                 a.fail(&e);
                                 true
@@ -294,7 +319,7 @@ fn admit(model: &OnnxModel, job: Job, batched: bool) -> Option<Active> {
     match model.new_sequence(capacity) {
         Ok(cache) => {
             tracing::debug!(request_id = %job.request.request_id, capacity, "admitted");
-            let sampler = Sampler::new(job.request.sampling.clone());
+            let sampler = Sampler::for_prompt(job.request.sampling.clone(), &job.request.prompt);
             Some(Active {
                 job,
                 cache: Cache::Own(Box::new(cache)),
@@ -345,8 +370,8 @@ fn own_step(
         return false;
     }
     let first_token = a.pending.is_none();
-    let logits = std::mem::take(cache.logits_mut());
-    let done = a.accept(&logits);
+    let mut logits = std::mem::take(cache.logits_mut());
+    let done = a.accept(&mut logits);
     if let Cache::Own(cache) = &mut a.cache {
         *cache.logits_mut() = logits;
     }

@@ -168,6 +168,7 @@ pub fn request(
         stop_token_ids: stop,
         max_new_tokens,
         cancel: CancellationToken::new(),
+        constraint: None,
     }
 }
 
@@ -181,6 +182,7 @@ pub async fn run(
     while let Some(event) = stream.next().await {
         match event {
             TokenEvent::Token(t) => tokens.push(t),
+            TokenEvent::Logprob(_) => {}
             TokenEvent::Finish { reason, usage } => {
                 assert_eq!(
                     usage.completion_tokens as usize,

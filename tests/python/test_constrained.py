@@ -1,0 +1,326 @@
+"""Constrained decoding on the embedded gpt-oss-nano at temperature 0.7, through the official
+OpenAI Python SDK: every answer must validate, 50 requests per kind (every other one streamed).
+
+A tiny model is the hardest test a grammar can get: without the token mask nano answers
+prose ("The capital of France is Paris.") to a schema, and names arguments as it likes.
+"""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from enum import Enum
+from typing import List
+
+import openai
+import pydantic
+import pytest
+
+from test_nano_eval import EmbeddedServer
+
+COUNT = 50
+WORKERS = 8
+MAX_TOKENS = 200
+
+
+@pytest.fixture(scope="module")
+def nano(tmp_path_factory):
+    s = EmbeddedServer(tmp_path_factory.mktemp("nano-cache"), tmp_path_factory.mktemp("nano-logs"),
+                       "--max-concurrent", "8")
+    s.client = lambda: openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0,
+                                     timeout=300)
+    yield s
+    s.stop()
+
+
+class Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+
+class Capital(Strict):
+    country: str = pydantic.Field(max_length=40)
+    capital: str = pydantic.Field(max_length=40)
+
+
+class Color(str, Enum):
+    red = "red"
+    green = "green"
+    blue = "blue"
+
+
+class Coordinates(Strict):
+    lat: float
+    lon: float
+
+
+class City(Strict):
+    name: str = pydantic.Field(max_length=40)
+    location: Coordinates
+    color: Color
+
+
+class Trip(Strict):
+    cities: List[City] = pydantic.Field(max_length=3)
+    days: int
+    confirmed: bool
+
+
+QUESTIONS = ["What is the capital of France?", "What is the capital of Japan?",
+             "What is the weather in Paris?", "Tell me about Oslo.", "What is 2+2?"]
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city", "strict": True,
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 40},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        "required": ["city", "unit"], "additionalProperties": False}}}
+ADD = {"type": "function", "function": {
+    "name": "add", "description": "Adds two integers", "strict": True,
+    "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                   "required": ["a", "b"], "additionalProperties": False}}}
+LOOSE = {"type": "function", "function": {"name": "lookup", "description": "Looks something up",
+                                          "parameters": {"type": "object"}}}
+
+
+class WeatherArgs(Strict):
+    city: str
+    unit: str = pydantic.Field(pattern="^(celsius|fahrenheit)$")
+
+
+class AddArgs(Strict):
+    a: int
+    b: int
+
+
+ARGS = {"get_weather": WeatherArgs, "add": AddArgs}
+
+
+def _messages(i):
+    return [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+
+
+def _complete(client, i, **kw):
+    """One request (streamed when i is odd): the message's content, tool calls and finish reason."""
+    kw = dict(model="gpt-oss-20b", messages=_messages(i), temperature=0.7, max_tokens=MAX_TOKENS,
+              extra_body={"reasoning_effort": "low"}, **kw)
+    if i % 2 == 0:
+        r = client.chat.completions.create(**kw)
+        m = r.choices[0].message
+        calls = [(c.function.name, c.function.arguments) for c in m.tool_calls or []]
+        return m.content, calls, r.choices[0].finish_reason
+    content, calls, finish = "", {}, None
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        if not chunk.choices:
+            continue
+        d = chunk.choices[0].delta
+        content += d.content or ""
+        for c in d.tool_calls or []:
+            entry = calls.setdefault(c.index, ["", ""])
+            entry[0] += (c.function.name or "") if c.function else ""
+            entry[1] += (c.function.arguments or "") if c.function else ""
+        finish = chunk.choices[0].finish_reason or finish
+    return content or None, [tuple(v) for _, v in sorted(calls.items())], finish
+
+
+def _all(fn):
+    with ThreadPoolExecutor(WORKERS) as ex:
+        return list(ex.map(fn, range(COUNT)))
+
+
+def _report(results, ok):
+    bad = [r for r in results if not ok(r)]
+    assert not bad, f"{len(bad)} of {len(results)} answers do not validate, e.g. {bad[:3]}"
+
+
+@pytest.mark.parametrize("model", [Capital, City, Trip])
+def test_strict_json_schema_always_validates(nano, model):
+    client = nano.client()
+    fmt = openai.lib._parsing._completions.type_to_response_format_param(model)
+
+    def ok(r):
+        content, calls, finish = r
+        try:
+            model.model_validate_json(content)
+        except (pydantic.ValidationError, TypeError):
+            return False
+        return finish == "stop" and not calls
+
+    _report(_all(lambda i: _complete(client, i, response_format=fmt)), ok)
+
+
+def test_parse_returns_a_pydantic_object(nano):
+    client = nano.client()
+    r = client.chat.completions.parse(model="gpt-oss-20b", messages=_messages(0), temperature=0.7,
+                                      max_tokens=MAX_TOKENS, response_format=Capital,
+                                      extra_body={"reasoning_effort": "low"})
+    assert isinstance(r.choices[0].message.parsed, Capital), r
+
+
+def test_json_object_always_parses(nano):
+    client = nano.client()
+
+    def ok(r):
+        content, calls, finish = r
+        try:
+            return isinstance(json.loads(content), dict) and finish == "stop"
+        except (json.JSONDecodeError, TypeError):
+            return False
+
+    _report(_all(lambda i: _complete(client, i, response_format={"type": "json_object"})), ok)
+
+
+def _valid_call(calls, names):
+    if len(calls) != 1:
+        return False
+    name, arguments = calls[0]
+    if name not in names:
+        return False
+    try:
+        if name in ARGS:
+            ARGS[name].model_validate_json(arguments)
+        else:
+            assert isinstance(json.loads(arguments), dict)
+    except (pydantic.ValidationError, json.JSONDecodeError, AssertionError):
+        return False
+    return True
+
+
+def test_tool_choice_required_always_calls_an_offered_function(nano):
+    client = nano.client()
+    tools = [WEATHER, ADD, LOOSE]
+    results = _all(lambda i: _complete(client, i, tools=tools, tool_choice="required"))
+    _report(results, lambda r: _valid_call(r[1], {"get_weather", "add", "lookup"}) and r[2] == "tool_calls")
+
+
+def test_a_named_function_is_always_called_with_valid_arguments(nano):
+    client = nano.client()
+    results = _all(lambda i: _complete(client, i, tools=[WEATHER, ADD],
+                                       tool_choice={"type": "function", "function": {"name": "add"}}))
+    _report(results, lambda r: _valid_call(r[1], {"add"}) and r[2] == "tool_calls")
+
+
+def test_strict_tool_arguments_match_their_schema(nano):
+    client = nano.client()
+    results = _all(lambda i: _complete(client, i, tools=[WEATHER]))
+
+    def ok(r):
+        content, calls, finish = r
+        if calls:
+            return _valid_call(calls, {"get_weather"}) and finish == "tool_calls"
+        return isinstance(content, str) and finish == "stop"
+
+    _report(results, ok)
+    assert any(r[1] for r in results), "the weather questions should call the tool sometimes"
+
+
+def test_tool_choice_none_never_calls(nano):
+    client = nano.client()
+    results = _all(lambda i: _complete(client, i, tools=[WEATHER, ADD], tool_choice="none"))
+    _report(results, lambda r: not r[1] and isinstance(r[0], str) and r[2] == "stop")
+
+
+def test_an_unsupported_schema_keyword_is_a_400_naming_it(nano):
+    client = nano.client()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model="gpt-oss-20b", messages=_messages(0), max_tokens=8,
+            response_format={"type": "json_schema", "json_schema": {
+                "name": "x", "strict": True,
+                "schema": {"type": "array", "unevaluatedItems": False}}})
+    assert e.value.body["param"] == "response_format.json_schema.schema"
+    assert "unevaluatedItems" in e.value.body["message"]
+
+
+# --- OpenAI's other sampling parameters and response details, on the same nano server ---
+
+
+def test_n_gives_independent_choices_streamed_or_not(nano):
+    client = nano.client()
+    kw = dict(model="gpt-oss-20b", messages=_messages(0), temperature=1.0, max_tokens=40, seed=5,
+              extra_body={"reasoning_effort": "low"})
+    r = client.chat.completions.create(n=3, **kw)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    single = client.chat.completions.create(**kw)
+    assert r.choices[0].message.content == single.choices[0].message.content, "choice 0 uses the seed"
+    # Choice i is the sequence of seed + i: independent samples, reproducible one by one.
+    other = client.chat.completions.create(**dict(kw, seed=7))
+    assert r.choices[2].message.content == other.choices[0].message.content
+    assert r.choices[2].message.model_extra.get("reasoning_content") == \
+        other.choices[0].message.model_extra.get("reasoning_content")
+    assert r.usage.prompt_tokens == single.usage.prompt_tokens, "the prompt is counted once"
+    finishes, contents = {}, {}
+    for chunk in client.chat.completions.create(n=2, stream=True, **kw):
+        for c in chunk.choices:
+            contents[c.index] = contents.get(c.index, "") + (c.delta.content or "")
+            if c.finish_reason:
+                finishes[c.index] = c.finish_reason
+    assert sorted(finishes) == [0, 1]
+    assert contents[0] == r.choices[0].message.content, "streamed choice 0 equals choice 0"
+
+
+def test_chat_logprobs_cover_the_content(nano):
+    client = nano.client()
+    kw = dict(model="gpt-oss-20b", messages=_messages(0), temperature=0.7, max_tokens=MAX_TOKENS,
+              seed=3, logprobs=True, top_logprobs=3, extra_body={"reasoning_effort": "low"})
+    r = client.chat.completions.create(**kw)
+    content = r.choices[0].logprobs.content
+    assert content, r
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    for t in content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3
+        assert t.top_logprobs[0].logprob >= t.top_logprobs[-1].logprob
+        assert t.logprob <= t.top_logprobs[0].logprob + 1e-5
+        assert bytes(t.bytes).decode("utf-8", "replace") == t.token
+    streamed = []
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        for c in chunk.choices:
+            if c.logprobs and c.logprobs.content:
+                streamed.extend(c.logprobs.content)
+    assert [(t.token, round(t.logprob, 4)) for t in streamed] == \
+        [(t.token, round(t.logprob, 4)) for t in content], "SSE and JSON report the same logprobs"
+
+
+def test_completions_logprobs_n_and_logit_bias(nano):
+    client = nano.client()
+    r = client.completions.create(model="gpt-oss-20b", prompt="The capital of France is", max_tokens=8,
+                                  temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 8
+    assert "".join(lp.tokens) == r.choices[0].text
+    assert lp.text_offset[0] == 0 and all(a < b for a, b in zip(lp.text_offset, lp.text_offset[1:]))
+    # A +100 bias on one token makes it the only choice; -100 bans the greedy first token.
+    forced = client.completions.create(model="gpt-oss-20b", prompt="The capital of France is",
+                                       max_tokens=4, temperature=0, logprobs=0,
+                                       logit_bias={"12194": 100})
+    assert len(set(forced.choices[0].logprobs.tokens)) == 1, forced
+    assert forced.choices[0].logprobs.tokens[0] != lp.tokens[0]
+    many = client.completions.create(model="gpt-oss-20b", prompt="The capital of France is", max_tokens=8,
+                                     temperature=1.0, seed=1, n=3)
+    assert [c.index for c in many.choices] == [0, 1, 2]
+
+
+def test_penalties_change_a_repetitive_greedy_answer(nano):
+    client = nano.client()
+    kw = dict(model="gpt-oss-20b", prompt="a a a a a a a a a a a a", max_tokens=24, temperature=0)
+    plain = client.completions.create(**kw).choices[0].text
+    freq = client.completions.create(frequency_penalty=2.0, **kw).choices[0].text
+    pres = client.completions.create(presence_penalty=2.0, **kw).choices[0].text
+    rep = client.completions.create(extra_body={"repetition_penalty": 2.0}, **kw).choices[0].text
+    assert freq != plain and pres != plain and rep != plain, (plain, freq, pres, rep)
+
+
+def test_fingerprint_usage_details_and_defaults(nano):
+    client = nano.client()
+    kw = dict(model="gpt-oss-20b", messages=_messages(0), max_tokens=4, temperature=0)
+    a = client.chat.completions.create(**kw)
+    b = client.chat.completions.create(**kw)
+    assert a.system_fingerprint and a.system_fingerprint == b.system_fingerprint
+    assert a.usage.prompt_tokens_details.cached_tokens == 0
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    assert all("usage" in c.model_fields_set for c in chunks), "usage: null on every chunk"
+    assert all(c.usage is None for c in chunks[:-1]) and chunks[-1].usage is not None
+    # OpenAI's parameters at their defaults or null are accepted; unknown ones are not.
+    client.chat.completions.create(modalities=["text"], prediction=None, audio=None, functions=None,
+                                   logprobs=False, presence_penalty=0, frequency_penalty=0,
+                                   logit_bias={}, n=1, **kw)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(extra_body={"frobnicate": 1}, **kw)
+    assert e.value.body["code"] == "unknown_parameter" and e.value.body["param"] == "frobnicate"
