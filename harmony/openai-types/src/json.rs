@@ -18,7 +18,7 @@ pub fn find_duplicate_key(text: &[u8]) -> Option<String> {
     let mut found = None;
     let mut de = serde_json::Deserializer::from_slice(text);
     let walker = Walker {
-        path: String::new(),
+        at: None,
         found: &mut found,
     };
     // A parse error means invalid JSON: not ours to report.
@@ -26,19 +26,52 @@ pub fn find_duplicate_key(text: &[u8]) -> Option<String> {
     found
 }
 
-struct Walker<'f> {
-    path: String,
+/// Where a value sits, as a chain of frames on the walker's stack (no allocation unless a
+/// duplicate is found).
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+struct PathNode<'p> {
+    parent: Option<&'p PathNode<'p>>,
+    seg: Seg<'p>,
+}
+
+fn path_string(node: &PathNode<'_>) -> String {
+    let mut segs = Vec::new();
+    let mut n = Some(node);
+    while let Some(x) = n {
+        segs.push(&x.seg);
+        n = x.parent;
+    }
+    let mut out = String::new();
+    for seg in segs.into_iter().rev() {
+        match seg {
+            Seg::Key(k) if out.is_empty() => out.push_str(k),
+            Seg::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+struct Walker<'p, 'f> {
+    at: Option<&'p PathNode<'p>>,
     found: &'f mut Option<String>,
 }
 
-impl<'de> DeserializeSeed<'de> for Walker<'_> {
+impl<'de> DeserializeSeed<'de> for Walker<'_, '_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Walker<'_> {
+impl<'de> Visitor<'de> for Walker<'_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -71,9 +104,12 @@ impl<'de> Visitor<'de> for Walker<'_> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 return Ok(());
             }
-            let path = format!("{}[{i}]", self.path);
+            let node = PathNode {
+                parent: self.at,
+                seg: Seg::Index(i),
+            };
             let seed = Walker {
-                path,
+                at: Some(&node),
                 found: &mut *self.found,
             };
             if seq.next_element_seed(seed)?.is_none() {
@@ -88,33 +124,40 @@ impl<'de> Visitor<'de> for Walker<'_> {
         let mut small: Vec<Cow<'de, str>> = Vec::new();
         let mut large: Option<HashSet<Cow<'de, str>>> = None;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            let path = if self.path.is_empty() {
-                key.to_string()
-            } else {
-                format!("{}.{key}", self.path)
-            };
             let dup = match &mut large {
-                Some(set) => !set.insert(key),
-                None if small.contains(&key) => true,
+                Some(set) => set.contains(&key),
+                None => small.contains(&key),
+            };
+            if self.found.is_some() {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            {
+                let node = PathNode {
+                    parent: self.at,
+                    seg: Seg::Key(&key),
+                };
+                if dup {
+                    *self.found = Some(path_string(&node));
+                    map.next_value::<IgnoredAny>()?;
+                } else {
+                    map.next_value_seed(Walker {
+                        at: Some(&node),
+                        found: &mut *self.found,
+                    })?;
+                }
+            }
+            match &mut large {
+                Some(set) => {
+                    set.insert(key);
+                }
                 None => {
                     small.push(key);
                     if small.len() > 16 {
                         large = Some(small.drain(..).collect());
                     }
-                    false
                 }
-            };
-            if dup && self.found.is_none() {
-                *self.found = Some(path.clone());
             }
-            if self.found.is_some() {
-                map.next_value::<IgnoredAny>()?;
-                continue;
-            }
-            map.next_value_seed(Walker {
-                path,
-                found: &mut *self.found,
-            })?;
         }
         Ok(())
     }
