@@ -13,7 +13,7 @@ pub enum ApiError {
     #[error("{message}")]
     InvalidField { message: String, param: String },
     /// 400: a field OpenAI does not define (code `unknown_parameter`, as OpenAI sends).
-    #[error("Unrecognized request argument supplied: {0}")]
+    #[error("Unrecognized request argument supplied: `{0}`")]
     UnknownParameter(String),
     /// 400: the body is not JSON, or not an object.
     #[error("{0}")]
