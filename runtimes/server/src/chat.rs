@@ -208,21 +208,6 @@ fn chunk(
     }
 }
 
-/// A chunk as an SSE event; with `include_usage`, every chunk before the last carries
-/// `"usage": null`, as OpenAI sends it.
-fn chunk_event(c: &ChatCompletionChunk, include_usage: bool) -> Event {
-    if !include_usage || c.usage.is_some() {
-        return sse::json_event(c);
-    }
-    match serde_json::to_value(c) {
-        Ok(Value::Object(mut map)) => {
-            map.insert("usage".to_string(), Value::Null);
-            sse::json_event(&map)
-        }
-        _ => sse::json_event(c),
-    }
-}
-
 fn stream_response(
     meta: Meta,
     valid: ValidChat,
@@ -242,7 +227,7 @@ fn stream_response(
                 None,
                 None,
             );
-            chunk_event(&first, include_usage)
+            sse::chunk_event(&first, include_usage)
         })
         .collect();
     let head = stream::iter(firsts);
@@ -258,7 +243,10 @@ fn stream_response(
                         apply_delta(a, &d);
                     }
                 }
-                vec![chunk_event(&chunk(&meta, i, d, None, None), include_usage)]
+                vec![sse::chunk_event(
+                    &chunk(&meta, i, d, None, None),
+                    include_usage,
+                )]
             }
             GenEvent::Logprobs(lps) => {
                 let content = lps
@@ -272,7 +260,7 @@ fn stream_response(
                     None,
                     Some(logprobs::chat_logprobs(content)),
                 );
-                vec![chunk_event(&c, include_usage)]
+                vec![sse::chunk_event(&c, include_usage)]
             }
             GenEvent::Done {
                 finish_reason,
@@ -286,7 +274,7 @@ fn stream_response(
                         last.parsed = Some(p);
                     }
                 }
-                let mut v = vec![chunk_event(
+                let mut v = vec![sse::chunk_event(
                     &chunk(&meta, i, last, Some(finish_reason), None),
                     include_usage,
                 )];

@@ -75,21 +75,6 @@ fn completion(
     }
 }
 
-/// A chunk as an SSE event; with `include_usage`, every chunk before the last carries
-/// `"usage": null`, as OpenAI sends it.
-fn chunk_event(c: &Completion, include_usage: bool) -> axum::response::sse::Event {
-    if !include_usage || c.usage.is_some() {
-        return sse::json_event(c);
-    }
-    match serde_json::to_value(c) {
-        Ok(Value::Object(mut map)) => {
-            map.insert("usage".to_string(), Value::Null);
-            sse::json_event(&map)
-        }
-        _ => sse::json_event(c),
-    }
-}
-
 /// One choice while its events arrive.
 #[derive(Default)]
 struct ChoiceState {
@@ -153,7 +138,7 @@ async fn serve(
         let heads: Vec<_> = match &echo {
             Some(text) => (0..valid.n)
                 .map(|i| {
-                    Ok::<_, std::convert::Infallible>(chunk_event(
+                    Ok::<_, std::convert::Infallible>(sse::chunk_event(
                         &completion(&meta, i, text.clone(), None, None),
                         include_usage,
                     ))
@@ -171,7 +156,7 @@ async fn serve(
                         if let Some(o) = offsets.get_mut(i as usize) {
                             *o += text.len();
                         }
-                        vec![chunk_event(
+                        vec![sse::chunk_event(
                             &completion(&meta, i, text, None, None),
                             include_usage,
                         )]
@@ -187,7 +172,7 @@ async fn serve(
                         .map(|lp| tokenizer.token_bytes_or_replacement(lp.token).len())
                         .sum();
                     l.push(&tokenizer, &lps, offset.saturating_sub(len));
-                    vec![chunk_event(
+                    vec![sse::chunk_event(
                         &completion(&meta, i, String::new(), None, Some(l.take())),
                         include_usage,
                     )]
@@ -196,7 +181,7 @@ async fn serve(
                     finish_reason,
                     usage,
                 } => {
-                    let mut v = vec![chunk_event(
+                    let mut v = vec![sse::chunk_event(
                         &completion(&meta, i, String::new(), Some(finish_reason), None),
                         include_usage,
                     )];

@@ -24,3 +24,18 @@ pub fn error_event(e: &ApiError) -> Event {
 pub fn done_event() -> Event {
     Event::default().data("[DONE]")
 }
+
+/// A streamed chunk as an SSE event. With `include_usage`, every chunk without usage (all but
+/// the last) carries `"usage": null`, as OpenAI sends it.
+pub fn chunk_event<T: Serialize>(chunk: &T, include_usage: bool) -> Event {
+    if !include_usage {
+        return json_event(chunk);
+    }
+    match serde_json::to_value(chunk) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.entry("usage").or_insert(serde_json::Value::Null);
+            json_event(&map)
+        }
+        _ => json_event(chunk),
+    }
+}
