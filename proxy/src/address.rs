@@ -18,6 +18,8 @@ use config::AdminConfig;
 pub struct SelfIdentity {
     /// The `Via` received-by value of this process: `gpt-oss-lb-` and 16 random hex digits.
     pub via: String,
+    /// Our `Via` entry as sent: `1.1 ` and `via`.
+    pub via_entry: http::HeaderValue,
     /// The addresses the proxy listens on.
     pub listeners: Vec<SocketAddr>,
 }
@@ -25,8 +27,12 @@ pub struct SelfIdentity {
 impl SelfIdentity {
     /// A new identity for a process listening on `listeners`.
     pub fn new(listeners: Vec<SocketAddr>) -> SelfIdentity {
+        let via = format!("gpt-oss-lb-{:016x}", rand_u64());
         SelfIdentity {
-            via: format!("gpt-oss-lb-{:016x}", rand_u64()),
+            // Hex digits and a fixed prefix: always a valid header value.
+            via_entry: http::HeaderValue::from_str(&format!("1.1 {via}"))
+                .unwrap_or_else(|_| http::HeaderValue::from_static("1.1 gpt-oss-lb")),
+            via,
             listeners,
         }
     }
@@ -40,14 +46,6 @@ impl SelfIdentity {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|entry| entry.split_whitespace().nth(1) == Some(self.via.as_str()))
-    }
-
-    /// The `Via` value to send upstream: what the request had, then our entry.
-    pub fn via_header(&self, prior: Option<&str>) -> String {
-        match prior {
-            Some(p) if !p.trim().is_empty() => format!("{p}, 1.1 {}", self.via),
-            _ => format!("1.1 {}", self.via),
-        }
     }
 
     /// Whether `addr` reaches one of this process's listeners: the same port on the same
@@ -176,8 +174,17 @@ mod tests {
         let m = me(1);
         let mut h = http::HeaderMap::new();
         assert!(!m.is_loop(&h));
-        let v = m.via_header(Some("1.1 other-proxy"));
-        h.insert(http::header::VIA, v.parse().expect("value"));
+        let mut req = pingora::http::RequestHeader::build("POST", b"/v1/chat/completions", None)
+            .expect("request");
+        req.insert_header(http::header::VIA, "1.1 other-proxy")
+            .expect("header");
+        crate::headers::append_to_list(&mut req, http::header::VIA, m.via_entry.clone())
+            .expect("append");
+        assert_eq!(
+            req.headers.get(http::header::VIA).map(|v| v.as_bytes()),
+            Some(format!("1.1 other-proxy, 1.1 {}", m.via).as_bytes())
+        );
+        h.insert(http::header::VIA, req.headers[http::header::VIA].clone());
         assert!(m.is_loop(&h));
         let other = me(1);
         assert!(!other.is_loop(&h), "another LB's entry is not a loop");

@@ -30,6 +30,10 @@ pub struct Backend {
     pub model_type: ModelType,
     /// The address connections go to (resolved once, when the backend is defined).
     pub addr: SocketAddr,
+    /// The `Host` header sent to it (`url`'s authority), made once.
+    pub host_header: http::HeaderValue,
+    /// The `Authorization` header sent to it (`Bearer` and its `api_key`), made once.
+    pub authorization: Option<http::HeaderValue>,
     pub health: HealthState,
     inflight: AtomicU64,
     requests: AtomicU64,
@@ -65,12 +69,23 @@ impl std::fmt::Debug for Backend {
 impl Backend {
     pub fn new(def: BackendConfig, source: Source, url: BackendUrl, addr: SocketAddr) -> Self {
         let model_type = def.model_type;
+        // Both are checked when the backend is defined (a URL's authority and a key are
+        // header-safe); a value that is not is left out rather than sent broken.
+        let host_header = http::HeaderValue::from_str(&url.authority())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("localhost"));
+        let authorization = def.api_key.as_ref().and_then(|k| {
+            let mut v = http::HeaderValue::from_str(&format!("Bearer {k}")).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        });
         Backend {
             def,
             source,
             url,
             model_type,
             addr,
+            host_header,
+            authorization,
             health: HealthState::new(),
             inflight: AtomicU64::new(0),
             requests: AtomicU64::new(0),

@@ -41,41 +41,42 @@ pub fn upstream_request(
     client_ip: Option<std::net::IpAddr>,
     body_len: usize,
 ) -> pingora::Result<()> {
+    // One pass over the names the request has (most carry none of these), then removal.
+    let mut drop: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(n) || **n == header::AUTHORIZATION || **n == header::EXPECT)
+        .cloned()
+        .collect();
     if req.headers.contains_key(header::CONNECTION) {
-        for name in connection_listed(&req.headers) {
-            req.remove_header(&name);
-        }
+        drop.extend(connection_listed(&req.headers));
     }
-    for name in HOP_BY_HOP.iter().chain(&[
-        header::AUTHORIZATION,
-        header::CONTENT_LENGTH,
-        header::EXPECT,
-    ]) {
+    for name in &drop {
         req.remove_header(name);
     }
     if let Some(ip) = client_ip {
-        let prior = req
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let xff = if prior.is_empty() {
-            ip.to_string()
-        } else {
-            format!("{prior}, {ip}")
-        };
-        req.insert_header("x-forwarded-for", xff)?;
+        // An IP address's text is always a valid header value.
+        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+            append_to_list(req, HeaderName::from_static("x-forwarded-for"), v)?;
+        }
     }
     req.insert_header(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static("http"),
     )?;
-    req.insert_header(header::HOST, backend.url.authority())?;
-    req.insert_header(header::CONTENT_LENGTH, HeaderValue::from(body_len))?;
-    if let Some(key) = &backend.def.api_key {
-        req.insert_header("authorization", format!("Bearer {key}"))?;
+    req.insert_header(header::HOST, backend.host_header.clone())?;
+    // The body is sent whole: its length, unless the client's header already says so.
+    let length_holds = req
+        .headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .map(|v| v.as_bytes())
+        .eq([body_len.to_string().as_bytes()]);
+    if !length_holds {
+        req.insert_header(header::CONTENT_LENGTH, HeaderValue::from(body_len))?;
+    }
+    if let Some(auth) = &backend.authorization {
+        req.insert_header(header::AUTHORIZATION, auth.clone())?;
     }
     if !backend.url.prefix.is_empty() {
         let path = req.uri.path();
@@ -93,19 +94,52 @@ pub fn upstream_request(
     Ok(())
 }
 
+/// Set the list header `name` (`Via`, `X-Forwarded-For`) to its values so far, joined by
+/// `, `, followed by `value` (RFC 9110 section 5.3: a list field's lines combine that way).
+/// Empty and non-ASCII values so far are dropped.
+pub fn append_to_list(
+    req: &mut RequestHeader,
+    name: HeaderName,
+    value: HeaderValue,
+) -> pingora::Result<()> {
+    let mut prior = req
+        .headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter(|s| !s.trim().is_empty())
+        .peekable();
+    if prior.peek().is_none() {
+        return req.insert_header(name, value);
+    }
+    let mut joined = Vec::new();
+    for p in prior {
+        joined.extend_from_slice(p.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(value.as_bytes());
+    let joined = HeaderValue::from_bytes(&joined).map_err(|_| {
+        pingora::Error::explain(pingora::ErrorType::InternalError, "bad list header value")
+    })?;
+    req.insert_header(name, joined)
+}
+
 /// Strip hop-by-hop headers from the backend's response (framing is Pingora's job).
 pub fn downstream_response(resp: &mut ResponseHeader) {
+    let mut drop: Vec<HeaderName> = resp
+        .headers
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(n) && **n != header::TRANSFER_ENCODING)
+        .cloned()
+        .collect();
     if resp.headers.contains_key(header::CONNECTION) {
-        for name in connection_listed(&resp.headers) {
-            if name != header::TRANSFER_ENCODING {
-                resp.remove_header(&name);
-            }
-        }
+        drop.extend(
+            connection_listed(&resp.headers)
+                .into_iter()
+                .filter(|n| *n != header::TRANSFER_ENCODING),
+        );
     }
-    for name in HOP_BY_HOP
-        .iter()
-        .filter(|n| **n != header::TRANSFER_ENCODING)
-    {
+    for name in &drop {
         resp.remove_header(name);
     }
 }

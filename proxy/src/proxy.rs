@@ -351,18 +351,11 @@ impl ProxyHttp for Lb {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         crate::headers::upstream_request(req, attempt.backend(), client_ip, routed.body.len())?;
-        let prior = req
-            .headers
-            .get_all(http::header::VIA)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let via = self
-            .shared
-            .identity
-            .via_header((!prior.is_empty()).then_some(prior.as_str()));
-        req.insert_header(http::header::VIA, via)?;
+        crate::headers::append_to_list(
+            req,
+            http::header::VIA,
+            self.shared.identity.via_entry.clone(),
+        )?;
         Ok(())
     }
 
@@ -507,12 +500,12 @@ impl ProxyHttp for Lb {
                 return None;
             }
             let mut opts =
-                RewriteOptions::from_request(&r.body, r.stream, r.chat, r.separate_thinking);
+                RewriteOptions::from_request(r.body.clone(), r.stream, r.chat, r.separate_thinking);
             opts.max_event_bytes = max_event_bytes;
             rewrite::for_response(backend.model_type, content_type.as_deref(), &opts)
         });
-        if rewriter.is_some() {
-            resp.remove_header("content-length");
+        if rewriter.as_ref().is_some_and(|r| r.may_change_body()) {
+            resp.remove_header(&http::header::CONTENT_LENGTH);
         }
         resp.insert_header("x-gpt-oss-lb-backend", backend.name())?;
         if let Some(a) = ctx.attempt.as_mut() {

@@ -17,6 +17,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use harmony::message::Role;
@@ -41,6 +42,11 @@ pub trait BodyRewriter: Send + Sync {
     fn chunk(&mut self, data: &[u8]) -> Result<Bytes, ApiError>;
     /// The end of the body: flush what is held back.
     fn finish(&mut self) -> Result<Bytes, ApiError>;
+    /// Whether the body delivered may differ from the backend's (so its `Content-Length`
+    /// no longer holds). A rewriter that only checks keeps the backend's framing.
+    fn may_change_body(&self) -> bool {
+        true
+    }
 }
 
 /// The largest non-streaming answer held for checking (bytes).
@@ -53,12 +59,8 @@ pub struct RewriteOptions {
     pub chat: bool,
     /// The largest SSE event held while rewriting (bytes); a larger one ends the stream.
     pub max_event_bytes: usize,
-    /// The seed's request half (`developer_instructions`, `history`) when the request set
-    /// `separate_thinking`.
-    pub seed: Option<SeedContext>,
-    /// The functions the request offered and its `tool_choice` allows: only calls to these
-    /// become `tool_calls`.
-    pub tools: ToolGate,
+    /// What rewriting reads from the request, parsed only when an answer needs rewriting.
+    pub request: Arc<RequestFacts>,
 }
 
 /// The request fields the tool gate needs (the rest of the body is not read).
@@ -70,33 +72,72 @@ struct ToolFields {
     tool_choice: Option<ToolChoice>,
 }
 
+/// What rewriting reads from the client's request body: the tool gate and, when the request
+/// set `separate_thinking`, the seed's request half. The body is parsed on first use, so an
+/// answer that needs no rewriting (parsed output, an `openai` backend) never pays for it.
+#[derive(Debug)]
+pub struct RequestFacts {
+    body: Bytes,
+    chat: bool,
+    separate_thinking: bool,
+    parsed: OnceLock<(Option<SeedContext>, ToolGate)>,
+}
+
+impl RequestFacts {
+    /// Facts of the request `body` (as the client sent it), for a chat request or not.
+    pub fn new(body: Bytes, chat: bool, separate_thinking: bool) -> Self {
+        RequestFacts {
+            body,
+            chat,
+            separate_thinking,
+            parsed: OnceLock::new(),
+        }
+    }
+
+    fn parsed(&self) -> &(Option<SeedContext>, ToolGate) {
+        self.parsed.get_or_init(|| {
+            let seed = self.separate_thinking.then(|| {
+                serde_json::from_slice::<ChatCompletionRequest>(&self.body)
+                    .map(|r| SeedContext::from_request(&r))
+                    .unwrap_or_default()
+            });
+            let tools = if self.chat {
+                serde_json::from_slice::<ToolFields>(&self.body)
+                    .map(|f| {
+                        ToolGate::from_tools(
+                            f.tools.as_deref().unwrap_or_default(),
+                            f.tool_choice.as_ref(),
+                        )
+                    })
+                    .unwrap_or_default()
+            } else {
+                ToolGate::none()
+            };
+            (seed, tools)
+        })
+    }
+
+    /// The seed's request half (`developer_instructions`, `history`) when the request set
+    /// `separate_thinking`.
+    pub fn seed(&self) -> Option<&SeedContext> {
+        self.parsed().0.as_ref()
+    }
+
+    /// The functions the request offered and its `tool_choice` allows: only calls to these
+    /// become `tool_calls`. A body whose `tools` cannot be read allows no calls.
+    pub fn tools(&self) -> &ToolGate {
+        &self.parsed().1
+    }
+}
+
 impl RewriteOptions {
-    /// From the request body as the client sent it. A body whose `tools` cannot be read
-    /// allows no calls.
-    pub fn from_request(body: &[u8], stream: bool, chat: bool, separate_thinking: bool) -> Self {
-        let seed = separate_thinking.then(|| {
-            serde_json::from_slice::<ChatCompletionRequest>(body)
-                .map(|r| SeedContext::from_request(&r))
-                .unwrap_or_default()
-        });
-        let tools = if chat {
-            serde_json::from_slice::<ToolFields>(body)
-                .map(|f| {
-                    ToolGate::from_tools(
-                        f.tools.as_deref().unwrap_or_default(),
-                        f.tool_choice.as_ref(),
-                    )
-                })
-                .unwrap_or_default()
-        } else {
-            ToolGate::none()
-        };
+    /// From the request body as the client sent it.
+    pub fn from_request(body: Bytes, stream: bool, chat: bool, separate_thinking: bool) -> Self {
         RewriteOptions {
             stream,
             chat,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
-            seed,
-            tools,
+            request: Arc::new(RequestFacts::new(body, chat, separate_thinking)),
         }
     }
 }
@@ -116,18 +157,14 @@ pub fn for_response(
     let harmony = model_type == config::ModelType::GptOss && opts.chat;
     if ct.starts_with("text/event-stream") {
         harmony.then(|| {
-            Box::new(SseRewriter::new(
-                opts.seed.clone(),
-                opts.tools.clone(),
-                opts.max_event_bytes,
-            )) as Box<dyn BodyRewriter>
+            Box::new(SseRewriter::new(opts.request.clone(), opts.max_event_bytes))
+                as Box<dyn BodyRewriter>
         })
     } else if ct.starts_with("application/json") && !opts.stream {
         Some(Box::new(JsonRewriter {
             buf: BytesMut::new(),
-            seed: opts.seed.clone(),
             rewrite: harmony,
-            tools: opts.tools.clone(),
+            request: opts.request.clone(),
         }))
     } else {
         None
@@ -198,6 +235,13 @@ fn parse_lenient<T: serde::de::DeserializeOwned>(text: &[u8]) -> serde_json::Res
 
 fn has_harmony_tokens(s: &str) -> bool {
     s.contains("<|")
+}
+
+/// Whether JSON text `raw` may hold a string with harmony's special tokens: it has `<|`, or
+/// an escape (`\u003c`, or any `\u` escape, which could spell either character). Text
+/// without either has no `<|` in any decoded string, so it needs no parsing to pass on.
+fn may_carry_harmony(raw: &[u8]) -> bool {
+    memchr::memmem::find(raw, b"<|").is_some() || memchr::memmem::find(raw, b"\\u").is_some()
 }
 
 /// A message or delta that already carries parsed fields came from a backend in parsed mode:
@@ -343,23 +387,27 @@ impl EventScanner {
     /// from its front.
     fn next_end(&mut self, buf: &[u8]) -> Option<usize> {
         while self.pos < buf.len() {
-            let b = buf[self.pos];
-            self.pos += 1;
-            if std::mem::take(&mut self.after_cr) && b == b'\n' {
+            if std::mem::take(&mut self.after_cr) && buf[self.pos] == b'\n' {
+                self.pos += 1; // the LF of a CRLF line end
                 continue;
             }
-            match b {
-                b'\n' | b'\r' => {
-                    self.after_cr = b == b'\r';
-                    if self.line_empty {
-                        let end = self.pos;
-                        self.pos = 0;
-                        return Some(end);
-                    }
-                    self.line_empty = true;
-                }
-                _ => self.line_empty = false,
+            // Jump to the next line end; the bytes before it are the line's.
+            let Some(i) = memchr::memchr2(b'\n', b'\r', &buf[self.pos..]) else {
+                self.line_empty = false;
+                self.pos = buf.len();
+                return None;
+            };
+            if i > 0 {
+                self.line_empty = false;
             }
+            self.pos += i + 1;
+            self.after_cr = buf[self.pos - 1] == b'\r';
+            if self.line_empty {
+                let end = self.pos;
+                self.pos = 0;
+                return Some(end);
+            }
+            self.line_empty = true;
         }
         None
     }
@@ -476,10 +524,9 @@ impl FrameDelta<'_> {
 /// Non-streaming: the body is one JSON document, held until complete and checked.
 struct JsonRewriter {
     buf: BytesMut,
-    seed: Option<SeedContext>,
     /// Rewrite raw harmony (a `gpt-oss` chat completion), else only check.
     rewrite: bool,
-    tools: ToolGate,
+    request: Arc<RequestFacts>,
 }
 
 impl BodyRewriter for JsonRewriter {
@@ -506,15 +553,19 @@ impl BodyRewriter for JsonRewriter {
                 Some("upstream_invalid_json"),
             ));
         }
-        if !self.rewrite {
+        if !self.rewrite || !may_carry_harmony(&body) {
             return Ok(body);
         }
         Ok(
-            match rewrite_completion(&body, self.seed.as_ref(), &self.tools) {
+            match rewrite_completion(&body, self.request.seed(), self.request.tools()) {
                 Some(v) => Bytes::from(v),
                 None => body,
             },
         )
+    }
+
+    fn may_change_body(&self) -> bool {
+        self.rewrite
     }
 }
 
@@ -535,10 +586,10 @@ struct ChoiceStream {
 }
 
 impl ChoiceStream {
-    fn new(tools: ToolGate) -> Self {
+    fn new() -> Self {
         ChoiceStream {
             parser: TextParser::new(Some(Role::Assistant)),
-            mapper: Some(DeltaMapper::new(tools)),
+            mapper: None,
             mode: Mode::Passthrough,
         }
     }
@@ -547,9 +598,15 @@ impl ChoiceStream {
     /// (in a delta without parsed fields) switches the choice to rewriting for the rest of
     /// the stream; until then deltas (role, parsed content, reasoning, tool calls, finish)
     /// pass through untouched.
-    fn decide(&mut self, content: Option<&str>, parsed: impl FnOnce() -> bool) -> Mode {
+    fn decide(
+        &mut self,
+        content: Option<&str>,
+        parsed: impl FnOnce() -> bool,
+        request: &RequestFacts,
+    ) -> Mode {
         if self.mode == Mode::Passthrough && content.is_some_and(has_harmony_tokens) && !parsed() {
             self.mode = Mode::Rewrite;
+            self.mapper = Some(DeltaMapper::new(request.tools().clone()));
         }
         self.mode
     }
@@ -593,22 +650,23 @@ pub struct SseRewriter {
     scanner: EventScanner,
     max_event_bytes: usize,
     choices: BTreeMap<u64, ChoiceStream>,
-    seed: Option<SeedContext>,
-    /// The functions calls may go to (see [`RewriteOptions::tools`]).
-    tools: ToolGate,
+    /// The request: the seed and the functions calls may go to.
+    request: Arc<RequestFacts>,
+    /// Some choice is being rewritten: every event is parsed from now on.
+    rewriting: bool,
 }
 
 impl SseRewriter {
     /// A rewriter that holds at most `max_event_bytes` of one incomplete event, with tool
     /// calls only to the functions `tools` allows.
-    pub fn new(seed: Option<SeedContext>, tools: ToolGate, max_event_bytes: usize) -> Self {
+    pub fn new(request: Arc<RequestFacts>, max_event_bytes: usize) -> Self {
         SseRewriter {
             pending: BytesMut::new(),
             scanner: EventScanner::new(),
             max_event_bytes,
             choices: BTreeMap::new(),
-            seed,
-            tools,
+            request,
+            rewriting: false,
         }
     }
 
@@ -658,6 +716,10 @@ impl SseRewriter {
     /// copied as raw JSON and only `index`, `delta.content` and `finish_reason` are read.
     /// Anything else takes the general path on a `serde_json::Value`.
     fn event(&mut self, raw: &[u8], out: &mut BytesMut) {
+        if !self.rewriting && !may_carry_harmony(raw) {
+            out.extend_from_slice(raw); // no choice is rewritten and none can start here
+            return;
+        }
         let Some(data) = sse_data(raw) else {
             out.extend_from_slice(raw); // comments, other fields
             return;
@@ -681,11 +743,14 @@ impl SseRewriter {
             let mode = self
                 .choices
                 .entry(c.index.unwrap_or(0))
-                .or_insert_with(|| ChoiceStream::new(self.tools.clone()))
-                .decide(content, || {
-                    c.delta.as_ref().is_some_and(FrameDelta::already_parsed)
-                });
+                .or_insert_with(ChoiceStream::new)
+                .decide(
+                    content,
+                    || c.delta.as_ref().is_some_and(FrameDelta::already_parsed),
+                    &self.request,
+                );
             rewrite += usize::from(mode == Mode::Rewrite);
+            self.rewriting |= mode == Mode::Rewrite;
         }
         if rewrite == 0 {
             out.extend_from_slice(raw);
@@ -703,7 +768,7 @@ impl SseRewriter {
                 st.rewrite(
                     c.delta.as_ref().and_then(|d| d.content.as_deref()),
                     c.finish_reason.as_deref(),
-                    self.seed.as_ref(),
+                    self.request.seed(),
                     &prefix,
                     index,
                     out,
@@ -749,13 +814,13 @@ impl SseRewriter {
                 .pointer("/delta/content")
                 .and_then(Value::as_str)
                 .map(str::to_string);
-            let st = self
-                .choices
-                .entry(index)
-                .or_insert_with(|| ChoiceStream::new(self.tools.clone()));
-            let mode = st.decide(content.as_deref(), || {
-                choice.get("delta").is_some_and(already_parsed)
-            });
+            let st = self.choices.entry(index).or_insert_with(ChoiceStream::new);
+            let mode = st.decide(
+                content.as_deref(),
+                || choice.get("delta").is_some_and(already_parsed),
+                &self.request,
+            );
+            self.rewriting |= mode == Mode::Rewrite;
             if mode != Mode::Rewrite {
                 // No raw harmony in this choice (yet): as it is.
                 let mut chunk = envelope.clone();
@@ -769,7 +834,7 @@ impl SseRewriter {
             st.rewrite(
                 content.as_deref(),
                 finish.as_deref(),
-                self.seed.as_ref(),
+                self.request.seed(),
                 prefix,
                 index,
                 out,
@@ -822,6 +887,47 @@ impl BodyRewriter for SseRewriter {
 mod tests {
     use super::*;
 
+    /// The facts of a request that offered no tools and did not set `separate_thinking`.
+    fn no_request() -> Arc<RequestFacts> {
+        Arc::new(RequestFacts::new(Bytes::new(), false, false))
+    }
+
+    /// A stream whose first special token arrives escaped (`\u003c|`) is still rewritten:
+    /// the check that lets events through unparsed never misses a spelling of `<|`.
+    #[test]
+    fn escaped_special_tokens_are_rewritten() {
+        let env = r#""id":"c1","object":"chat.completion.chunk","created":1,"model":"m""#;
+        let mut sse = String::new();
+        for c in [
+            r"\u003c|channel|>final",
+            r"\u003C|message|\u003e",
+            "Paris",
+            r"\u003c\u007creturn\u007c\u003e",
+        ] {
+            sse.push_str(&format!(
+                "data: {{{env},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{c}\"}},\"finish_reason\":null}}]}}\n\n"
+            ));
+        }
+        sse.push_str(&format!(
+            "data: {{{env},\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\ndata: [DONE]\n\n"
+        ));
+        let mut r = SseRewriter::new(no_request(), DEFAULT_MAX_EVENT_BYTES);
+        let mut out = r.chunk(sse.as_bytes()).expect("chunk").to_vec();
+        out.extend_from_slice(&r.finish().expect("finish"));
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(
+            !text.contains("channel") && !text.contains("u003c"),
+            "{text}"
+        );
+        assert!(text.contains(r#""content":"Paris""#), "{text}");
+        // Content without special tokens, in no spelling, passes byte for byte.
+        let plain = format!(
+            "data: {{{env},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"a < b | c\"}},\"finish_reason\":null}}]}}\n\n"
+        );
+        let mut r = SseRewriter::new(no_request(), DEFAULT_MAX_EVENT_BYTES);
+        assert_eq!(r.chunk(plain.as_bytes()).expect("chunk"), plain.as_bytes());
+    }
+
     /// The borrowed fast path of `SseRewriter::event` writes the same frames as the general
     /// path on `Value`s, for a stream cut at every 7th byte.
     #[test]
@@ -846,14 +952,14 @@ mod tests {
         ));
         sse.push_str(": a comment\n\ndata: [DONE]\n\n");
 
-        let mut fast = SseRewriter::new(None, ToolGate::none(), DEFAULT_MAX_EVENT_BYTES);
+        let mut fast = SseRewriter::new(no_request(), DEFAULT_MAX_EVENT_BYTES);
         let mut a = Vec::new();
         for piece in sse.as_bytes().chunks(7) {
             a.extend_from_slice(&fast.chunk(piece).expect("chunk"));
         }
         a.extend_from_slice(&fast.finish().expect("finish"));
 
-        let mut general = SseRewriter::new(None, ToolGate::none(), DEFAULT_MAX_EVENT_BYTES);
+        let mut general = SseRewriter::new(no_request(), DEFAULT_MAX_EVENT_BYTES);
         let mut b = BytesMut::new();
         let mut rest = sse.as_bytes();
         let mut scanner = EventScanner::new();
@@ -966,7 +1072,7 @@ mod tests {
             sse.push_str(&format!("data: {f}\n\n"));
         }
         sse.push_str("data: [DONE]\n\n");
-        let mut r = SseRewriter::new(None, ToolGate::none(), DEFAULT_MAX_EVENT_BYTES);
+        let mut r = SseRewriter::new(no_request(), DEFAULT_MAX_EVENT_BYTES);
         let mut out = Vec::new();
         for read in sse.as_bytes().chunks(5) {
             out.extend_from_slice(&r.chunk(read).expect("chunk"));
@@ -987,7 +1093,7 @@ mod tests {
                 let d = json!({"id":"c","choices":[{"index":0,"delta":{"content":piece},"finish_reason":null}]});
                 sse.push_str(&format!("data: {d}{eol}{eol}"));
             }
-            let mut r = SseRewriter::new(None, ToolGate::none(), DEFAULT_MAX_EVENT_BYTES);
+            let mut r = SseRewriter::new(no_request(), DEFAULT_MAX_EVENT_BYTES);
             let out = r.chunk(sse.as_bytes()).expect("chunk");
             let text = String::from_utf8_lossy(&out);
             assert!(!text.contains("<|"), "{eol:?}: raw harmony leaked: {text}");
@@ -1000,7 +1106,7 @@ mod tests {
 
     #[test]
     fn an_event_over_the_limit_ends_the_stream_and_memory_is_bounded() {
-        let mut r = SseRewriter::new(None, ToolGate::none(), 1024);
+        let mut r = SseRewriter::new(no_request(), 1024);
         assert!(r.chunk(b"data: {\"choices\":").is_ok());
         let big = vec![b'x'; 2048];
         let err = r.chunk(&big).expect_err("over the limit");
@@ -1047,7 +1153,7 @@ mod tests {
             json!({"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
         ));
         sse.push_str("data: [DONE]\n\n");
-        let mut r = SseRewriter::new(None, ToolGate::none(), DEFAULT_MAX_EVENT_BYTES);
+        let mut r = SseRewriter::new(no_request(), DEFAULT_MAX_EVENT_BYTES);
         let mut out = Vec::new();
         for read in sse.as_bytes().chunks(7) {
             out.extend_from_slice(&r.chunk(read).expect("chunk"));
@@ -1080,7 +1186,7 @@ mod tests {
                 .collect()
         };
         let req = body.to_string();
-        let opts = RewriteOptions::from_request(req.as_bytes(), false, true, false);
+        let opts = RewriteOptions::from_request(Bytes::from(req.clone()), false, true, false);
         let mut json_rw = for_response(gpt_oss, Some("application/json"), &opts).expect("json");
         let resp = json!({"choices":[{"index":0,"message":{"role":"assistant","content":raw},"finish_reason":"stop"}]});
         let _ = json_rw.chunk(resp.to_string().as_bytes());
@@ -1095,7 +1201,7 @@ mod tests {
                 .to_string(),
         );
 
-        let opts = RewriteOptions::from_request(req.as_bytes(), true, true, false);
+        let opts = RewriteOptions::from_request(Bytes::from(req.clone()), true, true, false);
         let mut sse_rw = for_response(gpt_oss, Some("text/event-stream"), &opts).expect("sse");
         let mut sse = String::new();
         for piece in raw.as_bytes().chunks(5) {

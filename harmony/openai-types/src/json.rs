@@ -10,20 +10,55 @@ use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
 /// The path of the first duplicate object key in `text` (`messages[0].content`, or `model` at
 /// the top level); `None` when there is none or `text` is not valid JSON (the caller's parser
 /// reports that).
 pub fn find_duplicate_key(text: &[u8]) -> Option<String> {
+    scan(text, &[]).ok()?.duplicate
+}
+
+/// What [`scan`] finds in one pass over a JSON text.
+#[derive(Debug)]
+pub struct Scan<'a> {
+    /// The path of the first duplicate object key, as [`find_duplicate_key`] gives it.
+    pub duplicate: Option<String>,
+    /// For each name asked for, the raw text of the top-level object's member of that name
+    /// (the first one when the key is duplicated); `None` when the member is absent or the
+    /// text is not an object.
+    pub members: Vec<Option<&'a RawValue>>,
+}
+
+/// One pass over JSON `text`: the first duplicate key at any depth, and the top-level
+/// members named in `names` as raw text (to be parsed by the caller), so that a router reads
+/// the fields it needs and checks the keys without parsing the body twice.
+///
+/// Errors: `text` is not valid JSON (serde_json's error, with line and column).
+pub fn scan<'a>(text: &'a [u8], names: &[&str]) -> Result<Scan<'a>, serde_json::Error> {
     let mut found = None;
+    let mut top = Top {
+        names,
+        members: vec![None; names.len()],
+    };
     let mut de = serde_json::Deserializer::from_slice(text);
-    let walker = Walker {
+    Walker {
         at: None,
         found: &mut found,
-    };
-    // A parse error means invalid JSON: not ours to report.
-    walker.deserialize(&mut de).ok()?;
-    found
+        top: Some(&mut top),
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(Scan {
+        duplicate: found,
+        members: top.members,
+    })
+}
+
+/// The top-level members [`scan`] keeps.
+struct Top<'n, 'a> {
+    names: &'n [&'n str],
+    members: Vec<Option<&'a RawValue>>,
 }
 
 /// Where a value sits, as a chain of frames on the walker's stack (no allocation unless a
@@ -59,19 +94,21 @@ fn path_string(node: &PathNode<'_>) -> String {
     out
 }
 
-struct Walker<'p, 'f> {
+struct Walker<'p, 'f, 't, 'n, 'de> {
     at: Option<&'p PathNode<'p>>,
     found: &'f mut Option<String>,
+    /// Set on the root only: its members to keep, when it is an object.
+    top: Option<&'t mut Top<'n, 'de>>,
 }
 
-impl<'de> DeserializeSeed<'de> for Walker<'_, '_> {
+impl<'de> DeserializeSeed<'de> for Walker<'_, '_, '_, '_, 'de> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Walker<'_, '_> {
+impl<'de> Visitor<'de> for Walker<'_, '_, '_, '_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -111,6 +148,7 @@ impl<'de> Visitor<'de> for Walker<'_, '_> {
             let seed = Walker {
                 at: Some(&node),
                 found: &mut *self.found,
+                top: None,
             };
             if seq.next_element_seed(seed)?.is_none() {
                 return Ok(());
@@ -119,7 +157,7 @@ impl<'de> Visitor<'de> for Walker<'_, '_> {
         }
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
         // Small objects (the usual case) compare in a Vec; large ones use a set.
         let mut small: Vec<Cow<'de, str>> = Vec::new();
         let mut large: Option<HashSet<Cow<'de, str>>> = None;
@@ -128,11 +166,32 @@ impl<'de> Visitor<'de> for Walker<'_, '_> {
                 Some(set) => set.contains(&key),
                 None => small.contains(&key),
             };
-            if self.found.is_some() {
+            let wanted = match (&dup, &self.top) {
+                (false, Some(top)) => top.names.iter().position(|n| *n == key),
+                _ => None,
+            };
+            if let (Some(i), Some(top)) = (wanted, self.top.as_deref_mut()) {
+                // Kept raw, then walked for duplicates inside it.
+                let raw: &'de RawValue = map.next_value()?;
+                top.members[i] = Some(raw);
+                if self.found.is_none() {
+                    let node = PathNode {
+                        parent: None,
+                        seg: Seg::Key(&key),
+                    };
+                    let mut inner = serde_json::Deserializer::from_str(raw.get());
+                    Walker {
+                        at: Some(&node),
+                        found: &mut *self.found,
+                        top: None,
+                    }
+                    .deserialize(&mut inner)
+                    .map_err(serde::de::Error::custom)?;
+                }
+            } else if self.found.is_some() {
                 map.next_value::<IgnoredAny>()?;
                 continue;
-            }
-            {
+            } else {
                 let node = PathNode {
                     parent: self.at,
                     seg: Seg::Key(&key),
@@ -144,6 +203,7 @@ impl<'de> Visitor<'de> for Walker<'_, '_> {
                     map.next_value_seed(Walker {
                         at: Some(&node),
                         found: &mut *self.found,
+                        top: None,
                     })?;
                 }
             }
@@ -166,6 +226,31 @@ impl<'de> Visitor<'de> for Walker<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scan_keeps_top_level_members_and_finds_duplicates_in_one_pass() {
+        let names = ["model", "stream", "user"];
+        let s = scan(
+            br#"{"messages":[{"model":"inner"}],"model":"m","stream":true}"#,
+            &names,
+        )
+        .expect("valid");
+        assert_eq!(s.duplicate, None);
+        let got: Vec<Option<&str>> = s.members.iter().map(|m| m.map(|r| r.get())).collect();
+        assert_eq!(got, [Some(r#""m""#), Some("true"), None]);
+        // A duplicate inside a kept member, and a kept member given twice.
+        let s = scan(br#"{"user":{"a":1,"a":2}}"#, &names).expect("valid");
+        assert_eq!(s.duplicate.as_deref(), Some("user.a"));
+        let s = scan(br#"{"model":"a","stream":false,"model":"b"}"#, &names).expect("valid");
+        assert_eq!(s.duplicate.as_deref(), Some("model"));
+        assert_eq!(s.members[0].map(|r| r.get()), Some(r#""a""#));
+        // Not JSON, or JSON followed by more text: errors.
+        assert!(scan(br#"{"model":"a""#, &names).is_err());
+        assert!(scan(br#"{"model":"a"} x"#, &names).is_err());
+        // Not an object: nothing kept.
+        let s = scan(br#"[{"model":"a"}]"#, &names).expect("valid");
+        assert!(s.members.iter().all(Option::is_none));
+    }
 
     #[test]
     fn duplicate_keys_are_found_at_any_depth() {

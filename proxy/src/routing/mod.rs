@@ -147,19 +147,10 @@ pub fn route_request(
     chat: bool,
     completion: bool,
 ) -> Result<Routed, ApiError> {
-    // Only the fields routing needs are built; `messages` and the rest are skipped by the
-    // parser without allocating (a full `Value` tree costs as much as the whole proxying).
-    #[derive(serde::Deserialize)]
-    struct Head {
-        #[serde(default)]
-        model: Option<Value>,
-        #[serde(default)]
-        stream: Option<Value>,
-        #[serde(default)]
-        separate_thinking: Option<Value>,
-        #[serde(default)]
-        user: Option<Value>,
-    }
+    // Only the fields routing needs are read, in the same pass that checks for duplicate
+    // keys; `messages` and the rest are skipped by the parser without allocating (a full
+    // `Value` tree costs as much as the whole proxying).
+    const FIELDS: [&str; 4] = ["model", "stream", "separate_thinking", "user"];
     let not_object = || {
         ApiError::new(
             ErrorKind::InvalidRequest,
@@ -190,18 +181,26 @@ pub fn route_request(
             );
         }
     }
-    let head: Head = serde_json::from_slice(&body).map_err(bad_json)?;
+    let scan = openai_types::json::scan(&body, &FIELDS).map_err(bad_json)?;
     // Duplicate keys anywhere: refused here as gpt-oss-server refuses them, so that a body
     // cannot mean one thing to the LB and another to the backend.
-    if let Some(path) = openai_types::json::find_duplicate_key(&body) {
+    if let Some(path) = scan.duplicate {
         return Err(ApiError::invalid(
             format!("duplicate key `{path}` in the JSON body"),
             &path,
         ));
     }
+    let field = |i: usize| -> Result<Option<Value>, ApiError> {
+        scan.members[i]
+            .map(|raw| serde_json::from_str::<Value>(raw.get()))
+            .transpose()
+            .map_err(bad_json)
+    };
+    let (head_model, head_stream, head_separate_thinking, head_user) =
+        (field(0)?, field(1)?, field(2)?, field(3)?);
     // The seed's clients send no `model`: such a request goes to `default_model`, or to the
     // only model served; with several models and no default it is a 400 naming them.
-    let (model, model_given) = match head.model {
+    let (model, model_given) = match head_model {
         Some(Value::String(s)) if !s.is_empty() => (s, true),
         None | Some(Value::Null) => match table.default_model() {
             Some(m) => (m, false),
@@ -227,13 +226,13 @@ pub fn route_request(
             ))
         }
     };
-    let stream = match head.stream {
+    let stream = match head_stream {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => b,
         Some(_) => return Err(ApiError::invalid("`stream` must be a boolean", "stream")),
     };
-    let separate_thinking = matches!(head.separate_thinking, Some(Value::Bool(true)));
-    let user = match head.user {
+    let separate_thinking = matches!(head_separate_thinking, Some(Value::Bool(true)));
+    let user = match head_user {
         Some(Value::String(s)) => Some(s),
         _ => None,
     };
