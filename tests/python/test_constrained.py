@@ -1,34 +1,64 @@
 """Constrained decoding on the embedded gpt-oss-nano at temperature 0.7, through the official
-OpenAI Python SDK: every answer must validate, 50 requests per kind (every other one streamed).
+OpenAI Python SDK: every answer must validate, 50 requests per kind (every other one streamed),
+sent to gpt-oss-server directly and through gpt-oss-lb (the server registered as `scripts/demo`
+registers it: the default `model_type`, gpt-oss).
 
 A tiny model is the hardest test a grammar can get: without the token mask nano answers
 prose ("The capital of France is Paris.") to a schema, and names arguments as it likes.
 """
 
+import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
-from typing import List
+from typing import Annotated, List
 
 import openai
 import pydantic
 import pytest
 
+from conftest import Lb
 from test_nano_eval import EmbeddedServer
 
 COUNT = 50
-WORKERS = 8
+# Requests in flight at once (the server's --max-concurrent too): the runtime decodes them in
+# one batch, so the requests through both paths cost little more than one path's alone.
+WORKERS = 16
 MAX_TOKENS = 200
 
 
 @pytest.fixture(scope="module")
 def nano(tmp_path_factory):
     s = EmbeddedServer(tmp_path_factory.mktemp("nano-cache"), tmp_path_factory.mktemp("nano-logs"),
-                       "--max-concurrent", "8")
+                       "--max-concurrent", str(WORKERS))
     s.client = lambda: openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0,
                                      timeout=300)
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def lb(nano, tmp_path_factory):
+    lb = Lb("health_check: {interval: 300ms, timeout: 300ms}\nbackends: []\n",
+            tmp_path_factory.mktemp("lb"))
+    lb.register({"name": "nano", "url": nano.url, "models": ["gpt-oss-20b"]})
+    lb.wait_healthy(["nano"])
+    kinds = [b["model_type"] for b in lb.status()["backends"]]
+    assert kinds == ["gpt-oss"], kinds
+    yield lb
+    lb.stop()
+
+
+@pytest.fixture
+def paths(nano, lb):
+    """The two ways to the model that the 50-request checks take: directly and through the LB."""
+    return {"server": nano, "lb": lb}
+
+
+@pytest.fixture(params=["server", "lb"])
+def endpoint(request, nano):
+    """Where the requests go: gpt-oss-server itself, or gpt-oss-lb in front of it."""
+    return nano if request.param == "server" else request.getfixturevalue("lb")
 
 
 class Strict(pydantic.BaseModel):
@@ -47,8 +77,8 @@ class Color(str, Enum):
 
 
 class Coordinates(Strict):
-    lat: float
-    lon: float
+    lat: float = pydantic.Field(ge=-90, le=90)
+    lon: float = pydantic.Field(ge=-180, le=180)
 
 
 class City(Strict):
@@ -59,7 +89,7 @@ class City(Strict):
 
 class Trip(Strict):
     cities: List[City] = pydantic.Field(max_length=3)
-    days: int
+    days: int = pydantic.Field(ge=1, le=60)
     confirmed: bool
 
 
@@ -78,6 +108,11 @@ ADD = {"type": "function", "function": {
                    "required": ["a", "b"], "additionalProperties": False}}}
 LOOSE = {"type": "function", "function": {"name": "lookup", "description": "Looks something up",
                                           "parameters": {"type": "object"}}}
+
+
+class Unit(str, Enum):
+    celsius = "celsius"
+    fahrenheit = "fahrenheit"
 
 
 class WeatherArgs(Strict):
@@ -120,19 +155,26 @@ def _complete(client, i, **kw):
     return content or None, [tuple(v) for _, v in sorted(calls.items())], finish
 
 
-def _all(fn):
+def _all(paths, fn):
+    """`fn(client, i)` for `COUNT` values of i on every path, all paths at once (the server
+    batches them): a list of (path, result)."""
+    jobs = [(name, path.client(), i) for name, path in paths.items() for i in range(COUNT)]
     with ThreadPoolExecutor(WORKERS) as ex:
-        return list(ex.map(fn, range(COUNT)))
+        return list(ex.map(lambda job: (job[0], fn(job[1], job[2])), jobs))
 
 
 def _report(results, ok):
-    bad = [r for r in results if not ok(r)]
+    """Every result of every path satisfies `ok`."""
+    sent = {name: 0 for name, _ in results}
+    for name, _ in results:
+        sent[name] += 1
+    assert all(n == COUNT for n in sent.values()), sent
+    bad = [(name, r) for name, r in results if not ok(r)]
     assert not bad, f"{len(bad)} of {len(results)} answers do not validate, e.g. {bad[:3]}"
 
 
 @pytest.mark.parametrize("model", [Capital, City, Trip])
-def test_strict_json_schema_always_validates(nano, model):
-    client = nano.client()
+def test_strict_json_schema_always_validates(paths, model):
     fmt = openai.lib._parsing._completions.type_to_response_format_param(model)
 
     def ok(r):
@@ -143,19 +185,18 @@ def test_strict_json_schema_always_validates(nano, model):
             return False
         return finish == "stop" and not calls
 
-    _report(_all(lambda i: _complete(client, i, response_format=fmt)), ok)
+    _report(_all(paths, lambda client, i: _complete(client, i, response_format=fmt)), ok)
 
 
-def test_parse_returns_a_pydantic_object(nano):
-    client = nano.client()
+def test_parse_returns_a_pydantic_object(endpoint):
+    client = endpoint.client()
     r = client.chat.completions.parse(model="gpt-oss-20b", messages=_messages(0), temperature=0.7,
                                       max_tokens=MAX_TOKENS, response_format=Capital,
                                       extra_body={"reasoning_effort": "low"})
     assert isinstance(r.choices[0].message.parsed, Capital), r
 
 
-def test_json_object_always_parses(nano):
-    client = nano.client()
+def test_json_object_always_parses(paths):
 
     def ok(r):
         content, calls, finish = r
@@ -164,7 +205,8 @@ def test_json_object_always_parses(nano):
         except (json.JSONDecodeError, TypeError):
             return False
 
-    _report(_all(lambda i: _complete(client, i, response_format={"type": "json_object"})), ok)
+    fmt = {"type": "json_object"}
+    _report(_all(paths, lambda client, i: _complete(client, i, response_format=fmt)), ok)
 
 
 def _valid_call(calls, names):
@@ -183,23 +225,22 @@ def _valid_call(calls, names):
     return True
 
 
-def test_tool_choice_required_always_calls_an_offered_function(nano):
-    client = nano.client()
+def test_tool_choice_required_always_calls_an_offered_function(paths):
     tools = [WEATHER, ADD, LOOSE]
-    results = _all(lambda i: _complete(client, i, tools=tools, tool_choice="required"))
+    results = _all(paths, lambda client, i: _complete(client, i, tools=tools,
+                                                      tool_choice="required"))
     _report(results, lambda r: _valid_call(r[1], {"get_weather", "add", "lookup"}) and r[2] == "tool_calls")
 
 
-def test_a_named_function_is_always_called_with_valid_arguments(nano):
-    client = nano.client()
-    results = _all(lambda i: _complete(client, i, tools=[WEATHER, ADD],
-                                       tool_choice={"type": "function", "function": {"name": "add"}}))
+def test_a_named_function_is_always_called_with_valid_arguments(paths):
+    named = {"type": "function", "function": {"name": "add"}}
+    results = _all(paths, lambda client, i: _complete(client, i, tools=[WEATHER, ADD],
+                                                      tool_choice=named))
     _report(results, lambda r: _valid_call(r[1], {"add"}) and r[2] == "tool_calls")
 
 
-def test_strict_tool_arguments_match_their_schema(nano):
-    client = nano.client()
-    results = _all(lambda i: _complete(client, i, tools=[WEATHER]))
+def test_strict_tool_arguments_match_their_schema(paths):
+    results = _all(paths, lambda client, i: _complete(client, i, tools=[WEATHER]))
 
     def ok(r):
         content, calls, finish = r
@@ -208,17 +249,17 @@ def test_strict_tool_arguments_match_their_schema(nano):
         return isinstance(content, str) and finish == "stop"
 
     _report(results, ok)
-    assert any(r[1] for r in results), "the weather questions should call the tool sometimes"
+    assert any(r[1] for _, r in results), "the weather questions should call the tool sometimes"
 
 
-def test_tool_choice_none_never_calls(nano):
-    client = nano.client()
-    results = _all(lambda i: _complete(client, i, tools=[WEATHER, ADD], tool_choice="none"))
+def test_tool_choice_none_never_calls(paths):
+    results = _all(paths, lambda client, i: _complete(client, i, tools=[WEATHER, ADD],
+                                                      tool_choice="none"))
     _report(results, lambda r: not r[1] and isinstance(r[0], str) and r[2] == "stop")
 
 
-def test_an_unsupported_schema_keyword_is_a_400_naming_it(nano):
-    client = nano.client()
+def test_an_unsupported_schema_keyword_is_a_400_naming_it(endpoint):
+    client = endpoint.client()
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(
             model="gpt-oss-20b", messages=_messages(0), max_tokens=8,
@@ -227,6 +268,105 @@ def test_an_unsupported_schema_keyword_is_a_400_naming_it(nano):
                 "schema": {"type": "array", "unevaluatedItems": False}}})
     assert e.value.body["param"] == "response_format.json_schema.schema"
     assert "unevaluatedItems" in e.value.body["message"]
+
+
+PROMPTS = ["The capital of France is", "Describe a city as JSON:", "Weather report for Oslo:",
+           "2 + 2 =", "Once upon a time"]
+
+
+def _complete_raw(client, i, response_format):
+    """One `/v1/completions` request (streamed when i is odd): its text and finish reason."""
+    kw = dict(model="gpt-oss-20b", prompt=PROMPTS[i % len(PROMPTS)], temperature=0.7,
+              max_tokens=MAX_TOKENS, extra_body={"response_format": response_format})
+    if i % 2 == 0:
+        r = client.completions.create(**kw)
+        return r.choices[0].text, r.choices[0].finish_reason
+    text, finish = "", None
+    for chunk in client.completions.create(stream=True, **kw):
+        for c in chunk.choices:
+            text += c.text
+            finish = c.finish_reason or finish
+    return text, finish
+
+
+@pytest.mark.parametrize("kind", ["json_object", "json_schema"])
+def test_completions_response_format_always_validates(paths, kind):
+    """A raw prompt has no harmony channels: the whole completion text is the JSON."""
+    if kind == "json_object":
+        fmt = {"type": "json_object"}
+
+        def ok(r):
+            try:
+                return isinstance(json.loads(r[0]), dict) and r[1] == "stop"
+            except json.JSONDecodeError:
+                return False
+    else:
+        fmt = openai.lib._parsing._completions.type_to_response_format_param(City)
+
+        def ok(r):
+            try:
+                City.model_validate_json(r[0])
+            except pydantic.ValidationError:
+                return False
+            return r[1] == "stop"
+
+    _report(_all(paths, lambda client, i: _complete_raw(client, i, fmt)), ok)
+
+
+def test_completions_unsupported_schema_keyword_is_a_400_naming_it(endpoint):
+    client = endpoint.client()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(
+            model="gpt-oss-20b", prompt="x", max_tokens=8,
+            extra_body={"response_format": {"type": "json_schema", "json_schema": {
+                "name": "x", "schema": {"type": "array", "unevaluatedItems": False}}}})
+    assert e.value.body["param"] == "response_format.json_schema.schema"
+    assert "unevaluatedItems" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="gpt-oss-20b", prompt="x", max_tokens=8,
+                                  extra_body={"response_format": {"type": "yaml"}})
+    assert e.value.body["param"] == "response_format.type"
+
+
+def test_agents_sdk_runs_an_agent_with_a_strict_tool_to_completion(endpoint):
+    """The OpenAI Agents SDK in Chat Completions mode: the forced first turn calls the strict
+    tool with arguments its schema accepts, the tool's result goes back, and the run ends in
+    a final answer."""
+    import agents
+
+    agents.set_tracing_disabled(True)
+    calls = []
+
+    @agents.function_tool(strict_mode=True)
+    def get_weather(city: Annotated[str, pydantic.Field(max_length=40)], unit: Unit) -> str:
+        """Current weather in a city.
+
+        Args:
+            city: The city's name.
+            unit: The temperature unit.
+        """
+        calls.append((city, unit))
+        return f"Sunny, 21 degrees {unit.value} in {city}."
+
+    assert get_weather.strict_json_schema
+    client = openai.AsyncOpenAI(base_url=endpoint.url + "/v1", api_key="unused", max_retries=0,
+                                timeout=300)
+    agent = agents.Agent(
+        name="weather", instructions="Answer questions about the weather with the tool.",
+        tools=[get_weather],
+        model=agents.OpenAIChatCompletionsModel(model="gpt-oss-20b", openai_client=client),
+        model_settings=agents.ModelSettings(temperature=0.7, max_tokens=MAX_TOKENS,
+                                            tool_choice="required",
+                                            extra_body={"reasoning_effort": "low"}))
+    result = asyncio.run(agents.Runner.run(agent, "What is the weather in Paris?", max_turns=6))
+    sent = [i.raw_item.arguments for i in result.new_items if isinstance(i, agents.ToolCallItem)]
+    assert sent and len(calls) == len(sent), (sent, calls)
+    for arguments in sent:
+        WeatherArgs.model_validate_json(arguments)
+        assert len(json.loads(arguments)["city"]) <= 40, arguments
+    outputs = [i.output for i in result.new_items if isinstance(i, agents.ToolCallOutputItem)]
+    assert not any("error" in str(o).lower() for o in outputs), outputs
+    assert isinstance(result.final_output, str) and result.final_output, result.new_items
 
 
 # --- OpenAI's other sampling parameters and response details, on the same nano server ---

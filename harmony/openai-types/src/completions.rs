@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{FinishReason, Stop, StreamOptions, Usage};
+use crate::{FinishReason, ResponseFormat, Stop, StreamOptions, Usage};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CompletionRequest {
@@ -35,6 +35,10 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// An extension, as vLLM serves it: the completion text is JSON (`json_object`) or JSON
+    /// matching a schema (`json_schema`), enforced by constrained decoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

@@ -109,6 +109,9 @@ struct RawText {
     call_means_tool_calls: bool,
     /// Chat in raw mode: stop strings, matched on the answer the raw text carries.
     answer_stop: Option<AnswerStop>,
+    /// Special tokens are left out of the text (a completion constrained to JSON, whose only
+    /// special token is the `<|return|>` that ends it).
+    text_only: bool,
 }
 
 /// Stop strings for raw chat output. They apply to the answer (what a parsed response
@@ -143,6 +146,9 @@ impl DeltaParser for RawText {
         let mut text = self.prefix.take().unwrap_or_default();
         let Some(a) = self.answer_stop.as_mut() else {
             self.counter.push(token, &mut |_| {});
+            if self.text_only && token >= tokens::FIRST_SPECIAL {
+                return;
+            }
             self.decoder.push_into(token, &mut text);
             Self::emit(text, out);
             return;
@@ -214,12 +220,18 @@ fn raw_text(tokenizer: &Tokenizer, prefix: &str, call_means_tool_calls: bool) ->
         counter: TokenParser::new(tokenizer, Some(Role::Assistant)),
         call_means_tool_calls,
         answer_stop: None,
+        text_only: false,
     }
 }
 
-/// Decoded text out, for `/v1/completions`.
-pub fn text_parser(tokenizer: &Tokenizer) -> Box<dyn DeltaParser> {
-    Box::new(raw_text(tokenizer, "", false))
+/// Decoded text out, for `/v1/completions`. With `text_only` special tokens are left out (a
+/// completion constrained to JSON does not end its text with `<|return|>`); otherwise they
+/// appear as literal text.
+pub fn text_parser(tokenizer: &Tokenizer, text_only: bool) -> Box<dyn DeltaParser> {
+    Box::new(RawText {
+        text_only,
+        ..raw_text(tokenizer, "", false)
+    })
 }
 
 /// Parsed output: harmony's token parser and its OpenAI delta mapping.

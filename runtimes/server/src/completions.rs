@@ -1,6 +1,10 @@
 //! `POST /v1/completions`: a raw prompt in, raw text out, for clients that render
 //! harmony themselves. Special tokens in a text prompt are encoded as special
 //! tokens, and appear as literal text in the output.
+//!
+//! `response_format` (`json_object`, `json_schema`) constrains the whole text to that JSON:
+//! a raw prompt has no harmony channels to keep free, and the `<|return|>` that ends a
+//! constrained text is left out of it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -107,16 +111,22 @@ async fn serve(
         }
     };
     let echo = valid.echo.then(|| model.tokenizer.decode(&prompt));
+    let constraint = crate::grammar::for_completion(
+        &model.grammars,
+        &model.tokenizer,
+        valid.response_format.as_ref(),
+    )
+    .await?;
     let submission = Submission {
         prompt,
         sampling: valid.sampling.clone(),
         max_tokens: valid.max_tokens,
         stop: valid.stop.clone(),
         parsers: (0..valid.n)
-            .map(|_| codec::text_parser(&model.tokenizer))
+            .map(|_| codec::text_parser(&model.tokenizer, constraint.is_some()))
             .collect(),
         arrived,
-        constraint: None,
+        constraint,
     };
     let parts = submit::admit_and_start(state, &model, submission).await?;
     let events = generation::run_all(parts);

@@ -207,9 +207,10 @@ fn json_rule(part: &JsonPart) -> String {
     format!("%json {}", with_layout(part.schema.clone()))
 }
 
-/// The final message's body, when `response_format` asks for JSON.
-fn response_part(valid: &ValidChat) -> Option<JsonPart> {
-    match &valid.render.response_format {
+/// The JSON a `response_format` asks for: the final message's body of a chat, the whole text of
+/// a completion.
+fn response_part(format: Option<&ResponseFormat>) -> Option<JsonPart> {
+    match format {
         Some(ResponseFormat::JsonObject) => Some(JsonPart {
             schema: any_object(),
             param: "response_format".to_string(),
@@ -226,7 +227,7 @@ const ANALYSIS: &str = "analysis: <|channel|> \"analysis\" <|message|> TEXT <|en
 
 fn plan(valid: &ValidChat) -> Option<Plan> {
     let tools: &[Tool] = valid.render.tools.as_deref().unwrap_or(&[]);
-    let response = response_part(valid);
+    let response = response_part(valid.render.response_format.as_ref());
     let any_strict = tools.iter().any(|t| t.function.strict == Some(true));
     let mut parts = Vec::new();
     let mut lark = String::new();
@@ -314,6 +315,34 @@ pub async fn for_chat(
     valid: &ValidChat,
 ) -> Result<Option<Constraint>, ApiError> {
     let Some(plan) = plan(valid) else {
+        return Ok(None);
+    };
+    let compiler = compilers.get(tokenizer).await?;
+    tokio::task::spawn_blocking(move || compile(&compiler, &plan))
+        .await
+        .map_err(|e| ApiError::Internal(format!("grammar compilation: {e}")))?
+        .map(Some)
+}
+
+/// A raw completion's text: the JSON value alone.
+fn completion_plan(format: Option<&ResponseFormat>) -> Option<Plan> {
+    let part = response_part(format)?;
+    Some(Plan {
+        lark: format!("start: {}\n", json_rule(&part)),
+        parts: vec![part],
+    })
+}
+
+/// The constraint of a raw completion's text, compiled; `None` unless `response_format` asks
+/// for JSON. A raw prompt has no harmony structure to keep: the whole text is the JSON value,
+/// and once it is complete only `<|return|>` (a stop token) can follow. Errors as
+/// [`for_chat`].
+pub async fn for_completion(
+    compilers: &Compilers,
+    tokenizer: &Tokenizer,
+    format: Option<&ResponseFormat>,
+) -> Result<Option<Constraint>, ApiError> {
+    let Some(plan) = completion_plan(format) else {
         return Ok(None);
     };
     let compiler = compilers.get(tokenizer).await?;
@@ -509,6 +538,29 @@ mod tests {
             &tokenizer,
             r#"{"x": [1, {"y": null}], "z": "w"}"#
         ));
+    }
+
+    #[test]
+    fn a_completion_is_the_json_alone_then_return() {
+        let tokenizer = Tokenizer::o200k_harmony().expect("tokenizer");
+        let compiler = compiler();
+        assert!(completion_plan(None).is_none());
+        assert!(completion_plan(Some(&ResponseFormat::Text)).is_none());
+        let plan = completion_plan(Some(&ResponseFormat::JsonObject)).expect("json_object");
+        let c = compile(&compiler, &plan).expect("compiles");
+        assert!(follows(
+            &mut c.clone(),
+            &tokenizer,
+            r#"{"a": [1, "b"]}<|return|>"#
+        ));
+        for bad in [
+            "Sure: {",
+            "<|channel|>final<|message|>{",
+            r#"{"a": 1}<|end|>"#,
+            "[1]",
+        ] {
+            assert!(!follows(&mut c.clone(), &tokenizer, bad), "{bad}");
+        }
     }
 
     #[test]

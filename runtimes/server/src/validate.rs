@@ -253,6 +253,29 @@ pub struct ValidCompletion {
     pub n: u32,
     pub stream: bool,
     pub include_usage: bool,
+    /// The JSON the completion text must be (`json_object`, `json_schema`); `None` or `text`
+    /// leaves it free.
+    pub response_format: Option<ResponseFormat>,
+}
+
+/// Checks what `response_format` can say before its schema is compiled: a `json_schema` has a
+/// name and, if it has a schema, an object.
+fn response_format(format: Option<&ResponseFormat>) -> Result<(), ApiError> {
+    if let Some(ResponseFormat::JsonSchema { json_schema }) = format {
+        if json_schema.name.is_empty() {
+            return Err(ApiError::field(
+                "response_format.json_schema.name",
+                "must not be empty",
+            ));
+        }
+        if json_schema.schema.as_ref().is_some_and(|s| !s.is_object()) {
+            return Err(ApiError::field(
+                "response_format.json_schema.schema",
+                "must be a JSON Schema object",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks `model` against the served name; a missing `model` means the served one.
@@ -593,20 +616,7 @@ pub fn chat(mut req: ChatCompletionRequest, served_model: &str) -> Result<ValidC
         "is only allowed when `stream` is true",
     )?;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    if let Some(ResponseFormat::JsonSchema { json_schema }) = &req.response_format {
-        if json_schema.name.is_empty() {
-            return Err(ApiError::field(
-                "response_format.json_schema.name",
-                "must not be empty",
-            ));
-        }
-        if json_schema.schema.as_ref().is_some_and(|s| !s.is_object()) {
-            return Err(ApiError::field(
-                "response_format.json_schema.schema",
-                "must be a JSON Schema object",
-            ));
-        }
-    }
+    response_format(req.response_format.as_ref())?;
     let given_tools = req.tools.take().unwrap_or_default();
     tools(&given_tools)?;
     let tool_plan = match (&req.tool_choice, given_tools.is_empty()) {
@@ -737,6 +747,7 @@ pub fn completion(
     )?;
     logit_fields(&mut sampling, logit)?;
     sampling.logprobs = logprobs;
+    response_format(req.response_format.as_ref())?;
     Ok(ValidCompletion {
         prompt,
         max_tokens,
@@ -746,6 +757,7 @@ pub fn completion(
         n,
         stream,
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
+        response_format: req.response_format,
     })
 }
 
