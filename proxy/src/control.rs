@@ -123,7 +123,11 @@ async fn health_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
         drop(snap);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shared.health_wake.notified() => {}
+            _ = shared.health_wake.notified() => {
+                // A backend was added: a short pause lets a stream of registrations share one
+                // round (each round looks at every backend) instead of one round each.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             _ = shutdown.changed() => return,
         }
     }

@@ -31,8 +31,17 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The backend called `name`: the config file's by a scan (few), the registered ones by
+    /// a binary search (they are ordered by name).
     pub fn backend(&self, name: &str) -> Option<&Arc<Backend>> {
-        self.backends.iter().find(|b| b.name() == name)
+        let registered = self
+            .backends
+            .partition_point(|b| b.source == Source::Config);
+        let (config, registered) = self.backends.split_at(registered);
+        config
+            .iter()
+            .find(|b| b.name() == name)
+            .or_else(|| registered_index(registered, name).map(|i| &registered[i]))
     }
 
     /// The model for requests that name none (see `RouteTable::default_model`).
@@ -252,25 +261,29 @@ fn implicit_route(config: &Config, model: &str, group: Vec<Arc<Backend>>) -> Arc
     })
 }
 
-/// Where the registered backend `name` goes in a list ordered as snapshots order backends
-/// (the config file's first, then the registered ones by name).
+/// Where the registered backend `name` is or goes in a list ordered as snapshots order
+/// backends (the config file's first, then the registered ones by name): a binary search.
 fn registered_position(list: &[Arc<Backend>], name: &str) -> usize {
     list.partition_point(|b| b.source == Source::Config || b.name() < name)
 }
 
+/// The index of the registered backend `name` in such a list.
+fn registered_index(list: &[Arc<Backend>], name: &str) -> Option<usize> {
+    let at = registered_position(list, name);
+    list.get(at)
+        .filter(|b| b.source == Source::Registered && b.name() == name)
+        .map(|_| at)
+}
+
 /// `old` with the registered backend `name` replaced by `new` (removed when `None`, inserted
-/// in order when absent): a copy of the list's pointers, no other work per backend.
+/// in order when absent): a binary search and a copy of the list's pointers.
 fn with_backend(old: &[Arc<Backend>], name: &str, new: Option<&Arc<Backend>>) -> Vec<Arc<Backend>> {
+    let at = registered_position(old, name);
+    let skip = usize::from(registered_index(old, name).is_some());
     let mut list = Vec::with_capacity(old.len() + 1);
-    list.extend(
-        old.iter()
-            .filter(|b| !(b.source == Source::Registered && b.name() == name))
-            .cloned(),
-    );
-    if let Some(b) = new {
-        let at = registered_position(&list, name);
-        list.insert(at, Arc::clone(b));
-    }
+    list.extend_from_slice(&old[..at]);
+    list.extend(new.cloned());
+    list.extend_from_slice(&old[at + skip..]);
     list
 }
 
@@ -287,11 +300,7 @@ impl Shared {
             // Shadowed by the config file: the registry entry changes nothing served.
             return;
         }
-        let before = old
-            .backends
-            .iter()
-            .find(|b| b.source == Source::Registered && b.name() == name)
-            .cloned();
+        let before = registered_index(&old.backends, name).map(|i| Arc::clone(&old.backends[i]));
         let after = match registry.get(name) {
             Some(def) if before.as_ref().is_some_and(|b| b.def == *def) => return,
             Some(def) => {
