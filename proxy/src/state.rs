@@ -374,3 +374,116 @@ impl Shared {
         tracing::debug!(generation, backends = n, backend = %name, "snapshot updated");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use config::{ModelType, Policy, RouteConfig};
+
+    fn def(name: &str, models: &[&str], port: u16) -> BackendConfig {
+        BackendConfig {
+            name: name.into(),
+            url: format!("http://127.0.0.1:{port}"),
+            model_type: ModelType::OpenAi,
+            models: models.iter().map(|m| m.to_string()).collect(),
+            weight: 1,
+            api_key: None,
+        }
+    }
+
+    fn config() -> Arc<Config> {
+        let mut c = Config {
+            backends: vec![def("from-yaml", &["m1"], 9)],
+            ..Config::default()
+        };
+        c.routes.push(RouteConfig {
+            model: "m2".into(),
+            aliases: vec!["m2-alias".into()],
+            backends: Vec::new(),
+            policy: Policy::RoundRobin,
+            hash_key: HashKey::User,
+            upstream_model: None,
+        });
+        c.routes.push(RouteConfig {
+            model: "pinned".into(),
+            aliases: Vec::new(),
+            backends: vec!["b3".into(), "from-yaml".into()],
+            policy: Policy::LeastOutstanding,
+            hash_key: HashKey::User,
+            upstream_model: None,
+        });
+        Arc::new(c)
+    }
+
+    /// Names of the backends and of each route's group, by route key.
+    fn shape(s: &Snapshot) -> (Vec<String>, BTreeSet<(String, String, Vec<String>)>) {
+        let backends = s.backends.iter().map(|b| b.name().to_string()).collect();
+        let routes = s
+            .routes
+            .iter()
+            .map(|(k, r)| {
+                let group = r.group.iter().map(|b| b.name().to_string()).collect();
+                (k.clone(), r.model.clone(), group)
+            })
+            .collect();
+        (backends, routes)
+    }
+
+    #[tokio::test]
+    async fn an_incremental_update_gives_the_snapshot_a_full_rebuild_gives() {
+        let identity = SelfIdentity::new(Vec::new());
+        let config = config();
+        let registry = Registry::load(None).expect("in-memory registry");
+        let first = build_snapshot(config.clone(), &registry, &[], None, 1, &identity).await;
+        let shared = Shared {
+            snapshot: ArcSwap::from_pointee(first),
+            registry: tokio::sync::Mutex::new(registry),
+            metrics: Metrics::default(),
+            health_wake: Notify::new(),
+            config_path: None,
+            admin_token_override: None,
+            started: Instant::now(),
+            identity: SelfIdentity::new(Vec::new()),
+        };
+        let models: [&[&str]; 5] = [&["m1"], &["m2"], &["m3"], &["m1", "m3"], &["m2", "m4"]];
+        // Registrations, replacements (other models, other port) and removals in an order
+        // that inserts before, between and after existing names.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for step in 0..120u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let name = format!("b{}", x % 12);
+            let mut reg = shared.registry.lock().await;
+            if x % 5 == 0 {
+                reg.remove(&name);
+            } else {
+                let port = 10 + (x % 3) as u16;
+                reg.insert(def(&name, models[(x >> 8) as usize % 5], port));
+            }
+            shared.update_registered(&reg, &name).await;
+            let incremental = shared.load();
+            let full = build_snapshot(
+                config.clone(),
+                &reg,
+                &incremental.backends,
+                None,
+                0,
+                &identity,
+            )
+            .await;
+            assert_eq!(
+                shape(&incremental),
+                shape(&full),
+                "step {step} ({name}): the incremental snapshot must equal a full rebuild"
+            );
+            let b = incremental.backend(&name);
+            assert_eq!(
+                b.map(|b| &b.def),
+                reg.get(&name),
+                "step {step}: backend() finds the registered {name} by binary search"
+            );
+            assert!(incremental.backend("from-yaml").is_some());
+        }
+    }
+}
