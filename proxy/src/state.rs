@@ -415,8 +415,11 @@ mod tests {
         Arc::new(c)
     }
 
+    /// A route key, its route's model, and the names in its group.
+    type RouteShape = (String, String, Vec<String>);
+
     /// Names of the backends and of each route's group, by route key.
-    fn shape(s: &Snapshot) -> (Vec<String>, BTreeSet<(String, String, Vec<String>)>) {
+    fn shape(s: &Snapshot) -> (Vec<String>, BTreeSet<RouteShape>) {
         let backends = s.backends.iter().map(|b| b.name().to_string()).collect();
         let routes = s
             .routes
