@@ -392,16 +392,17 @@ fn cpu_ticks(pid: u32) -> u64 {
     n(11) + n(12)
 }
 
-/// Registry scale: `400 × FAULT_SCALE` registrations (10,000 with `tests/soak/run 25`), one
-/// after the other, each acknowledged only once durable (state file journal). Reports the
-/// time per registration at the start and at the end, the `/status` time and the idle CPU
-/// with every backend health-checked; checks that the cost of a registration does not grow
-/// with the registry.
+/// Registry scale: `400 × FAULT_SCALE` registrations, at least 2,000 (10,000 with
+/// `tests/soak/run 25`), one after the other, each acknowledged only once durable (state file
+/// journal). Reports the time per registration of the first 100 and of the last 100, the
+/// `/status` time and the idle CPU with every backend health-checked (over 5 s × FAULT_SCALE,
+/// at most 30 s); checks that the cost of a registration does not grow with the registry: the
+/// last 100 cost at most 3 times the first 100.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_scale_registration_cost_does_not_grow_with_the_registry() {
     let dir = tempfile::tempdir().expect("tempdir");
     let good = FaultyBackend::start(Mode::Good, Duration::from_millis(10)).await;
-    let n = 400 * fault_load::scale() as usize;
+    let n = (400 * fault_load::scale() as usize).max(2000);
     let cfg = format!(
         "admin: {{max_backends: {}}}\nstate_file: {}\nhealth_check: {{interval: 5s, timeout: 2s}}\n",
         n + 10,
@@ -422,9 +423,9 @@ async fn registry_scale_registration_cost_does_not_grow_with_the_registry() {
         assert_eq!(r.status().as_u16(), 201, "registration {i}");
         times.push(t.elapsed());
     }
-    let tenth = (n / 10).max(1);
+    let window = 100;
     let mean = |s: &[Duration]| s.iter().sum::<Duration>() / s.len() as u32;
-    let (first, last) = (mean(&times[..tenth]), mean(&times[n - tenth..]));
+    let (first, last) = (mean(&times[..window]), mean(&times[n - window..]));
     let t = Instant::now();
     let status = lb.status();
     let status_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -433,7 +434,8 @@ async fn registry_scale_registration_cost_does_not_grow_with_the_registry() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = lb.proc.pid();
     let (c0, t0) = (cpu_ticks(pid), Instant::now());
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_window = Duration::from_secs((5 * fault_load::scale()).min(30));
+    tokio::time::sleep(idle_window).await;
     let idle_cpu = (cpu_ticks(pid) - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
     soak_row(
         &format!("registry scale ({n} registrations)"),
@@ -442,14 +444,15 @@ async fn registry_scale_registration_cost_does_not_grow_with_the_registry() {
         0,
         times.iter().max().map_or(0.0, |d| d.as_secs_f64() * 1e3),
         format!(
-            "first tenth {:.2} ms, last tenth {:.2} ms per registration; GET /status {status_ms:.0} ms; idle CPU {idle_cpu:.1}% of a core",
+            "first 100 {:.2} ms, last 100 {:.2} ms per registration; GET /status {status_ms:.0} ms at {n} backends; idle CPU {idle_cpu:.1}% of a core over {} s (health checks every 5 s, spread)",
             first.as_secs_f64() * 1e3,
-            last.as_secs_f64() * 1e3
+            last.as_secs_f64() * 1e3,
+            idle_window.as_secs()
         ),
     );
     assert!(
-        last < first * 4 + Duration::from_millis(5),
-        "a registration must not cost more as the registry grows: {first:?} at the start, {last:?} at the end"
+        last <= first * 3,
+        "a registration must not cost more as the registry grows: {first:?} for the first 100, {last:?} for the last 100 of {n}"
     );
 }
 

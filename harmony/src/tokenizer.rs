@@ -76,6 +76,10 @@ struct Inner {
     /// Special tokens are encoded as ordinary text (`encode_ordinary`).
     ordinary: tokenizers::Tokenizer,
     table: TokenTable,
+    /// The most input bytes one token stands for (the longest token, special tokens' text
+    /// included); `None` when the pipeline normalizes text, so that a token's bytes need not
+    /// be the bytes it was encoded from.
+    max_token_bytes: Option<usize>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -115,17 +119,7 @@ impl Tokenizer {
             }
         }
         let table = TokenTable::from_hf(&hf);
-        let mut with_specials = hf;
-        with_specials.set_encode_special_tokens(false);
-        let mut ordinary = with_specials.clone();
-        ordinary.set_encode_special_tokens(true);
-        Ok(Tokenizer {
-            inner: Arc::new(Inner {
-                with_specials,
-                ordinary,
-                table,
-            }),
-        })
+        Tokenizer::from_hf_with_table(hf, table)
     }
 
     /// The built-in o200k_harmony tokenizer (built once, on first use, from data compiled into
@@ -146,6 +140,17 @@ impl Tokenizer {
     /// Number of ids the tokenizer knows (201088 for o200k_harmony).
     pub fn vocab_size(&self) -> usize {
         self.inner.table.len()
+    }
+
+    /// A lower bound on the number of tokens that `text_bytes` bytes of text encode to, in
+    /// either mode, found without encoding: every token stands for at most
+    /// the longest token's bytes. 0 when the tokenizer normalizes text (no bound is known).
+    /// Used to refuse a prompt that cannot fit a context before spending time encoding it.
+    pub fn min_tokens_for_bytes(&self, text_bytes: usize) -> usize {
+        match self.inner.max_token_bytes {
+            Some(m) => text_bytes.div_ceil(m),
+            None => 0,
+        }
     }
 
     /// Encodes text with special-token text encoded as ordinary text, appending to `into`.
@@ -405,6 +410,15 @@ impl TokenTable {
         }
     }
 
+    /// Bytes of the longest known token.
+    fn max_len(&self) -> usize {
+        self.offsets
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .max()
+            .unwrap_or(0)
+    }
+
     fn from_entries(entries: Vec<Option<Vec<u8>>>) -> TokenTable {
         let mut bytes = Vec::new();
         let mut offsets = Vec::with_capacity(entries.len() + 1);
@@ -570,6 +584,13 @@ impl Tokenizer {
         hf: tokenizers::Tokenizer,
         table: TokenTable,
     ) -> Result<Tokenizer, TokenizerError> {
+        // Byte-level BPE without a normalizer: the tokens of a text are a partition of its
+        // bytes, so no token covers more input than its own bytes.
+        let max_token_bytes = hf
+            .get_normalizer()
+            .is_none()
+            .then(|| table.max_len())
+            .filter(|&m| m > 0);
         let mut with_specials = hf;
         with_specials.set_encode_special_tokens(false);
         let mut ordinary = with_specials.clone();
@@ -579,6 +600,7 @@ impl Tokenizer {
                 with_specials,
                 ordinary,
                 table,
+                max_token_bytes,
             }),
         })
     }

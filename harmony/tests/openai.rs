@@ -329,3 +329,65 @@ proptest! {
         prop_assert_eq!(rebuilt, whole);
     }
 }
+
+#[test]
+fn token_limit_refuses_a_prompt_larger_than_the_limit_and_never_one_that_fits() {
+    let t = tok();
+    let opts = RequestOptions {
+        conversation_start_date: Some("2026-01-01".into()),
+        ..RequestOptions::default()
+    };
+    let words: String = (0..400).map(|i| format!("word{i} ")).collect();
+    let small = req(json!({"messages": [{"role": "user", "content": words}]}));
+    let full = Renderer::new(&t)
+        .render_request(&small, &opts)
+        .expect("render");
+    for limit in [full.len(), full.len() + 1, full.len() * 2] {
+        let ids = Renderer::with_token_limit(&t, limit)
+            .render_request(&small, &opts)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "a {}-token prompt refused at limit {limit}: {e}",
+                    full.len()
+                )
+            });
+        assert_eq!(ids, full, "the limit must not change what is rendered");
+    }
+    match Renderer::with_token_limit(&t, 100).render_request(&small, &opts) {
+        Err(RenderError::TooManyTokens { at_least, limit }) => {
+            assert_eq!(limit, 100);
+            assert!(
+                at_least > 100 && at_least <= full.len(),
+                "{at_least} vs {}",
+                full.len()
+            );
+        }
+        other => panic!("expected TooManyTokens, got {other:?}"),
+    }
+}
+
+#[test]
+fn token_limit_refuses_a_huge_text_from_its_length_before_encoding_it() {
+    let t = tok();
+    // 8 MiB of text: every token stands for a bounded number of bytes, so the lower bound
+    // alone is far over the limit; the refusal names it without tokenizing the text.
+    let huge = "lorem ipsum dolor sit amet ".repeat((8 << 20) / 27);
+    let request = req(json!({"messages": [{"role": "user", "content": huge}]}));
+    let lower = t.min_tokens_for_bytes(huge.len());
+    assert!(
+        lower > 4096,
+        "the bound {lower} is too weak to refuse without encoding"
+    );
+    match Renderer::with_token_limit(&t, 4096).render_request(&request, &RequestOptions::default())
+    {
+        Err(RenderError::TooManyTokens { at_least, limit }) => {
+            assert_eq!(limit, 4096);
+            assert!(at_least >= lower, "{at_least} < {lower}");
+        }
+        other => panic!("expected TooManyTokens, got {other:?}"),
+    }
+    // The bound is a true lower bound on a real encoding.
+    let sample = &huge[..1 << 16];
+    let n = t.encode_ordinary(sample).expect("encode").len();
+    assert!(t.min_tokens_for_bytes(sample.len()) <= n);
+}

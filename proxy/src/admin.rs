@@ -212,7 +212,7 @@ pub async fn register(shared: &Shared, body: &[u8]) -> Result<Reply, ApiError> {
         reg.undo(&def.name, previous);
         return Err(e);
     }
-    shared.rebuild(snap.config.clone(), &reg).await;
+    shared.update_registered(&reg, &def.name).await;
     drop(reg);
     let health = shared
         .load()
@@ -256,7 +256,7 @@ pub async fn unregister(shared: &Shared, name: &str) -> Result<Reply, ApiError> 
         reg.undo(name, Some(removed));
         return Err(e);
     }
-    shared.rebuild(snap.config.clone(), &reg).await;
+    shared.update_registered(&reg, name).await;
     tracing::info!(backend = %name, "backend unregistered");
     Ok(Reply::json(
         200,

@@ -11,6 +11,7 @@ use pingora::connectors::http::Connector;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::health::Status;
 use crate::state::Shared;
 
 pub struct ControlPlane {
@@ -64,22 +65,32 @@ fn health_connector(shared: &Shared) -> Connector {
 /// Check every backend once, concurrently (bounded by the health check timeout).
 pub async fn initial_health_round(shared: &Shared) {
     let connector = Arc::new(health_connector(shared));
-    health_round(&connector, &shared.load(), None).await;
+    health_round(&connector, &shared.load(), None, false).await;
 }
 
 /// One check of each backend of `snap` that is due, concurrently. With `spread`, the checks'
 /// starts are spread evenly over that time (so thousands of backends are not all probed in
-/// the same millisecond), else they all start at once.
+/// the same millisecond), else they all start at once. With `unsettled_only`, only backends
+/// waiting for a verdict (pending, half-open, or ejected and due) are probed.
 async fn health_round(
     connector: &Arc<Connector>,
     snap: &crate::state::Snapshot,
     spread: Option<std::time::Duration>,
+    unsettled_only: bool,
 ) {
     let cfg = &snap.config.health_check;
     let tls = &snap.config.upstream_tls;
     let n = snap.backends.len().max(1) as u32;
     let mut set = tokio::task::JoinSet::new();
     for (i, b) in snap.backends.iter().cloned().enumerate() {
+        // A task only for a backend that is due: a round over thousands of backends of
+        // which a few are new costs a few tasks, not thousands.
+        if !b.health.due_for_check(cfg) {
+            continue;
+        }
+        if unsettled_only && matches!(b.health.status(), Status::Healthy | Status::Unhealthy) {
+            continue;
+        }
         let (cfg, tls, conn) = (cfg.clone(), tls.clone(), connector.clone());
         let offset = spread.map_or(std::time::Duration::ZERO, |s| s / n * i as u32);
         set.spawn(async move {
@@ -92,20 +103,31 @@ async fn health_round(
 
 async fn health_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
     let connector = Arc::new(health_connector(&shared));
+    let mut last_full: Option<tokio::time::Instant> = None;
     loop {
         let snap = shared.load();
         let started = tokio::time::Instant::now();
+        let interval = snap.config.health_check.interval;
         let delay = crate::health_check::next_delay(&snap.backends, &snap.config.health_check);
-        // Checks are spread over most of the interval; a round with pending or half-open
-        // backends (short delay) checks them all at once.
-        let spread = (delay == snap.config.health_check.interval && snap.backends.len() > 1)
-            .then(|| delay.mul_f32(0.8));
-        health_round(&connector, &snap, spread).await;
+        // Every backend is checked once per interval, the checks spread over most of it. While
+        // some backends wait for a verdict (pending, half-open: short delay), the rounds in
+        // between probe only those, at once, so a stream of registrations does not probe the
+        // whole registry every half second.
+        let full = delay == interval || last_full.is_none_or(|t| t.elapsed() >= interval);
+        let spread = (delay == interval && snap.backends.len() > 1).then(|| delay.mul_f32(0.8));
+        if full {
+            last_full = Some(started);
+        }
+        health_round(&connector, &snap, spread, !full).await;
         let delay = delay.saturating_sub(started.elapsed());
         drop(snap);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shared.health_wake.notified() => {}
+            _ = shared.health_wake.notified() => {
+                // A backend was added: a short pause lets a stream of registrations share one
+                // round (each round looks at every backend) instead of one round each.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             _ = shutdown.changed() => return,
         }
     }

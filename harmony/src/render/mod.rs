@@ -6,6 +6,7 @@
 mod request;
 mod schema;
 
+use std::cell::Cell;
 use std::fmt::Write as _;
 
 pub use request::{conversation_from_request, developer_instructions, RequestOptions};
@@ -27,6 +28,11 @@ pub enum RenderError {
     /// (`messages[3].tool_call_id`).
     #[error("{message}")]
     InvalidRequest { message: String, param: String },
+    /// The conversation has more tokens than the renderer's limit
+    /// ([`Renderer::with_token_limit`]); rendering stopped as soon as that was certain.
+    /// `at_least` is a lower bound on the conversation's token count (more than `limit`).
+    #[error("the conversation has at least {at_least} tokens, more than the limit of {limit}")]
+    TooManyTokens { at_least: usize, limit: usize },
 }
 
 /// Conversation-level rendering options.
@@ -53,12 +59,33 @@ impl Default for ConversationConfig {
 #[derive(Clone, Debug)]
 pub struct Renderer {
     tokenizer: Tokenizer,
+    /// At most this many text tokens may be rendered (see [`Renderer::with_token_limit`]).
+    limit: Option<usize>,
+    /// Text tokens rendered so far by this renderer.
+    rendered: Cell<usize>,
 }
 
 impl Renderer {
     pub fn new(tokenizer: &Tokenizer) -> Renderer {
         Renderer {
             tokenizer: tokenizer.clone(),
+            limit: None,
+            rendered: Cell::new(0),
+        }
+    }
+
+    /// A renderer for one prompt that must fit `limit` tokens: rendering fails with
+    /// [`RenderError::TooManyTokens`] as soon as the tokens rendered so far plus a lower bound
+    /// for the next text ([`Tokenizer::min_tokens_for_bytes`], found without encoding it)
+    /// exceed `limit`, so a prompt far larger than the context is refused before it is
+    /// tokenized. Only text tokens are counted (the structural `<|start|>`, `<|message|>`...
+    /// are not), so a prompt that fits is never refused; the caller still checks the final
+    /// length. The count accumulates over every render call of this renderer: make one per
+    /// prompt.
+    pub fn with_token_limit(tokenizer: &Tokenizer, limit: usize) -> Renderer {
+        Renderer {
+            limit: Some(limit),
+            ..Renderer::new(tokenizer)
         }
     }
 
@@ -68,7 +95,25 @@ impl Renderer {
 
     #[inline]
     fn text<B: Extend<u32>>(&self, text: &str, into: &mut B) -> Result<(), RenderError> {
-        self.tokenizer.encode_ordinary_into(text, into)?;
+        let Some(limit) = self.limit else {
+            self.tokenizer.encode_ordinary_into(text, into)?;
+            return Ok(());
+        };
+        let before = self.rendered.get();
+        let at_least = before + self.tokenizer.min_tokens_for_bytes(text.len());
+        if at_least > limit {
+            return Err(RenderError::TooManyTokens { at_least, limit });
+        }
+        let mut counted = Counting { into, n: 0 };
+        self.tokenizer.encode_ordinary_into(text, &mut counted)?;
+        let rendered = before + counted.n;
+        self.rendered.set(rendered);
+        if rendered > limit {
+            return Err(RenderError::TooManyTokens {
+                at_least: rendered,
+                limit,
+            });
+        }
         Ok(())
     }
 
@@ -218,6 +263,19 @@ impl Renderer {
         let mut out = Vec::new();
         self.render_request_into(request, options, &mut out)?;
         Ok(out)
+    }
+}
+
+/// An `Extend<u32>` that counts what passes through it.
+struct Counting<'a, B> {
+    into: &'a mut B,
+    n: usize,
+}
+
+impl<B: Extend<u32>> Extend<u32> for Counting<'_, B> {
+    fn extend<I: IntoIterator<Item = u32>>(&mut self, iter: I) {
+        let n = &mut self.n;
+        self.into.extend(iter.into_iter().inspect(|_| *n += 1));
     }
 }
 

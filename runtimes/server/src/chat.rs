@@ -54,12 +54,24 @@ async fn serve(
     arrived: Instant,
 ) -> Result<Response, ApiError> {
     let bytes = crate::body::read_limited(headers, body, state.config.max_body_bytes).await?;
-    let req = validate::parse_body(&bytes)?;
-    let valid = validate::chat(req, &state.config.model_name)?;
-    let model = state.ready_model()?;
+    let model = state.ready_model();
+    let served = state.config.model_name.clone();
+    // Parsing, validating and rendering a body of megabytes takes CPU time: off the async
+    // threads, on the bounded pool.
+    let (valid, model, prompt, prefill) = state
+        .cpu
+        .run(move || {
+            let req = validate::parse_body(&bytes)?;
+            drop(bytes);
+            let valid = validate::chat(req, &served)?;
+            let model = model?;
+            let context_length = model.backend.capabilities().context_length;
+            let prompt = codec::render_chat(&model.tokenizer, &valid, context_length)?;
+            let prefill = codec::prefill(&model.tokenizer, &valid.tool_plan)?;
+            Ok((valid, model, prompt, prefill))
+        })
+        .await?;
     let raw = state.config.raw_output;
-    let prompt = codec::render_chat(&model.tokenizer, &valid)?;
-    let prefill = codec::prefill(&model.tokenizer, &valid.tool_plan)?;
     // Tool calls only to the functions the request offered and `tool_choice` allows (the
     // validated request keeps exactly those in `tools`).
     let parsers = (0..valid.n)
@@ -79,6 +91,7 @@ async fn serve(
     full_prompt.extend_from_slice(&prefill);
     let submission = Submission {
         prompt: full_prompt,
+        prompt_param: "messages",
         sampling: valid.sampling.clone(),
         max_tokens: valid.max_tokens,
         // Raw output matches stop strings on the answer inside its parser; the generation's

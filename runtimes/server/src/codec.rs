@@ -26,23 +26,63 @@ pub fn stop_token_ids(caps: &Capabilities) -> Vec<u32> {
     ids
 }
 
+/// The most prompt tokens a model with `context_length` takes (one position is left for the
+/// first generated token).
+fn prompt_token_limit(context_length: u32) -> usize {
+    (context_length as usize).saturating_sub(1)
+}
+
 /// A text prompt of `/v1/completions`: special tokens written as text are special tokens.
-pub fn encode_prompt(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
-    tokenizer
+/// A text that needs more than `context_length - 1` tokens is refused with 400
+/// `context_length_exceeded`; when its length alone proves that, before it is tokenized.
+pub fn encode_prompt(
+    tokenizer: &Tokenizer,
+    text: &str,
+    context_length: u32,
+) -> Result<Vec<u32>, ApiError> {
+    let limit = prompt_token_limit(context_length);
+    let too_long = |tokens, exact| ApiError::ContextLengthExceeded {
+        param: "prompt",
+        tokens,
+        exact,
+        context_length,
+    };
+    let at_least = tokenizer.min_tokens_for_bytes(text.len());
+    if at_least > limit {
+        return Err(too_long(at_least, false));
+    }
+    let ids = tokenizer
         .encode_with_special_tokens(text)
-        .map_err(|e| ApiError::field("prompt", format!("could not be tokenized: {e}")))
+        .map_err(|e| ApiError::field("prompt", format!("could not be tokenized: {e}")))?;
+    if ids.len() > limit {
+        return Err(too_long(ids.len(), true));
+    }
+    Ok(ids)
 }
 
 /// Renders a chat request into prompt token ids ending with `<|start|>assistant`,
 /// with today's date in the system message, as the reference servers do.
-pub fn render_chat(tokenizer: &Tokenizer, valid: &ValidChat) -> Result<Vec<u32>, ApiError> {
+/// A conversation that needs more than `context_length - 1` tokens is refused with 400
+/// `context_length_exceeded` as soon as that is certain (a text far too long is refused
+/// before it is tokenized; see [`Renderer::with_token_limit`]).
+pub fn render_chat(
+    tokenizer: &Tokenizer,
+    valid: &ValidChat,
+    context_length: u32,
+) -> Result<Vec<u32>, ApiError> {
     let options = RequestOptions {
         conversation_start_date: Some(today_utc()),
         ..RequestOptions::default()
     };
-    Renderer::new(tokenizer)
+    Renderer::with_token_limit(tokenizer, prompt_token_limit(context_length))
         .render_request(&valid.render, &options)
         .map_err(|e| match e {
+            RenderError::TooManyTokens { at_least, .. } => ApiError::ContextLengthExceeded {
+                param: "messages",
+                tokens: at_least,
+                exact: false,
+                context_length,
+            },
             RenderError::InvalidRequest { message, param } => {
                 let message = if message.contains('`') || message.starts_with(&param) {
                     message

@@ -94,23 +94,37 @@ async fn serve(
     arrived: Instant,
 ) -> Result<Response, ApiError> {
     let bytes = crate::body::read_limited(headers, body, state.config.max_body_bytes).await?;
-    let req = validate::parse_body(&bytes)?;
-    let valid = validate::completion(req, &state.config.model_name)?;
-    let model = state.ready_model()?;
-    let vocab = model.backend.capabilities().vocab_size;
-    let prompt = match &valid.prompt {
-        ValidPrompt::Text(t) => codec::encode_prompt(&model.tokenizer, t)?,
-        ValidPrompt::Tokens(ids) => {
-            if let Some((i, bad)) = ids.iter().enumerate().find(|(_, id)| **id >= vocab) {
-                return Err(ApiError::field(
-                    format!("prompt[{i}]"),
-                    format!("token id {bad} is outside the vocabulary of {vocab} tokens"),
-                ));
-            }
-            ids.clone()
-        }
-    };
-    let echo = valid.echo.then(|| model.tokenizer.decode(&prompt));
+    let model = state.ready_model();
+    let served = state.config.model_name.clone();
+    // Parsing, validating, tokenizing and detokenizing the echo take CPU time in proportion
+    // to the body: off the async threads, on the bounded pool.
+    let (valid, model, prompt, echo) = state
+        .cpu
+        .run(move || {
+            let req = validate::parse_body(&bytes)?;
+            drop(bytes);
+            let valid = validate::completion(req, &served)?;
+            let model = model?;
+            let caps = model.backend.capabilities();
+            let vocab = caps.vocab_size;
+            let prompt = match &valid.prompt {
+                ValidPrompt::Text(t) => {
+                    codec::encode_prompt(&model.tokenizer, t, caps.context_length)?
+                }
+                ValidPrompt::Tokens(ids) => {
+                    if let Some((i, bad)) = ids.iter().enumerate().find(|(_, id)| **id >= vocab) {
+                        return Err(ApiError::field(
+                            format!("prompt[{i}]"),
+                            format!("token id {bad} is outside the vocabulary of {vocab} tokens"),
+                        ));
+                    }
+                    ids.clone()
+                }
+            };
+            let echo = valid.echo.then(|| model.tokenizer.decode(&prompt));
+            Ok((valid, model, prompt, echo))
+        })
+        .await?;
     let constraint = crate::grammar::for_completion(
         &model.grammars,
         &model.tokenizer,
@@ -119,6 +133,7 @@ async fn serve(
     .await?;
     let submission = Submission {
         prompt,
+        prompt_param: "prompt",
         sampling: valid.sampling.clone(),
         max_tokens: valid.max_tokens,
         stop: valid.stop.clone(),

@@ -15,6 +15,20 @@ pub enum ApiError {
     /// 400: a field OpenAI does not define (code `unknown_parameter`, as OpenAI sends).
     #[error("Unrecognized request argument supplied: `{0}`")]
     UnknownParameter(String),
+    /// 400 `context_length_exceeded`, as OpenAI answers: the prompt (`param` is `messages` or
+    /// `prompt`) has at least `tokens` tokens (`exact` when counted to the end) and the model
+    /// takes at most `context_length` in all.
+    #[error(
+        "This model's maximum context length is {context_length} tokens. However, your {param} \
+         resulted in {}{tokens} tokens. Please reduce the length of the {param}.",
+        if *exact { "" } else { "at least " }
+    )]
+    ContextLengthExceeded {
+        param: &'static str,
+        tokens: usize,
+        exact: bool,
+        context_length: u32,
+    },
     /// 400: the body is not JSON, or not an object.
     #[error("{0}")]
     InvalidJson(String),
@@ -50,6 +64,7 @@ impl ApiError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ApiError::InvalidField { .. }
+            | ApiError::ContextLengthExceeded { .. }
             | ApiError::UnknownParameter(_)
             | ApiError::InvalidJson(_) => ErrorKind::InvalidRequest,
             ApiError::Unauthorized(_) => ErrorKind::Authentication,
@@ -73,6 +88,7 @@ impl ApiError {
     fn code(&self) -> Option<&'static str> {
         match self {
             ApiError::InvalidField { .. } => Some("invalid_value"),
+            ApiError::ContextLengthExceeded { .. } => Some("context_length_exceeded"),
             ApiError::UnknownParameter(_) => Some("unknown_parameter"),
             ApiError::InvalidJson(_) => Some("invalid_json"),
             ApiError::Unauthorized(_) => Some("invalid_api_key"),
@@ -89,6 +105,7 @@ impl ApiError {
     fn param(&self) -> Option<&str> {
         match self {
             ApiError::InvalidField { param, .. } => Some(param),
+            ApiError::ContextLengthExceeded { param, .. } => Some(param),
             ApiError::UnknownParameter(param) => Some(param),
             ApiError::ModelNotFound(_) => Some("model"),
             _ => None,
@@ -106,6 +123,7 @@ impl ApiError {
             ApiError::InvalidField { .. }
             | ApiError::UnknownParameter(_)
             | ApiError::InvalidJson(_) => "invalid_request",
+            ApiError::ContextLengthExceeded { .. } => "context_length_exceeded",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -120,7 +138,15 @@ impl ApiError {
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> Self {
         match e {
-            BackendError::PromptTooLong { .. } => ApiError::field("messages", e),
+            BackendError::PromptTooLong {
+                prompt_tokens,
+                context_length,
+            } => ApiError::ContextLengthExceeded {
+                param: "messages",
+                tokens: prompt_tokens as usize,
+                exact: true,
+                context_length,
+            },
             BackendError::EmptyPrompt => ApiError::field("messages", e),
             BackendError::InvalidToken(_) => ApiError::field("prompt", e),
             BackendError::Unavailable(_) => ApiError::Unavailable(e.to_string()),

@@ -3,7 +3,7 @@
 //!
 //! Request flow: the body is read under the size limit ([`body`]), parsed and
 //! validated once into valid types ([`validate`]), rendered to harmony token ids
-//! ([`codec`]), given the grammar its output must follow ([`grammar`]), admitted by the FIFO queue ([`queue`]), and generated as a stream
+//! ([`codec`]) — these three on the bounded [`cpu_pool`], off the async threads — given the grammar its output must follow ([`grammar`]), admitted by the FIFO queue ([`queue`]), and generated as a stream
 //! of events ([`generation`]) that owns its concurrency permit. Chat and completion
 //! handlers ([`chat`], [`completions`]) turn those events into JSON or SSE.
 
@@ -12,6 +12,7 @@ pub mod body;
 pub mod chat;
 pub mod codec;
 pub mod completions;
+pub mod cpu_pool;
 pub mod error;
 pub mod generation;
 pub mod grammar;

@@ -24,7 +24,28 @@ fn model_source(args: &Args) -> ModelSource {
     }
 }
 
+/// Buffers of a large request (the body, the prompt's text, its tokens) are mapped and
+/// unmapped on their own, so resident memory returns to where it was once a multi-megabyte
+/// request is answered. glibc's default raises this threshold after each large free (up to
+/// 32 MiB), after which such buffers stay in the heap arenas: measured, 6 refused 3 MB
+/// prompts left the server 65 MiB larger with the default and 0 MiB with 256 KiB.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_large_buffers_to_the_os() {
+    const MMAP_THRESHOLD_BYTES: libc::c_int = 256 * 1024;
+    // SAFETY: `mallopt` only sets an allocator parameter; it is called once, before the
+    // runtime's threads start.
+    #[allow(unsafe_code)]
+    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) };
+    if ok != 1 {
+        tracing::warn!("could not set the allocator's mmap threshold");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_large_buffers_to_the_os() {}
+
 fn main() -> ExitCode {
+    return_large_buffers_to_the_os();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

@@ -7,6 +7,7 @@ use harmony::Tokenizer;
 use parking_lot::RwLock;
 
 use crate::args::Args;
+use crate::cpu_pool::CpuPool;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::queue::Admission;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub config: ServerConfig,
     pub admission: Arc<Admission>,
     pub metrics: Arc<Metrics>,
+    /// Where parsing, rendering and tokenizing run, off the async worker threads.
+    pub cpu: CpuPool,
     pub model: RwLock<ModelState>,
     /// `created` of the model in `/v1/models`: when this server started.
     pub started: u64,
@@ -62,10 +65,16 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: ServerConfig, max_concurrent: u32, max_queue: u32) -> Arc<Self> {
+        let cpu = CpuPool::new(
+            CpuPool::workers_for_this_machine(),
+            max_queue,
+            config.retry_after_secs,
+        );
         Arc::new(AppState {
             config,
             admission: Admission::new(max_concurrent, max_queue),
             metrics: Arc::new(Metrics::default()),
+            cpu,
             model: RwLock::new(ModelState::Loading),
             started: openai_types::unix_now(),
         })

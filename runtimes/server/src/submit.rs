@@ -16,6 +16,9 @@ use crate::stop::StopMatcher;
 /// A validated, rendered request ready to be queued.
 pub struct Submission {
     pub prompt: Vec<u32>,
+    /// The request field the prompt came from (`messages` or `prompt`), named when it is
+    /// too long.
+    pub prompt_param: &'static str,
     pub sampling: SamplingParams,
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
@@ -37,13 +40,12 @@ pub async fn admit_and_start(
     let caps = model.backend.capabilities();
     let prompt_tokens = u32::try_from(sub.prompt.len()).unwrap_or(u32::MAX);
     if prompt_tokens >= caps.context_length {
-        return Err(ApiError::field(
-            "messages",
-            format!(
-                "the prompt has {prompt_tokens} tokens; this model's context length is {}",
-                caps.context_length
-            ),
-        ));
+        return Err(ApiError::ContextLengthExceeded {
+            param: sub.prompt_param,
+            tokens: sub.prompt.len(),
+            exact: true,
+            context_length: caps.context_length,
+        });
     }
     let room = caps.context_length - prompt_tokens;
     // Without a limit from the request, the server's default, raised to `min_tokens`.

@@ -771,3 +771,42 @@ async fn preambles_are_content_next_to_the_call_in_json_and_sse() {
     assert_eq!(json.1, ["get_weather"]);
     assert_eq!(json, streamed, "JSON and SSE agree");
 }
+
+/// `n` distinct short words (each a few tokens).
+fn many_words(n: usize) -> String {
+    (0..n).map(|i| format!("w{i} ")).collect()
+}
+
+#[tokio::test]
+async fn a_prompt_longer_than_the_context_is_context_length_exceeded_naming_the_field() {
+    let s = setup(ANSWER, 0, 2, 4, None);
+    let long = many_words(6000);
+    let body = json!({"messages": [{"role": "user", "content": long}], "max_tokens": 5});
+    let (status, v, _) = call(&s.state, "POST", "/v1/chat/completions", body).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+    assert_eq!(v["error"]["param"], "messages", "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("maximum context length is 4096 tokens"),
+        "{message}"
+    );
+
+    let body = json!({"model": "m", "prompt": long, "max_tokens": 5});
+    let (status, v, _) = call(&s.state, "POST", "/v1/completions", body).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+    assert_eq!(v["error"]["param"], "prompt", "{v}");
+
+    // A prompt that fits, close to the context, is served.
+    let fits = many_words(1400);
+    let body = json!({"messages": [{"role": "user", "content": fits}], "max_tokens": 5});
+    let (status, v, _) = call(&s.state, "POST", "/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{v}");
+    let prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+    assert!(
+        prompt_tokens > 3000,
+        "the fitting prompt is long: {prompt_tokens}"
+    );
+}
