@@ -51,9 +51,9 @@ pub(crate) struct Job {
 }
 
 pub(crate) enum Command {
-    Submit(Job),
-    /// `n` requests with the same prompt, prefilled once when the engine batches.
-    SubmitGroup(Vec<Job>),
+    /// One request, or a group: `n` requests with the same prompt, prefilled once when the
+    /// engine batches.
+    Submit(Vec<Job>),
 }
 
 /// Counters the engine publishes after every round.
@@ -353,10 +353,11 @@ pub(crate) fn run(
 /// Queues a command's requests: a group as one entry when the engine batches (prefilled once),
 /// else one entry per request.
 fn enqueue(waiting: &mut VecDeque<Vec<Job>>, command: Command, batched: bool) {
-    match command {
-        Command::Submit(job) => waiting.push_back(vec![job]),
-        Command::SubmitGroup(jobs) if batched => waiting.push_back(jobs),
-        Command::SubmitGroup(jobs) => waiting.extend(jobs.into_iter().map(|j| vec![j])),
+    let Command::Submit(jobs) = command;
+    if batched {
+        waiting.push_back(jobs);
+    } else {
+        waiting.extend(jobs.into_iter().map(|j| vec![j]));
     }
 }
 

@@ -238,7 +238,10 @@ impl InferenceBackend for OnnxBackend {
                 .lock()
                 .map_err(|_| BackendError::Internal("the engine queue lock is poisoned".into()))?;
             commands
-                .send(engine::Command::Submit(engine::Job { request, events }))
+                .send(engine::Command::Submit(vec![engine::Job {
+                    request,
+                    events,
+                }]))
                 .map_err(|_| BackendError::Unavailable("the ONNX engine thread stopped".into()))?;
         }
         tracing::debug!(%request_id, "queued");
@@ -277,7 +280,7 @@ impl InferenceBackend for OnnxBackend {
             .lock()
             .map_err(|_| BackendError::Internal("the engine queue lock is poisoned".into()))?;
         commands
-            .send(engine::Command::SubmitGroup(jobs))
+            .send(engine::Command::Submit(jobs))
             .map_err(|_| BackendError::Unavailable("the ONNX engine thread stopped".into()))?;
         Ok(streams)
     }
