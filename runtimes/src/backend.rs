@@ -198,4 +198,27 @@ pub trait InferenceBackend: Send + Sync + 'static {
     /// or [`TokenEvent::Error`]. Dropping the stream, or firing `request.cancel`,
     /// stops the generation and frees its slot.
     async fn generate(&self, request: GenerateRequest) -> Result<TokenStream, BackendError>;
+
+    /// Starts OpenAI's `n` independent sequences of one prompt: every request of `requests`
+    /// has the same `prompt` (each its own sampling, seed, grammar, cancellation). Returns one
+    /// stream per request, in order. A backend that can share work prefills the prompt once
+    /// for the whole group; this default starts each request on its own with
+    /// [`InferenceBackend::generate`] (the prompt is prefilled `n` times).
+    async fn generate_group(
+        &self,
+        requests: Vec<GenerateRequest>,
+    ) -> Result<Vec<TokenStream>, BackendError> {
+        let mut streams = Vec::with_capacity(requests.len());
+        for request in requests {
+            streams.push(self.generate(request).await?);
+        }
+        Ok(streams)
+    }
+
+    /// Prompt tokens run through the model so far (prefill work; a prompt shared by the `n`
+    /// sequences of a group counts once when the backend shares it). `None` when the backend
+    /// does not count them.
+    fn prefill_tokens_total(&self) -> Option<u64> {
+        None
+    }
 }

@@ -72,7 +72,13 @@ pub async fn model(
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let text = state.metrics.render(state.admission.status());
+    let prefill_tokens = match &*state.model.read() {
+        ModelState::Ready(m) => m.backend.prefill_tokens_total(),
+        _ => None,
+    };
+    let text = state
+        .metrics
+        .render(state.admission.status(), prefill_tokens);
     (
         [(
             header::CONTENT_TYPE,

@@ -115,7 +115,9 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self, queue: QueueStatus) -> String {
+    /// The exposition text. `prefill_tokens`: the backend's count of prompt tokens run through
+    /// the model (`None` while no model is loaded, or when the backend does not count).
+    pub fn render(&self, queue: QueueStatus, prefill_tokens: Option<u64>) -> String {
         let mut out = String::with_capacity(4096);
         let _ = writeln!(
             out,
@@ -180,6 +182,13 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        if let Some(n) = prefill_tokens {
+            let name = "gpt_oss_prefill_tokens_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Prompt tokens run through the model (the prompt shared by n choices counts once).\n# TYPE {name} counter\n{name} {n}"
             );
         }
         let secs = self.generation_micros.load(Ordering::Relaxed) as f64 / 1e6;

@@ -31,7 +31,8 @@ pub struct Submission {
 
 /// Waits for a slot (FIFO; 429 when the waiting line is full), then starts one generation
 /// per parser (the `n` choices, each with its own sampler and grammar state; with a `seed`,
-/// choice `i` samples with `seed + i`). The returned parts share the slot.
+/// choice `i` samples with `seed + i`), as one group so the backend can prefill the prompt
+/// once for all of them. The returned parts share the slot.
 pub async fn admit_and_start(
     state: &Arc<AppState>,
     model: &LoadedModel,
@@ -65,8 +66,9 @@ pub async fn admit_and_start(
 
     let permit = Arc::new(permit);
     let stop_token_ids = codec::stop_token_ids(caps);
-    let mut all = Vec::with_capacity(sub.parsers.len());
-    for (i, parser) in sub.parsers.into_iter().enumerate() {
+    let mut requests = Vec::with_capacity(sub.parsers.len());
+    let mut cancels = Vec::with_capacity(sub.parsers.len());
+    for i in 0..sub.parsers.len() {
         let cancel = CancellationToken::new();
         let request_id = uuid::Uuid::new_v4().simple().to_string();
         tracing::info!(
@@ -87,7 +89,13 @@ pub async fn admit_and_start(
             cancel: cancel.clone(),
             constraint: sub.constraint.clone(),
         };
-        let tokens = model.backend.generate(request).await?;
+        requests.push(request);
+        cancels.push(cancel);
+    }
+    // One group: a backend that can share the prompt's prefill does it once for all choices.
+    let streams = model.backend.generate_group(requests).await?;
+    let mut all = Vec::with_capacity(streams.len());
+    for ((tokens, parser), cancel) in streams.into_iter().zip(sub.parsers).zip(cancels) {
         all.push(GenerationParts {
             tokens,
             parser,

@@ -19,9 +19,20 @@
 //!
 //! Without batching (`max_concurrent == 1`, or the CUDA device, whose KV pool would need device
 //! copies) every sequence decodes in its own buffers, one run per sequence per round.
+//!
+//! # Groups (OpenAI's `n`)
+//! A group is `n` requests with one prompt. With batching, its first request (the leader) is
+//! admitted like any other and prefills the prompt once; when the prefill is done, the prefilled
+//! cache is parked with the last position's logits, and the leader and then each sibling copy it
+//! into their own pool row and sample their first token from those logits with their own sampler
+//! and grammar. A sibling takes a slot as soon as one is free, before any request that waits
+//! behind it, so a group never holds slots while it waits for more (no deadlock, and `n` may
+//! exceed `max_concurrent`); the parked cache is freed when its last sibling has joined. If the
+//! leader leaves before its prefill is done, the siblings go back to the front of the queue as a
+//! group. Without batching the `n` requests are queued one by one and each prefills the prompt.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,7 +51,9 @@ pub(crate) struct Job {
 }
 
 pub(crate) enum Command {
-    Submit(Job),
+    /// One request, or a group: `n` requests with the same prompt, prefilled once when the
+    /// engine batches.
+    Submit(Vec<Job>),
 }
 
 /// Counters the engine publishes after every round.
@@ -48,6 +61,16 @@ pub(crate) enum Command {
 pub(crate) struct Counters {
     pub active: AtomicUsize,
     pub waiting: AtomicUsize,
+    /// Prompt tokens run through the model (prefill), all requests together.
+    pub prefill_tokens: AtomicU64,
+}
+
+/// A group's prefilled prompt, waiting for its siblings to take slots.
+struct Parked {
+    cache: Box<SequenceCache>,
+    /// The last prompt position's logits, as the prefill left them (before any sampling).
+    logits: Vec<f32>,
+    siblings: VecDeque<Job>,
 }
 
 /// Where a sequence's KV cache lives.
@@ -71,6 +94,8 @@ struct Active {
     /// Total tokens the sequence may reach (prompt plus completion).
     limit: usize,
     started: Instant,
+    /// The other requests of its group, until its prefill is done and they are parked.
+    siblings: Vec<Job>,
 }
 
 impl Active {
@@ -191,7 +216,9 @@ pub(crate) fn run(
     } else {
         None
     };
-    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let batched = pool.is_some();
+    let mut waiting: VecDeque<Vec<Job>> = VecDeque::new();
+    let mut parked: VecDeque<Parked> = VecDeque::new();
     let mut active: Vec<Active> = Vec::with_capacity(max_concurrent);
     let mut senders_gone = false;
     let mut logits = Vec::new();
@@ -199,18 +226,18 @@ pub(crate) fn run(
 
     loop {
         // Take new requests; block only when there is nothing to do.
-        if active.is_empty() && waiting.is_empty() {
+        if active.is_empty() && waiting.is_empty() && parked.is_empty() {
             if senders_gone {
                 break;
             }
             match commands.recv() {
-                Ok(Command::Submit(job)) => waiting.push_back(job),
+                Ok(command) => enqueue(&mut waiting, command, batched),
                 Err(_) => break,
             }
         }
         loop {
             match commands.try_recv() {
-                Ok(Command::Submit(job)) => waiting.push_back(job),
+                Ok(command) => enqueue(&mut waiting, command, batched),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     senders_gone = true;
@@ -219,27 +246,62 @@ pub(crate) fn run(
             }
         }
 
-        // Admit in arrival order.
+        // Siblings of prefilled groups first (they arrived before anything still waiting), then
+        // waiting requests, in arrival order.
+        if let Some(p) = pool.as_mut() {
+            while active.len() < max_concurrent {
+                let Some(group) = parked.front_mut() else {
+                    break;
+                };
+                if let Some(job) = group.siblings.pop_front() {
+                    if let Some(a) = join(&model, p, job, group) {
+                        active.push(a);
+                    }
+                }
+                if group.siblings.is_empty() {
+                    // The shared prefill is freed here.
+                    parked.pop_front();
+                }
+            }
+        }
         while active.len() < max_concurrent {
-            let Some(job) = waiting.pop_front() else {
+            let Some(mut group) = waiting.pop_front() else {
                 break;
             };
-            if let Some(a) = admit(&model, job, pool.is_some()) {
+            if group.is_empty() {
+                continue;
+            }
+            let job = group.remove(0);
+            if let Some(a) = admit(&model, job, group, batched, &mut waiting) {
                 active.push(a);
             }
         }
         counters.active.store(active.len(), Ordering::SeqCst);
-        counters.waiting.store(waiting.len(), Ordering::SeqCst);
+        let queued = waiting.iter().map(Vec::len).sum::<usize>()
+            + parked.iter().map(|g| g.siblings.len()).sum::<usize>();
+        counters.waiting.store(queued, Ordering::SeqCst);
 
         // Sequences in their own buffers: a prefill chunk, or (unbatched) a decode token.
         active.retain_mut(|a| {
-            let done = a.abandoned() || own_step(&mut model, pool.as_mut(), a, prefill_chunk);
+            let done = a.abandoned()
+                || own_step(
+                    &mut model,
+                    pool.as_mut(),
+                    a,
+                    prefill_chunk,
+                    &counters,
+                    &mut parked,
+                );
             if done {
                 if a.abandoned() {
                     a.finish(StopReason::Cancelled);
                 }
                 if let (Cache::Row(row), Some(p)) = (&a.cache, pool.as_mut()) {
                     p.release(*row);
+                }
+                if !a.siblings.is_empty() {
+                    // The leader left before its prefill was done: the next sibling leads.
+                    waiting.push_front(std::mem::take(&mut a.siblings));
                 }
             }
             !done
@@ -288,8 +350,105 @@ pub(crate) fn run(
     tracing::info!("engine stopped");
 }
 
+/// Queues a command's requests: a group as one entry when the engine batches (prefilled once),
+/// else one entry per request.
+fn enqueue(waiting: &mut VecDeque<Vec<Job>>, command: Command, batched: bool) {
+    let Command::Submit(jobs) = command;
+    if batched {
+        waiting.push_back(jobs);
+    } else {
+        waiting.extend(jobs.into_iter().map(|j| vec![j]));
+    }
+}
+
+/// Allocates a sequence for a waiting request (the leader of `siblings`, if any), or finishes
+/// the request at once; then its siblings go back to the front of the queue as a group.
+fn admit(
+    model: &OnnxModel,
+    job: Job,
+    siblings: Vec<Job>,
+    batched: bool,
+    waiting: &mut VecDeque<Vec<Job>>,
+) -> Option<Active> {
+    let admitted = admit_one(model, job, batched);
+    match admitted {
+        Some(mut a) => {
+            a.siblings = siblings;
+            Some(a)
+        }
+        None => {
+            if !siblings.is_empty() {
+                waiting.push_front(siblings);
+            }
+            None
+        }
+    }
+}
+
+/// A parked group's next sibling joins the pool: the shared prefill is copied into a free row
+/// and the first token is sampled from the shared logits. `None` when it finished at once.
+fn join(model: &OnnxModel, pool: &mut DecodePool, job: Job, group: &Parked) -> Option<Active> {
+    let usage = GenerationUsage {
+        prompt_tokens: job.request.prompt.len() as u32,
+        completion_tokens: 0,
+    };
+    if job.request.cancel.is_cancelled() || job.events.is_closed() {
+        tracing::debug!(request_id = %job.request.request_id, "cancelled while waiting");
+        job.events
+            .send(TokenEvent::Finish {
+                reason: StopReason::Cancelled,
+                usage,
+            })
+            .ok();
+        return None;
+    }
+    if job.request.max_new_tokens == 0 {
+        job.events
+            .send(TokenEvent::Finish {
+                reason: StopReason::Length,
+                usage,
+            })
+            .ok();
+        return None;
+    }
+    let prompt_len = job.request.prompt.len();
+    let limit = prompt_len
+        .saturating_add(job.request.max_new_tokens as usize)
+        .min(model.spec.context_length);
+    let sampler = Sampler::for_prompt(job.request.sampling.clone(), &job.request.prompt);
+    let mut a = Active {
+        job,
+        cache: Cache::Row(usize::MAX),
+        sampler,
+        generated: 0,
+        prefilled: prompt_len,
+        pending: None,
+        limit,
+        started: Instant::now(),
+        siblings: Vec::new(),
+    };
+    let Some(row) = pool.free_row() else {
+        a.fail(&ModelError::Runtime(
+            "no free row in the decode pool".into(),
+        ));
+        return None;
+    };
+    if let Err(e) = model.load_row(pool, row, &group.cache) {
+        a.fail(&e);
+        return None;
+    }
+    a.cache = Cache::Row(row);
+    tracing::debug!(request_id = %a.job.request.request_id, row, "joined its group's prefill");
+    let mut logits = group.logits.clone();
+    if a.accept(&mut logits) {
+        pool.release(row);
+        return None;
+    }
+    Some(a)
+}
+
 /// Allocates a sequence for a waiting request, or finishes the request at once.
-fn admit(model: &OnnxModel, job: Job, batched: bool) -> Option<Active> {
+fn admit_one(model: &OnnxModel, job: Job, batched: bool) -> Option<Active> {
     let usage = GenerationUsage {
         prompt_tokens: job.request.prompt.len() as u32,
         completion_tokens: 0,
@@ -329,6 +488,7 @@ fn admit(model: &OnnxModel, job: Job, batched: bool) -> Option<Active> {
                 pending: None,
                 limit,
                 started: Instant::now(),
+                siblings: Vec::new(),
             })
         }
         Err(e) => {
@@ -347,6 +507,8 @@ fn own_step(
     pool: Option<&mut DecodePool>,
     a: &mut Active,
     prefill_chunk: usize,
+    counters: &Counters,
+    parked: &mut VecDeque<Parked>,
 ) -> bool {
     let Cache::Own(cache) = &mut a.cache else {
         return false;
@@ -356,6 +518,9 @@ fn own_step(
         None => {
             let end = prompt.len().min(a.prefilled + prefill_chunk);
             let r = model.forward(cache, &prompt[a.prefilled..end]);
+            counters
+                .prefill_tokens
+                .fetch_add((end - a.prefilled) as u64, Ordering::Relaxed);
             a.prefilled = end;
             r
         }
@@ -370,6 +535,15 @@ fn own_step(
         return false;
     }
     let first_token = a.pending.is_none();
+    let mut pool = pool;
+    if first_token && !a.siblings.is_empty() {
+        if let Some(p) = pool.as_deref_mut() {
+            return lead_group(model, p, a, parked);
+        }
+    }
+    let Cache::Own(cache) = &mut a.cache else {
+        return false;
+    };
     let mut logits = std::mem::take(cache.logits_mut());
     let done = a.accept(&mut logits);
     if let Cache::Own(cache) = &mut a.cache {
@@ -396,4 +570,38 @@ fn own_step(
         a.cache = Cache::Row(row);
     }
     false
+}
+
+/// A group's leader whose prefill is done: it takes a pool row from its own prefilled cache,
+/// then parks that cache and the last position's logits for its siblings (see [`join`]), and
+/// samples its first token; true when it is finished.
+fn lead_group(
+    model: &mut OnnxModel,
+    pool: &mut DecodePool,
+    a: &mut Active,
+    parked: &mut VecDeque<Parked>,
+) -> bool {
+    let Some(row) = pool.free_row() else {
+        a.fail(&ModelError::Runtime(
+            "no free row in the decode pool".into(),
+        ));
+        return true;
+    };
+    if let Cache::Own(cache) = &a.cache {
+        if let Err(e) = model.load_row(pool, row, cache) {
+            a.fail(&e);
+            return true;
+        }
+    }
+    let Cache::Own(cache) = std::mem::replace(&mut a.cache, Cache::Row(row)) else {
+        return false;
+    };
+    let logits = cache.logits().to_vec();
+    let mut first = logits.clone();
+    parked.push_back(Parked {
+        cache,
+        logits,
+        siblings: std::mem::take(&mut a.siblings).into(),
+    });
+    a.accept(&mut first)
 }

@@ -238,12 +238,55 @@ impl InferenceBackend for OnnxBackend {
                 .lock()
                 .map_err(|_| BackendError::Internal("the engine queue lock is poisoned".into()))?;
             commands
-                .send(engine::Command::Submit(engine::Job { request, events }))
+                .send(engine::Command::Submit(vec![engine::Job {
+                    request,
+                    events,
+                }]))
                 .map_err(|_| BackendError::Unavailable("the ONNX engine thread stopped".into()))?;
         }
         tracing::debug!(%request_id, "queued");
         let stream = async_stream(move |cx| rx.poll_recv(cx));
         Ok(Box::pin(stream))
+    }
+
+    /// Queues the group as one engine job: with the batched CPU engine the prompt is prefilled
+    /// once and its KV cache copied into a decode-pool row per sequence; without batching
+    /// (`max_concurrent == 1`, CUDA) each sequence prefills on its own. Requests whose prompts
+    /// differ are queued one by one.
+    async fn generate_group(
+        &self,
+        requests: Vec<GenerateRequest>,
+    ) -> Result<Vec<TokenStream>, BackendError> {
+        let same_prompt = requests.windows(2).all(|w| w[0].prompt == w[1].prompt);
+        if requests.len() < 2 || !same_prompt {
+            let mut streams = Vec::with_capacity(requests.len());
+            for request in requests {
+                streams.push(self.generate(request).await?);
+            }
+            return Ok(streams);
+        }
+        for request in &requests {
+            self.validate(request)?;
+        }
+        let mut jobs = Vec::with_capacity(requests.len());
+        let mut streams: Vec<TokenStream> = Vec::with_capacity(requests.len());
+        for request in requests {
+            let (events, mut rx) = tokio::sync::mpsc::unbounded_channel::<TokenEvent>();
+            jobs.push(engine::Job { request, events });
+            streams.push(Box::pin(async_stream(move |cx| rx.poll_recv(cx))));
+        }
+        let commands = self
+            .commands
+            .lock()
+            .map_err(|_| BackendError::Internal("the engine queue lock is poisoned".into()))?;
+        commands
+            .send(engine::Command::Submit(jobs))
+            .map_err(|_| BackendError::Unavailable("the ONNX engine thread stopped".into()))?;
+        Ok(streams)
+    }
+
+    fn prefill_tokens_total(&self) -> Option<u64> {
+        Some(self.counters.prefill_tokens.load(Ordering::Relaxed))
     }
 }
 
