@@ -172,7 +172,9 @@ fn main() {
         }
 
         let long = chat(long_schema(), o.tokens);
-        let prompt = gpt_oss_server::codec::render_chat(&tokenizer, &long).expect("render");
+        let context_length = backend.capabilities().context_length;
+        let prompt =
+            gpt_oss_server::codec::render_chat(&tokenizer, &long, context_length).expect("render");
         let constraint = grammar::for_chat(&compilers, &tokenizer, &long)
             .await
             .expect("compiles")

@@ -193,7 +193,8 @@ fn main() {
 
         // The exact prompt the server renders, through the server's own validation and codec.
         let valid = gpt_oss_server::validate::chat(req, "bench").expect("valid request");
-        let prompt = gpt_oss_server::codec::render_chat(&tokenizer, &valid).expect("render");
+        let prompt = gpt_oss_server::codec::render_chat(&tokenizer, &valid, caps.context_length)
+            .expect("render");
         let stop = gpt_oss_server::codec::stop_token_ids(&caps);
 
         // Warm up both paths.
