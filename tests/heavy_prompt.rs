@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use fault_load::chat_body;
+use fault_load::{chat_body, soak_row};
 use fault_procs::{Server, ServerOpts};
 
 const MODEL: &str = "tiny";
@@ -66,26 +66,6 @@ fn heavy(i: u64, bytes: usize) -> Heavy {
             param: "messages",
             body: serde_json::to_vec(&body).expect("json"),
         }
-    }
-}
-
-/// Append a row to `$SOAK_REPORT` (tests/soak/run prints the table and the figures).
-fn soak_row(scenario: &str, sent: usize, ok: usize, clear: usize, p99_ms: f64, figures: String) {
-    eprintln!("[{scenario}] {figures}");
-    let Some(path) = std::env::var_os("SOAK_REPORT") else {
-        return;
-    };
-    let row = json!({
-        "scenario": scenario, "sent": sent, "ok": ok, "clear_error": clear,
-        "lost": sent - ok - clear, "p99_ms": p99_ms, "figures": figures,
-    });
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        use std::io::Write as _;
-        let _ = writeln!(f, "{row}");
     }
 }
 

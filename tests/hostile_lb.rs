@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use fault_load::chat_body;
+use fault_load::{chat_body, soak_row};
 use fault_procs::{lb_config, Lb, Server, ServerOpts};
 use faulty_backend::{FaultyBackend, Mode};
 
@@ -30,26 +30,6 @@ async fn register(lb: &Lb, name: &str, url: &str, models: &[&str]) -> (u16, Valu
         .expect("register");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
-}
-
-/// Append a row to `$SOAK_REPORT` (tests/soak/run prints the table and the figures).
-fn soak_row(scenario: &str, sent: usize, ok: usize, clear: usize, p99_ms: f64, figures: String) {
-    eprintln!("[{scenario}] {figures}");
-    let Some(path) = std::env::var_os("SOAK_REPORT") else {
-        return;
-    };
-    let row = json!({
-        "scenario": scenario, "sent": sent, "ok": ok, "clear_error": clear,
-        "lost": sent - ok - clear, "p99_ms": p99_ms, "figures": figures,
-    });
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        use std::io::Write as _;
-        let _ = writeln!(f, "{row}");
-    }
 }
 
 fn port_of(lb: &Lb) -> u16 {

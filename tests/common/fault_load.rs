@@ -318,25 +318,46 @@ impl Tally {
     /// Append this scenario's row to `$SOAK_REPORT` (JSON lines), when set.
     pub fn report(&self, scenario: &str) {
         eprintln!("[{scenario}] {}", self.summary());
-        let Some(path) = std::env::var_os("SOAK_REPORT") else {
-            return;
-        };
-        let row = json!({
+        append_report(&json!({
             "scenario": scenario,
             "sent": self.sent(),
             "ok": self.ok(),
             "clear_error": self.clear(),
             "lost": self.lost(),
             "p99_ms": self.p99().as_secs_f64() * 1000.0,
-        });
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{row}");
-        }
+        }));
+    }
+}
+
+/// Append a scenario row measured outside [`Counts`] to `$SOAK_REPORT`, with its `figures`
+/// (`tests/soak/run` prints the table and the figures).
+pub fn soak_row(
+    scenario: &str,
+    sent: usize,
+    ok: usize,
+    clear: usize,
+    p99_ms: f64,
+    figures: String,
+) {
+    eprintln!("[{scenario}] {figures}");
+    append_report(&json!({
+        "scenario": scenario, "sent": sent, "ok": ok, "clear_error": clear,
+        "lost": sent - ok - clear, "p99_ms": p99_ms, "figures": figures,
+    }));
+}
+
+/// Append one JSON line to `$SOAK_REPORT`, when set.
+fn append_report(row: &Value) {
+    let Some(path) = std::env::var_os("SOAK_REPORT") else {
+        return;
+    };
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{row}");
     }
 }
 
