@@ -167,7 +167,7 @@ pub fn route_request(
             Some("invalid_json"),
         )
     };
-    // A derived struct also accepts a JSON array; the body must be an object.
+    // The body must be an object (`scan` reads no fields from an array or a scalar).
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
         _ => {
