@@ -45,9 +45,16 @@ def _prefilled(server):
     return int(m.group(1))
 
 
+GREEDY_MAX_TOKENS = 200
+# The README's question: nano's greedy answer has a final message ("Washington"), so
+# logprobs carry its tokens (the story prompt's greedy answer can end in analysis alone).
+GREEDY_QUESTION = [{"role": "system", "content": "Always answer in just single word."},
+                   {"role": "user", "content": "What is the capital of the US?"}]
+
+
 def _chat(server, **kw):
-    kw = dict(model="gpt-oss-20b", messages=QUESTION, max_tokens=48,
-              extra_body={"reasoning_effort": "low"}, **kw)
+    kw = dict(model="gpt-oss-20b", extra_body={"reasoning_effort": "low"},
+              **{"messages": QUESTION, "max_tokens": 48, **kw})
     return server.client().chat.completions.create(**kw)
 
 
@@ -77,8 +84,11 @@ def test_without_a_decode_batch_each_choice_prefills(unbatched_server):
 
 
 def test_greedy_choices_equal_the_n1_answer_token_for_token(default_server):
-    single = _chat(default_server, temperature=0, logprobs=True)
-    many = _chat(default_server, n=4, temperature=0, logprobs=True)
+    # Logprobs cover the final answer's tokens: a question nano answers, with room for it.
+    single = _chat(default_server, temperature=0, logprobs=True, max_tokens=GREEDY_MAX_TOKENS,
+                   messages=GREEDY_QUESTION)
+    many = _chat(default_server, n=4, temperature=0, logprobs=True, max_tokens=GREEDY_MAX_TOKENS,
+                 messages=GREEDY_QUESTION)
     expected = _choice(single.choices[0])
     assert expected[3], "logprobs carry the tokens"
     assert [c.index for c in many.choices] == [0, 1, 2, 3]
@@ -86,7 +96,9 @@ def test_greedy_choices_equal_the_n1_answer_token_for_token(default_server):
         assert _choice(c) == expected, c.index
     streamed = {}
     for chunk in default_server.client().chat.completions.create(
-            model="gpt-oss-20b", messages=QUESTION, max_tokens=48, n=4, temperature=0, stream=True,
+            model="gpt-oss-20b", messages=GREEDY_QUESTION, max_tokens=GREEDY_MAX_TOKENS, n=4,
+            temperature=0,
+            stream=True,
             extra_body={"reasoning_effort": "low"}):
         for c in chunk.choices:
             streamed[c.index] = streamed.get(c.index, "") + (c.delta.content or "")
