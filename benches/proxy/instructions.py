@@ -3,7 +3,7 @@
 the same from run to run whatever else the machine is doing (requests/s on a shared 2-core
 machine does not), so a change to gpt-oss-lb can be judged before and after.
 
-    python3 benches/proxy/instructions.py [--body json|sse] [--seconds 8] [--out DIR]
+    python3 benches/proxy/instructions.py [--body json|sse|harmony] [--seconds 8] [--out DIR] [--cache-sim]
 
 The upstream nginx runs natively; the proxy under test (nginx as reverse proxy, single process,
 and gpt-oss-lb with --threads 1) runs under `valgrind --tool=callgrind --instr-atstart=no`.
@@ -26,23 +26,37 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (same directory: ports, configs, process helpers, checks)
 
 
-def callgrind_total(path):
-    """The `totals:` line of a callgrind file (its `summary:` line can be 0 in a dump)."""
-    found = {}
+def callgrind_events(path):
+    """Every event of the `totals:` line of a callgrind file, by the names of its `events:` line
+    (`Ir` alone by default; with --cache-sim also I1mr, D1mr, DLmr, ..., Bc, Bcm, ...). The
+    `summary:` line is the fallback (it can be 0 in a dump)."""
+    names, found = ["Ir"], {}
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
-            if line.startswith(("summary:", "totals:")):
-                found[line.split(":")[0]] = int(line.split()[1])
+            if line.startswith("events:"):
+                names = line.split()[1:]
+            elif line.startswith(("summary:", "totals:")):
+                found[line.split(":")[0]] = [int(v) for v in line.split()[1:]]
     if not found:
         raise bench.BenchError(f"{path}: no totals line")
-    return found.get("totals", found.get("summary"))
+    values = found.get("totals", found.get("summary"))
+    return dict(zip(names, values))
 
 
-def measure(name, argv, port, body, seconds, out, run, upstream, env=None):
+def callgrind_total(path):
+    """The instructions (`Ir`) of the `totals:` line of a callgrind file."""
+    return callgrind_events(path)["Ir"]
+
+
+def measure(name, argv, port, body, seconds, out, run, upstream, env=None, cache_sim=False):
     prefix = os.path.join(out, f"{name}-{body}.callgrind")
     for old in glob.glob(prefix + "*"):
         os.remove(old)
     vg = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={prefix}.%p"]
+    if cache_sim:
+        # Simulated caches (valgrind's model of the host's L1 and last level) and branch
+        # predictors: misses per request, which the instruction count alone does not show.
+        vg += ["--cache-sim=yes", "--branch-sim=yes"]
     proc = bench.Proc(f"{name}-callgrind", vg + argv, run, env=env)
     try:
         bench.wait_ready(name, body, port, proc, 120)
@@ -89,9 +103,15 @@ def measure(name, argv, port, body, seconds, out, run, upstream, env=None):
     top = subprocess.run(["callgrind_annotate", "--inclusive=yes", dumps[2]], capture_output=True, text=True).stdout
     with open(os.path.join(out, f"{name}-{body}.top.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(top.splitlines()[:200]) + "\n")
-    return {"proxy": name, "body": body, "requests": n, "errors": errors, "instructions_under_load": load,
-            "idle_instructions_per_s": round(idle / idle_s),
-            "instructions_per_request": round(net / n) if n else None, "callgrind_file": dumps[2]}
+    result = {"proxy": name, "body": body, "requests": n, "errors": errors, "instructions_under_load": load,
+              "idle_instructions_per_s": round(idle / idle_s),
+              "instructions_per_request": round(net / n) if n else None, "callgrind_file": dumps[2]}
+    if cache_sim:
+        idle_ev, load_ev = callgrind_events(dumps[1]), callgrind_events(dumps[2])
+        result["events_per_request"] = {
+            k: round((v - idle_ev.get(k, 0) * (load_s / idle_s)) / n, 1) if n else None
+            for k, v in load_ev.items()}
+    return result
 
 
 def main():
@@ -101,6 +121,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--out", default=os.path.join(bench.ROOT, "benches", "out", "instructions"))
     ap.add_argument("--lb-bin", default=os.environ.get("GPT_OSS_LB_BIN"))
+    ap.add_argument("--cache-sim", action="store_true",
+                    help="also simulate caches and branch prediction: misses per request")
     args = ap.parse_args()
     args.out = os.path.abspath(args.out)
     if not shutil.which("valgrind"):
@@ -128,7 +150,8 @@ def main():
         if args.body != "harmony":
                 results.append(measure("nginx", ["nginx", "-c", conf_path, "-p", run, "-e",
                                              os.path.join(run, "nginx-proxy.err")],
-                                   proxy_port, args.body, args.seconds, args.out, run, upstream))
+                                   proxy_port, args.body, args.seconds, args.out, run, upstream,
+                                   cache_sim=args.cache_sim))
         exe = args.lb_bin or os.path.join(bench.ROOT, "target", "release", "gpt-oss-lb")
         cfg = os.path.join(run, "lb.yaml")
         with open(cfg, "w", encoding="utf-8") as f:
@@ -137,12 +160,15 @@ def main():
                                               "--pid-file", os.path.join(run, "lb.pid"),
                                               "--upgrade-sock", os.path.join(run, "lb-upgrade.sock")],
                                base + 5, args.body, args.seconds, args.out, run, upstream,
-                               env=dict(os.environ, RUST_LOG=os.environ.get("BENCH_LB_LOG", "warn"))))
+                               env=dict(os.environ, RUST_LOG=os.environ.get("BENCH_LB_LOG", "warn")),
+                               cache_sim=args.cache_sim))
     finally:
         upstream.stop()
     for r in results:
         print(f"{r['proxy']:11s} {r['body']}: {r['instructions_per_request']:,} instructions per request "
               f"({r['requests']} requests, {r['errors']} errors)")
+        if "events_per_request" in r:
+            print("            per request: " + ", ".join(f"{k} {v:,}" for k, v in r["events_per_request"].items()))
     if len(results) == 2 and results[0]["instructions_per_request"] and results[1]["instructions_per_request"]:
         print(f"gpt-oss-lb / nginx: {results[1]['instructions_per_request'] / results[0]['instructions_per_request']:.2f}x")
     with open(os.path.join(args.out, f"instructions{'' if args.body == 'json' else '-' + args.body}.json"),
