@@ -169,6 +169,8 @@ fn main() {
                 raw_output: false,
                 default_max_tokens: o.tokens,
                 retry_after_secs: 1,
+                responses_store: None,
+                reasoning_key_file: None,
             },
             1,
             16,

@@ -1,6 +1,6 @@
 //! OpenAI wire types, in one place, shared by `gpt-oss-server` and `gpt-oss-lb`.
 //!
-//! The shapes follow OpenAI's Chat Completions, Completions and Models APIs, plus
+//! The shapes follow OpenAI's Chat Completions, Completions, Responses and Models APIs, plus
 //! the fields of the gpt-oss seed prototype that are our compatibility contract:
 //! `separate_thinking` on requests, `thinking` / `parsed` on messages and
 //! `thinking_tokens` in `usage`. Reasoning is exposed as `reasoning_content`
@@ -14,11 +14,13 @@ mod completions;
 mod error;
 pub mod json;
 mod models;
+mod responses;
 
 pub use chat::*;
 pub use completions::*;
 pub use error::*;
 pub use models::*;
+pub use responses::*;
 
 /// Token accounting, as OpenAI reports it, plus the seed's `thinking_tokens`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

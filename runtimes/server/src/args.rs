@@ -67,9 +67,40 @@ pub struct Args {
     /// Seconds a client is told to wait in `Retry-After` on 429.
     #[arg(long, default_value_t = 1)]
     pub retry_after_secs: u64,
+    /// The SQLite file where the Responses API keeps responses (`store: true`, the default),
+    /// so that `previous_response_id` and `GET /v1/responses/{id}` work across restarts.
+    /// `:memory:` keeps them in memory only. Default:
+    /// `$XDG_DATA_HOME/gpt-oss-server/responses.sqlite` (else under `~/.local/share`).
+    #[arg(long, env = "GPT_OSS_RESPONSES_STORE")]
+    pub responses_store: Option<PathBuf>,
+    /// The file of the 32-byte key that seals reasoning handed out as `encrypted_content`;
+    /// made on first start. Default: `reasoning.key` next to the responses store (with
+    /// `--responses-store :memory:`, a key that lives as long as the process).
+    #[arg(long, env = "GPT_OSS_REASONING_KEY_FILE")]
+    pub reasoning_key_file: Option<PathBuf>,
 }
 
 impl Args {
+    /// The responses store file; `None` for `:memory:`.
+    pub fn responses_store_path(&self) -> Option<PathBuf> {
+        let path = self
+            .responses_store
+            .clone()
+            .unwrap_or_else(crate::responses::store::ResponseStore::default_path);
+        (path.as_os_str() != ":memory:").then_some(path)
+    }
+
+    /// The reasoning key file; `None` when responses are kept in memory and no file is given.
+    pub fn reasoning_key_path(&self) -> Option<PathBuf> {
+        self.reasoning_key_file.clone().or_else(|| {
+            self.responses_store_path().map(|p| {
+                p.parent()
+                    .map(|d| d.join("reasoning.key"))
+                    .unwrap_or_else(|| PathBuf::from("reasoning.key"))
+            })
+        })
+    }
+
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
     }

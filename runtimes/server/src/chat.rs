@@ -17,12 +17,12 @@ use openai_types::{
 use crate::codec;
 use crate::error::ApiError;
 use crate::generation::{self, GenEvent};
+use crate::infer::{self, Input};
 use crate::logprobs;
 use crate::sse;
 use crate::state::AppState;
-use crate::submit::{self, Submission};
 use crate::validate::{self, ValidChat};
-use harmony::openai::{apply_delta, ParsedResponse, SeedContext, ToolGate};
+use harmony::openai::{apply_delta, ParsedResponse, SeedContext};
 use harmony::Tokenizer;
 use serde_json::Value;
 
@@ -54,69 +54,25 @@ async fn serve(
     arrived: Instant,
 ) -> Result<Response, ApiError> {
     let bytes = crate::body::read_limited(headers, body, state.config.max_body_bytes).await?;
-    let model = state.ready_model();
     let served = state.config.model_name.clone();
-    // Parsing, validating and rendering a body of megabytes takes CPU time: off the async
-    // threads, on the bounded pool.
-    let (valid, model, prompt, prefill) = state
+    // Parsing and validating a body of megabytes takes CPU time: off the async threads.
+    let valid = state
         .cpu
-        .run(move || {
-            let req = validate::parse_body(&bytes)?;
-            drop(bytes);
-            let valid = validate::chat(req, &served)?;
-            let model = model?;
-            let context_length = model.backend.capabilities().context_length;
-            let prompt = codec::render_chat(&model.tokenizer, &valid, context_length)?;
-            let prefill = codec::prefill(&model.tokenizer, &valid.tool_plan)?;
-            Ok((valid, model, prompt, prefill))
-        })
+        .run(move || validate::chat(validate::parse_body(&bytes)?, &served))
         .await?;
-    let raw = state.config.raw_output;
-    // Tool calls only to the functions the request offered and `tool_choice` allows (the
-    // validated request keeps exactly those in `tools`).
-    let parsers = (0..valid.n)
-        .map(|_| {
-            codec::chat_parser(
-                &model.tokenizer,
-                raw,
-                ToolGate::from_request(&valid.render),
-                &prefill,
-                &valid.stop,
-                valid.sampling.min_tokens,
-            )
-        })
-        .collect();
-    let constraint = crate::grammar::for_chat(&model.grammars, &model.tokenizer, &valid).await?;
-    let mut full_prompt = prompt;
-    full_prompt.extend_from_slice(&prefill);
-    let submission = Submission {
-        prompt: full_prompt,
-        prompt_param: "messages",
-        sampling: valid.sampling.clone(),
-        max_tokens: valid.max_tokens,
-        // Raw output matches stop strings on the answer inside its parser; the generation's
-        // matcher looks at all of `content`, which is the answer only in parsed output.
-        stop: if raw { Vec::new() } else { valid.stop.clone() },
-        parsers,
-        arrived,
-        constraint,
-    };
-    let parts = submit::admit_and_start(state, &model, submission).await?;
-    let events = generation::run_all(parts);
+    let valid = Arc::new(valid);
+    let started = infer::start(state, Input::Chat(Arc::clone(&valid)), arrived).await?;
     let meta = Meta {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         created: openai_types::unix_now(),
         model: state.config.model_name.clone(),
-        fingerprint: crate::info::system_fingerprint(
-            &state.config.model_name,
-            model.backend.capabilities(),
-        ),
-        tokenizer: model.tokenizer.clone(),
+        fingerprint: started.fingerprint,
+        tokenizer: started.tokenizer,
     };
     if valid.stream {
-        Ok(stream_response(meta, valid, events).into_response())
+        Ok(stream_response(meta, valid, started.events).into_response())
     } else {
-        let completion = collect(meta, &valid, events).await?;
+        let completion = collect(meta, &valid, started.events).await?;
         Ok(Json(completion).into_response())
     }
 }
@@ -223,7 +179,7 @@ fn chunk(
 
 fn stream_response(
     meta: Meta,
-    valid: ValidChat,
+    valid: Arc<ValidChat>,
     events: impl Stream<Item = (u32, GenEvent)> + Send + 'static,
 ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>> + Send + 'static> {
     let include_usage = valid.include_usage;

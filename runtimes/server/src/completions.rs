@@ -18,14 +18,13 @@ use futures::stream::{self, StreamExt};
 use openai_types::{Completion, CompletionChoice, FinishReason, Usage};
 use serde_json::Value;
 
-use crate::codec;
 use crate::error::ApiError;
 use crate::generation::{self, GenEvent};
+use crate::infer::{self, Input};
 use crate::logprobs::CompletionLogprobs;
 use crate::sse;
 use crate::state::AppState;
-use crate::submit::{self, Submission};
-use crate::validate::{self, ValidPrompt};
+use crate::validate;
 
 const ENDPOINT: &str = "completions";
 
@@ -94,67 +93,23 @@ async fn serve(
     arrived: Instant,
 ) -> Result<Response, ApiError> {
     let bytes = crate::body::read_limited(headers, body, state.config.max_body_bytes).await?;
-    let model = state.ready_model();
     let served = state.config.model_name.clone();
-    // Parsing, validating, tokenizing and detokenizing the echo take CPU time in proportion
-    // to the body: off the async threads, on the bounded pool.
-    let (valid, model, prompt, echo) = state
+    // Parsing and validating a body of megabytes takes CPU time: off the async threads.
+    let valid = state
         .cpu
-        .run(move || {
-            let req = validate::parse_body(&bytes)?;
-            drop(bytes);
-            let valid = validate::completion(req, &served)?;
-            let model = model?;
-            let caps = model.backend.capabilities();
-            let vocab = caps.vocab_size;
-            let prompt = match &valid.prompt {
-                ValidPrompt::Text(t) => {
-                    codec::encode_prompt(&model.tokenizer, t, caps.context_length)?
-                }
-                ValidPrompt::Tokens(ids) => {
-                    if let Some((i, bad)) = ids.iter().enumerate().find(|(_, id)| **id >= vocab) {
-                        return Err(ApiError::field(
-                            format!("prompt[{i}]"),
-                            format!("token id {bad} is outside the vocabulary of {vocab} tokens"),
-                        ));
-                    }
-                    ids.clone()
-                }
-            };
-            let echo = valid.echo.then(|| model.tokenizer.decode(&prompt));
-            Ok((valid, model, prompt, echo))
-        })
+        .run(move || validate::completion(validate::parse_body(&bytes)?, &served))
         .await?;
-    let constraint = crate::grammar::for_completion(
-        &model.grammars,
-        &model.tokenizer,
-        valid.response_format.as_ref(),
-    )
-    .await?;
-    let submission = Submission {
-        prompt,
-        prompt_param: "prompt",
-        sampling: valid.sampling.clone(),
-        max_tokens: valid.max_tokens,
-        stop: valid.stop.clone(),
-        parsers: (0..valid.n)
-            .map(|_| codec::text_parser(&model.tokenizer, constraint.is_some()))
-            .collect(),
-        arrived,
-        constraint,
-    };
-    let parts = submit::admit_and_start(state, &model, submission).await?;
-    let events = generation::run_all(parts);
+    let valid = Arc::new(valid);
+    let started = infer::start(state, Input::Completion(Arc::clone(&valid)), arrived).await?;
+    let events = started.events;
+    let echo = started.echo;
     let meta = Meta {
         id: format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
         created: openai_types::unix_now(),
         model: state.config.model_name.clone(),
-        fingerprint: crate::info::system_fingerprint(
-            &state.config.model_name,
-            model.backend.capabilities(),
-        ),
+        fingerprint: started.fingerprint,
     };
-    let tokenizer = model.tokenizer.clone();
+    let tokenizer = started.tokenizer;
     let want_logprobs = valid.sampling.logprobs.is_some();
     let n = valid.n as usize;
 

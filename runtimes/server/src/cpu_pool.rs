@@ -58,7 +58,7 @@ impl CpuPool {
                 }
                 let acquired = Arc::clone(&self.permits).acquire_owned().await;
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
-                acquired.map_err(|_| ApiError::Unavailable("the server is shutting down".into()))?
+                acquired.map_err(|_| ApiError::ShuttingDown)?
             }
         };
         tokio::task::spawn_blocking(move || {

@@ -44,8 +44,24 @@ pub enum ApiError {
     BodyTooLarge { limit: usize },
     #[error("the server is busy: {waiting} requests are already waiting; retry later")]
     QueueFull { waiting: u32, retry_after_secs: u64 },
+    /// 503 `model_not_loaded`: the model is loading, or failed to load (the reason).
+    #[error("{0}")]
+    ModelNotLoaded(String),
+    /// 503 `server_shutting_down`: the server stopped taking new work.
+    #[error("the server is shutting down; retry on another replica")]
+    ShuttingDown,
+    /// 503 `cancelled`: the generation was cancelled before it finished.
+    #[error("the generation was cancelled")]
+    Cancelled,
+    /// 503 `engine_unavailable`: the inference engine cannot take work (its thread stopped).
     #[error("{0}")]
     Unavailable(String),
+    /// 400 `previous_response_not_found`: `previous_response_id` names no stored response.
+    #[error("Previous response with id '{0}' not found.")]
+    PreviousResponseNotFound(String),
+    /// 404 `not_found`: an object named in the path (a stored response) does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// 500: a failure of the engine itself, never something the model emitted.
     #[error("{0}")]
     Internal(String),
@@ -66,13 +82,19 @@ impl ApiError {
             ApiError::InvalidField { .. }
             | ApiError::ContextLengthExceeded { .. }
             | ApiError::UnknownParameter(_)
+            | ApiError::PreviousResponseNotFound(_)
             | ApiError::InvalidJson(_) => ErrorKind::InvalidRequest,
             ApiError::Unauthorized(_) => ErrorKind::Authentication,
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => ErrorKind::NotFound,
+            // OpenAI answers an unknown response id with 404 and `invalid_request_error`.
+            ApiError::NotFound(_) => ErrorKind::InvalidRequest,
             ApiError::MethodNotAllowed(_) => ErrorKind::InvalidRequest,
             ApiError::BodyTooLarge { .. } => ErrorKind::RequestTooLarge,
             ApiError::QueueFull { .. } => ErrorKind::RateLimit,
-            ApiError::Unavailable(_) => ErrorKind::Unavailable,
+            ApiError::ModelNotLoaded(_)
+            | ApiError::ShuttingDown
+            | ApiError::Cancelled
+            | ApiError::Unavailable(_) => ErrorKind::Unavailable,
             ApiError::Internal(_) => ErrorKind::Server,
         }
     }
@@ -80,6 +102,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             other => StatusCode::from_u16(other.kind().status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         }
@@ -97,7 +120,12 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => Some("method_not_allowed"),
             ApiError::BodyTooLarge { .. } => Some("request_too_large"),
             ApiError::QueueFull { .. } => Some("queue_full"),
-            ApiError::Unavailable(_) => Some("model_not_loaded"),
+            ApiError::ModelNotLoaded(_) => Some("model_not_loaded"),
+            ApiError::ShuttingDown => Some("server_shutting_down"),
+            ApiError::Cancelled => Some("cancelled"),
+            ApiError::Unavailable(_) => Some("engine_unavailable"),
+            ApiError::NotFound(_) => Some("not_found"),
+            ApiError::PreviousResponseNotFound(_) => Some("previous_response_not_found"),
             ApiError::Internal(_) => None,
         }
     }
@@ -108,6 +136,7 @@ impl ApiError {
             ApiError::ContextLengthExceeded { param, .. } => Some(param),
             ApiError::UnknownParameter(param) => Some(param),
             ApiError::ModelNotFound(_) => Some("model"),
+            ApiError::PreviousResponseNotFound(_) => Some("previous_response_id"),
             _ => None,
         }
     }
@@ -122,6 +151,7 @@ impl ApiError {
         match self {
             ApiError::InvalidField { .. }
             | ApiError::UnknownParameter(_)
+            | ApiError::PreviousResponseNotFound(_)
             | ApiError::InvalidJson(_) => "invalid_request",
             ApiError::ContextLengthExceeded { .. } => "context_length_exceeded",
             ApiError::Unauthorized(_) => "unauthorized",
@@ -129,7 +159,11 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::QueueFull { .. } => "queue_full",
+            ApiError::ModelNotLoaded(_) => "model_not_loaded",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::Cancelled => "cancelled",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::NotFound(_) => "not_found",
             ApiError::Internal(_) => "internal",
         }
     }

@@ -195,9 +195,7 @@ impl Run {
                         StopReason::Cancelled => {
                             self.parts.metrics.cancelled();
                             self.finished = true;
-                            return Some(vec![GenEvent::Failed(ApiError::Unavailable(
-                                "the generation was cancelled".to_string(),
-                            ))]);
+                            return Some(vec![GenEvent::Failed(ApiError::Cancelled)]);
                         }
                     };
                     self.done(cause, stop_token, &mut out);

@@ -113,6 +113,8 @@ async fn run(args: Args, folder: PathBuf, device: DeviceMap) -> anyhow::Result<(
         args.max_concurrent,
         args.max_queue,
     );
+    // A store or key file that cannot be used stops the server now, not at the first request.
+    state.responses.open().await?;
     let max_concurrent = args.max_concurrent;
     let model_name = args.model_name.clone();
     spawn_model_load(state.clone(), move || {

@@ -15,13 +15,22 @@ use tokio::net::TcpListener;
 
 use crate::error::ApiError;
 use crate::state::{AppState, LoadedModel, ModelState};
-use crate::{chat, completions, info};
+use crate::{chat, completions, info, responses};
 
 /// Builds the HTTP routes over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::handler))
         .route("/v1/completions", post(completions::handler))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items),
+        )
         .route("/v1/models", get(info::models))
         .route("/v1/models/{*id}", get(info::model))
         .route("/queue/status", get(info::queue_status))

@@ -37,6 +37,10 @@ pub struct ServerConfig {
     pub raw_output: bool,
     pub default_max_tokens: u32,
     pub retry_after_secs: u64,
+    /// The Responses API's SQLite file; `None` keeps responses in memory.
+    pub responses_store: Option<std::path::PathBuf>,
+    /// The key that seals reasoning (`encrypted_content`); `None`: a key of this process.
+    pub reasoning_key_file: Option<std::path::PathBuf>,
 }
 
 impl From<&Args> for ServerConfig {
@@ -48,6 +52,8 @@ impl From<&Args> for ServerConfig {
             raw_output: a.raw_output,
             default_max_tokens: a.default_max_tokens,
             retry_after_secs: a.retry_after_secs,
+            responses_store: a.responses_store_path(),
+            reasoning_key_file: a.reasoning_key_path(),
         }
     }
 }
@@ -61,6 +67,8 @@ pub struct AppState {
     pub model: RwLock<ModelState>,
     /// `created` of the model in `/v1/models`: when this server started.
     pub started: u64,
+    /// The Responses API's store and reasoning key.
+    pub responses: crate::responses::Responses,
 }
 
 impl AppState {
@@ -70,7 +78,12 @@ impl AppState {
             max_queue,
             config.retry_after_secs,
         );
+        let responses = crate::responses::Responses::new(
+            config.responses_store.clone(),
+            config.reasoning_key_file.clone(),
+        );
         Arc::new(AppState {
+            responses,
             config,
             admission: Admission::new(max_concurrent, max_queue),
             metrics: Arc::new(Metrics::default()),
@@ -88,10 +101,10 @@ impl AppState {
     pub fn ready_model(&self) -> Result<Arc<LoadedModel>, ApiError> {
         match &*self.model.read() {
             ModelState::Ready(m) => Ok(Arc::clone(m)),
-            ModelState::Loading => Err(ApiError::Unavailable(
+            ModelState::Loading => Err(ApiError::ModelNotLoaded(
                 "the model is not loaded yet; retry shortly".to_string(),
             )),
-            ModelState::Failed(reason) => Err(ApiError::Unavailable(format!(
+            ModelState::Failed(reason) => Err(ApiError::ModelNotLoaded(format!(
                 "the model is not loaded: {reason}"
             ))),
         }

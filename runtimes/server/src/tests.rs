@@ -173,6 +173,8 @@ fn setup_with(
             raw_output,
             default_max_tokens: 1000,
             retry_after_secs: 2,
+            responses_store: None,
+            reasoning_key_file: None,
         },
         max_concurrent,
         max_queue,
