@@ -44,7 +44,8 @@ def model_dir(tmp_path_factory):
 class Server:
     def __init__(self, model_dir, *flags, log_dir):
         assert BINARY.is_file(), f"{BINARY} is missing: run `cargo build --release --bins` first"
-        env = dict(os.environ, RUST_LOG="info")
+        # The Responses store (default: under $XDG_DATA_HOME) goes into the test's own folder.
+        env = dict(os.environ, RUST_LOG="info", XDG_DATA_HOME=str(Path(log_dir) / "data"))
         lib = _ort_dylib()
         if lib:
             env["ORT_DYLIB_PATH"] = lib
@@ -113,7 +114,10 @@ class EmbeddedServer:
 
     def __init__(self, cache_dir, log_dir, *flags):
         assert BINARY.is_file(), f"{BINARY} is missing: run `cargo build --release --bins` first"
-        env = dict(os.environ, RUST_LOG="info", XDG_CACHE_HOME=str(cache_dir))
+        # The servers of one module share a cache (nano unpacked once) and a Responses store
+        # (default: under $XDG_DATA_HOME), as servers on one machine do.
+        env = dict(os.environ, RUST_LOG="info", XDG_CACHE_HOME=str(cache_dir),
+                   XDG_DATA_HOME=str(Path(cache_dir) / "data"))
         lib = _ort_dylib()
         if lib:
             env["ORT_DYLIB_PATH"] = lib

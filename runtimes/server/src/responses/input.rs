@@ -422,6 +422,7 @@ fn function_tools(tools: &[Value]) -> Result<Vec<Tool>, ApiError> {
 }
 
 /// A function tool; inside a namespace its name is `namespace.name` (harmony's recipient).
+/// `strict` defaults to true, as in OpenAI's Responses API.
 fn function_tool(t: &Value, at: &str, namespace: Option<&str>) -> Result<Tool, ApiError> {
     let name = t
         .get("name")
@@ -446,7 +447,9 @@ fn function_tool(t: &Value, at: &str, namespace: Option<&str>) -> Result<Tool, A
                 .and_then(Value::as_str)
                 .map(str::to_string),
             parameters,
-            strict: t.get("strict").and_then(Value::as_bool),
+            // Responses tools are strict unless they say otherwise (OpenAI: "If omitted,
+            // Responses attempts to use strict validation"): arguments follow the schema.
+            strict: Some(t.get("strict").and_then(Value::as_bool).unwrap_or(true)),
         },
     })
 }
