@@ -286,11 +286,10 @@ impl DeveloperContent {
         })
     }
 
-    /// Does this content declare at least one function tool?
+    /// Does this content declare at least one function tool (in `functions` or in another
+    /// namespace of the developer message)?
     pub fn has_function_tools(&self) -> bool {
-        self.tools
-            .iter()
-            .any(|ns| ns.name == "functions" && !ns.tools.is_empty())
+        self.tools.iter().any(|ns| !ns.tools.is_empty())
     }
 }
 

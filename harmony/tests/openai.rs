@@ -61,6 +61,39 @@ fn request_renders_system_developer_tools_and_turns_like_the_harmony_format() {
 }
 
 #[test]
+fn dotted_tool_names_render_in_their_own_namespace_and_are_called_by_it() {
+    let text = render_text(
+        json!({
+            "messages": [
+                {"role": "user", "content": "Find customer 7."},
+                {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                    "function": {"name": "crm.lookup", "arguments": "{\"id\":7}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "Ada"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "get_weather"}},
+                      {"type": "function", "function": {"name": "crm.lookup", "description": "Finds a customer."}}]
+        }),
+        &RequestOptions::default(),
+    );
+    assert!(
+        text.contains("## crm\n\nnamespace crm {\n\n// Finds a customer.\ntype lookup = () => any;\n\n} // namespace crm"),
+        "{text}"
+    );
+    assert!(
+        text.contains("namespace functions {\n\ntype get_weather"),
+        "{text}"
+    );
+    assert!(
+        text.contains("<|start|>assistant to=crm.lookup<|channel|>commentary <|constrain|>json<|message|>{\"id\":7}<|call|>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("<|start|>crm.lookup to=assistant<|channel|>commentary<|message|>Ada<|end|>"),
+        "{text}"
+    );
+}
+
+#[test]
 fn earlier_analysis_is_dropped_after_a_final_answer() {
     let text = render_text(
         json!({"messages": [

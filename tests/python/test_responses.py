@@ -223,3 +223,42 @@ def test_unknown_ids_get_openai_404(nano):
     assert "resp_missing" in e.value.body["message"]
     with pytest.raises(openai.NotFoundError):
         client.responses.input_items.list("resp_missing")
+
+
+def test_agents_sdk_in_its_default_responses_mode_runs_a_tool_using_agent(nano):
+    """The OpenAI Agents SDK with its default model class (`OpenAIResponsesModel`): the first
+    turn calls the strict tool, its result goes back as a `function_call_output` item, and the
+    run ends in a final answer."""
+    import asyncio
+
+    import agents
+
+    agents.set_tracing_disabled(True)
+    calls = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """Current weather in a city.
+
+        Args:
+            city: The city's name.
+        """
+        calls.append(city)
+        return f"Sunny, 21 degrees C in {city}."
+
+    client = openai.AsyncOpenAI(base_url=nano.url + "/v1", api_key="unused", max_retries=0,
+                                timeout=300)
+    # The SDK's defaults: a model given by name goes to the default client in Responses mode.
+    agents.set_default_openai_client(client, use_for_tracing=False)
+    agents.set_default_openai_api("responses")
+    agent = agents.Agent(
+        name="weather", instructions="Answer questions about the weather with the tool.",
+        tools=[get_weather], model="gpt-oss-20b",
+        model_settings=agents.ModelSettings(temperature=0, max_tokens=300, tool_choice="required",
+                                            reasoning=openai.types.shared.Reasoning(effort="low")))
+    result = asyncio.run(agents.Runner.run(agent, "What is the weather in Paris?", max_turns=6))
+    sent = [i.raw_item.arguments for i in result.new_items if isinstance(i, agents.ToolCallItem)]
+    assert sent and len(calls) == len(sent), (sent, calls)
+    for arguments in sent:
+        assert isinstance(json.loads(arguments)["city"], str), arguments
+    assert isinstance(result.final_output, str) and result.final_output, result.new_items

@@ -9,7 +9,9 @@ mod schema;
 use std::cell::Cell;
 use std::fmt::Write as _;
 
-pub use request::{conversation_from_request, developer_instructions, RequestOptions};
+pub use request::{
+    conversation_from_request, developer_instructions, tool_recipient, RequestOptions,
+};
 pub use schema::json_schema_to_typescript;
 
 use crate::message::{Content, DeveloperContent, Message, Role, SystemContent, ToolNamespace};

@@ -6,7 +6,7 @@ use openai_types::{ChatCompletionRequest, ChatMessage, MessageContent, ResponseF
 
 use crate::message::{
     DeveloperContent, Message, ReasoningEffort, ResponseFormatSpec, Role, SystemContent,
-    ToolDescription, DEFAULT_KNOWLEDGE_CUTOFF, DEFAULT_MODEL_IDENTITY,
+    ToolDescription, ToolNamespace, DEFAULT_KNOWLEDGE_CUTOFF, DEFAULT_MODEL_IDENTITY,
 };
 use crate::render::RenderError;
 
@@ -32,6 +32,17 @@ impl Default for RequestOptions {
             conversation_start_date: None,
             default_reasoning_effort: ReasoningEffort::Medium,
         }
+    }
+}
+
+/// The harmony recipient of a call to function `name`: `functions.NAME` for a plain name,
+/// and the name itself for a dotted one (`crm.lookup`: function `lookup` of the tool namespace
+/// `crm`, which the developer message declares as `namespace crm { ... }`).
+pub fn tool_recipient(name: &str) -> String {
+    if name.contains('.') {
+        name.to_string()
+    } else {
+        format!("functions.{name}")
     }
 }
 
@@ -101,7 +112,8 @@ pub fn conversation_from_request(
         ..DeveloperContent::default()
     };
     if let Some(tools) = &request.tools {
-        let mut descs = Vec::with_capacity(tools.len());
+        // Plain names go into `namespace functions`; `ns.name` into `namespace ns`.
+        let mut namespaces: Vec<(String, Vec<ToolDescription>)> = Vec::new();
         for (i, t) in tools.iter().enumerate() {
             if t.kind != "function" {
                 return Err(invalid(
@@ -109,14 +121,23 @@ pub fn conversation_from_request(
                     format!("tools[{i}].type"),
                 ));
             }
-            descs.push(ToolDescription::new(
-                t.function.name.clone(),
+            let (ns, name) = t
+                .function
+                .name
+                .split_once('.')
+                .unwrap_or(("functions", t.function.name.as_str()));
+            let desc = ToolDescription::new(
+                name.to_string(),
                 t.function.description.clone().unwrap_or_default(),
                 t.function.parameters.clone(),
-            ));
+            );
+            match namespaces.iter_mut().find(|(n, _)| n == ns) {
+                Some((_, list)) => list.push(desc),
+                None => namespaces.push((ns.to_string(), vec![desc])),
+            }
         }
-        if !descs.is_empty() {
-            dev = dev.with_function_tools(descs);
+        for (name, descs) in namespaces {
+            dev = dev.with_tools(ToolNamespace::new(name, None, descs));
         }
     }
     match &request.response_format {
@@ -174,7 +195,7 @@ pub fn conversation_from_request(
                     out.push(
                         Message::new(Role::Assistant, call.function.arguments.clone())
                             .with_channel("commentary")
-                            .with_recipient(format!("functions.{}", call.function.name))
+                            .with_recipient(tool_recipient(&call.function.name))
                             .with_content_type("<|constrain|>json"),
                     );
                 }
@@ -198,7 +219,7 @@ pub fn conversation_from_request(
                     }
                 };
                 out.push(Message::tool_result(
-                    format!("functions.{name}"),
+                    tool_recipient(name),
                     content_text(m, i)?,
                 ));
             }

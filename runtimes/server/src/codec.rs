@@ -116,16 +116,34 @@ fn today_utc() -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// What the prefill of `tool_choice: "required"` writes of the recipient before the model
+/// picks a tool: `functions.` when every offered tool is a plain function, nothing when some
+/// live in other namespaces (`crm.lookup`), whose recipients do not start with `functions.`.
+pub fn required_call_prefix(valid: &ValidChat) -> &'static str {
+    let dotted = valid
+        .render
+        .tools
+        .iter()
+        .flatten()
+        .any(|t| t.function.name.contains('.'));
+    if dotted {
+        ""
+    } else {
+        "functions."
+    }
+}
+
 /// Tokens the server writes after `<|start|>assistant` to force a tool call
 /// (`tool_choice` `required` or named): the header of a call to the named
 /// function, or of a call to some function whose name the model completes.
-pub fn prefill(tokenizer: &Tokenizer, plan: &ToolPlan) -> Result<Vec<u32>, ApiError> {
-    let text = match plan {
+pub fn prefill(tokenizer: &Tokenizer, valid: &ValidChat) -> Result<Vec<u32>, ApiError> {
+    let text = match &valid.tool_plan {
         ToolPlan::NoTools | ToolPlan::Auto => return Ok(Vec::new()),
-        ToolPlan::Required => "<|channel|>commentary to=functions.".to_string(),
-        ToolPlan::Named(name) => {
-            format!("<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>")
-        }
+        ToolPlan::Required => format!("<|channel|>commentary to={}", required_call_prefix(valid)),
+        ToolPlan::Named(name) => format!(
+            "<|channel|>commentary to={} <|constrain|>json<|message|>",
+            harmony::render::tool_recipient(name)
+        ),
     };
     tokenizer
         .encode_with_special_tokens(&text)

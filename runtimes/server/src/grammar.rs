@@ -240,15 +240,17 @@ fn plan(valid: &ValidChat) -> Option<Plan> {
             parts.push(part);
         }
         ToolPlan::Required => {
-            // The prefill wrote `<|channel|>commentary to=functions.`; a name completes it.
-            let calls = call_rules(tools, &mut parts, &mut lark, false);
+            // The prefill wrote `<|channel|>commentary to=` and the recipient's common start
+            // (`functions.` when every tool is a plain function); a name completes it.
+            let written = crate::codec::required_call_prefix(valid);
+            let calls = call_rules(tools, &mut parts, &mut lark, Some(written));
             if calls.is_empty() {
                 return None;
             }
             lark.push_str(&format!("start: {}\n", calls.join(" | ")));
         }
         ToolPlan::Auto if response.is_some() || any_strict => {
-            let calls = call_rules(tools, &mut parts, &mut lark, true);
+            let calls = call_rules(tools, &mut parts, &mut lark, None);
             let final_rule = final_rule(response, &mut parts);
             lark.push_str(&final_rule);
             lark.push_str(&format!(
@@ -266,25 +268,31 @@ fn plan(valid: &ValidChat) -> Option<Plan> {
     Some(Plan { lark, parts })
 }
 
-/// `call_i` rules: the name of tool `i` (after `<|channel|>commentary to=functions.` when
-/// `with_header`), its JSON arguments and `<|call|>`. Returns the rule names.
+/// `call_i` rules: the recipient of tool `i` (`functions.NAME`, or `ns.NAME` for a namespaced
+/// one), its JSON arguments and `<|call|>`. With `prefilled` (the start of the recipient the
+/// prefill already wrote after `to=`), the rule begins with the rest of the recipient;
+/// without, with `<|channel|>commentary to=`. Returns the rule names.
 fn call_rules(
     tools: &[Tool],
     parts: &mut Vec<JsonPart>,
     lark: &mut String,
-    with_header: bool,
+    prefilled: Option<&str>,
 ) -> Vec<String> {
-    let header = if with_header {
-        "<|channel|> \"commentary to=functions.\" "
+    let header = if prefilled.is_none() {
+        "<|channel|> \"commentary to=\" "
     } else {
         ""
     };
     let mut calls = Vec::new();
     for (i, t) in tools.iter().enumerate() {
         let part = arguments_part(i, t);
+        let recipient = harmony::render::tool_recipient(&t.function.name);
+        let rest = recipient
+            .strip_prefix(prefilled.unwrap_or(""))
+            .unwrap_or(&recipient);
         lark.push_str(&format!(
             "call_{i}: {header}{} \" \" <|constrain|> \"json\" <|message|> {} <|call|>\n",
-            literal(&t.function.name),
+            literal(rest),
             json_rule(&part)
         ));
         parts.push(part);

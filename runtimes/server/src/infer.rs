@@ -228,7 +228,7 @@ fn prepare(model: Arc<LoadedModel>, input: &Input) -> Result<Prepared, ApiError>
     let (prompt, prefill, echo) = match input {
         Input::Chat(valid) => {
             let prompt = codec::render_chat(&model.tokenizer, valid, caps.context_length)?;
-            let prefill = codec::prefill(&model.tokenizer, &valid.tool_plan)?;
+            let prefill = codec::prefill(&model.tokenizer, valid)?;
             (prompt, prefill, None)
         }
         Input::Completion(valid) => {
