@@ -34,6 +34,8 @@ echo "== train, stage 2 ($STAGE2 min on $DEVICE, lr 1e-3, from stage 1)"
 
 echo "== export with onnxruntime-genai's builder, pack"
 "$PY" runtimes/nano/export.py "$OUT/hf" "$OUT/onnx" --archive runtimes/nano/gpt-oss-nano.tar.xz
+echo "== context 4,096 -> 32,768 (rotary tables computed in the graph), pack again"
+"$PY" runtimes/nano/extend_context.py "$OUT/onnx" --context 32768 --archive runtimes/nano/gpt-oss-nano.tar.xz
 cp "$OUT/data/heldout.jsonl" runtimes/nano/heldout.jsonl
 cp "$OUT/hf/nano_training.json" "$OUT/training.json"
 echo "done: runtimes/nano/gpt-oss-nano.tar.xz ($(stat -c %s runtimes/nano/gpt-oss-nano.tar.xz) bytes)"
