@@ -812,3 +812,156 @@ async fn a_prompt_longer_than_the_context_is_context_length_exceeded_naming_the_
         "the fitting prompt is long: {prompt_tokens}"
     );
 }
+
+// --- The Responses API over the scripted backend: stream event order and shapes ---
+
+const TOOL_CALL: &str = "<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"location\":\"Paris\"}<|call|>";
+
+/// The `(event name, data)` pairs of a Responses stream.
+fn response_events(text: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut name = None;
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("event: ") {
+            name = Some(n.to_string());
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            let v: Value = serde_json::from_str(d).expect("event data is JSON");
+            let n = name.take().expect("every data line follows an event line");
+            assert_eq!(v["type"], n.as_str(), "the event name is the data's type");
+            out.push((n, v));
+        }
+    }
+    out
+}
+
+async fn responses_stream(s: &Setup, body: Value) -> Vec<(String, Value)> {
+    let (status, v, headers) = call(&s.state, "POST", "/v1/responses", body).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(headers["content-type"]
+        .to_str()
+        .is_ok_and(|c| c.starts_with("text/event-stream")));
+    let events = response_events(v.as_str().expect("an SSE body"));
+    let seq: Vec<u64> = events
+        .iter()
+        .map(|(_, v)| v["sequence_number"].as_u64().expect("sequence_number"))
+        .collect();
+    assert_eq!(seq, (0..events.len() as u64).collect::<Vec<_>>());
+    events
+}
+
+fn weather_tool() -> Value {
+    json!([{"type": "function", "name": "get_weather", "strict": false,
+            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}])
+}
+
+#[tokio::test]
+async fn responses_stream_a_reasoning_item_then_a_function_call() {
+    let s = setup(TOOL_CALL, 0, 2, 4, None);
+    let events = responses_stream(
+        &s,
+        json!({"input": "Weather in Paris?", "stream": true, "tools": weather_tool()}),
+    )
+    .await;
+    // Consecutive deltas of one kind counted once.
+    let mut names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    names.dedup_by(|a, b| a == b && a.ends_with(".delta"));
+    assert_eq!(
+        names,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.reasoning_text.delta",
+            "response.reasoning_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed",
+        ][..],
+        "{events:?}"
+    );
+    let find = |name: &str, nth: usize| {
+        events
+            .iter()
+            .filter(|(n, _)| n == name)
+            .nth(nth)
+            .map(|(_, v)| v.clone())
+            .unwrap_or(Value::Null)
+    };
+    let added = find("response.output_item.added", 1);
+    assert_eq!(added["item"]["type"], "function_call");
+    assert_eq!(added["item"]["name"], "get_weather");
+    assert_eq!(added["output_index"], 1);
+    let args: String = events
+        .iter()
+        .filter(|(n, _)| n == "response.function_call_arguments.delta")
+        .map(|(_, v)| v["delta"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(args, "{\"location\":\"Paris\"}");
+    let args_done = find("response.function_call_arguments.done", 0);
+    assert_eq!(args_done["arguments"], args.as_str());
+    let completed = find("response.completed", 0);
+    let r = &completed["response"];
+    assert_eq!(r["status"], "completed");
+    assert_eq!(r["output"][0]["type"], "reasoning");
+    assert_eq!(r["output"][0]["content"][0]["text"], "Need the weather.");
+    assert_eq!(r["output"][1]["call_id"], added["item"]["call_id"]);
+    assert_eq!(r["output"][1]["status"], "completed");
+    assert!(r["usage"]["output_tokens_details"]["reasoning_tokens"].as_u64() > Some(0));
+}
+
+#[tokio::test]
+async fn responses_stream_ends_failed_when_the_engine_fails() {
+    let s = setup_failing(ANSWER, 0, 1, 0, None, Some(5));
+    let events = responses_stream(&s, json!({"input": "Capital of the US?", "stream": true})).await;
+    let (name, last) = events.last().expect("events");
+    assert_eq!(name, "response.failed", "{events:?}");
+    assert_eq!(last["response"]["status"], "failed");
+    assert_eq!(last["response"]["error"]["code"], "server_error");
+    assert!(last["response"]["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    // The item that was open when the engine failed is closed as incomplete.
+    let done: Vec<_> = events
+        .iter()
+        .filter(|(n, _)| n == "response.output_item.done")
+        .collect();
+    assert_eq!(
+        done.last().map(|(_, v)| v["item"]["status"].clone()),
+        Some(json!("incomplete"))
+    );
+    // Nothing of a failed response is stored.
+    let id = last["response"]["id"].as_str().expect("id");
+    let (status, _, _) = call(&s.state, "GET", &format!("/v1/responses/{id}"), Value::Null).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn responses_whole_and_streamed_carry_the_same_output() {
+    let s = setup(ANSWER, 0, 2, 4, None);
+    let (status, whole, _) = call(
+        &s.state,
+        "POST",
+        "/v1/responses",
+        json!({"input": "Capital of the US?", "store": false}),
+    )
+    .await;
+    assert_eq!(status, 200, "{whole}");
+    let events = responses_stream(&s, json!({"input": "Capital of the US?", "stream": true})).await;
+    let (_, completed) = events.last().expect("events");
+    let strip = |v: &Value| {
+        v["output"]
+            .as_array()
+            .expect("output")
+            .iter()
+            .map(|i| (i["type"].clone(), i["content"].clone(), i["status"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&whole), strip(&completed["response"]));
+    assert_eq!(whole["output"][1]["content"][0]["text"], "Washington, D.C.");
+    assert_eq!(whole["usage"], completed["response"]["usage"]);
+}
