@@ -34,17 +34,8 @@ pub async fn handler(
     body: Body,
 ) -> Response {
     let arrived = Instant::now();
-    match serve(&state, &headers, body, arrived).await {
-        Ok(resp) => {
-            state.metrics.request(ENDPOINT, resp.status().as_u16());
-            resp
-        }
-        Err(e) => {
-            state.metrics.request(ENDPOINT, e.status().as_u16());
-            state.metrics.error(e.metric_label());
-            e.into_response()
-        }
-    }
+    let result = serve(&state, &headers, body, arrived).await;
+    crate::error::counted(&state.metrics, ENDPOINT, result)
 }
 
 /// What every chunk or response of one request repeats.

@@ -189,6 +189,26 @@ impl From<BackendError> for ApiError {
     }
 }
 
+/// The HTTP answer of a handler's result, counted in `/metrics` under `endpoint`
+/// (`gpt_oss_requests_total`, and `gpt_oss_errors_total` by kind for an error).
+pub fn counted(
+    metrics: &crate::metrics::Metrics,
+    endpoint: &'static str,
+    result: Result<Response, ApiError>,
+) -> Response {
+    match result {
+        Ok(resp) => {
+            metrics.request(endpoint, resp.status().as_u16());
+            resp
+        }
+        Err(e) => {
+            metrics.request(endpoint, e.status().as_u16());
+            metrics.error(e.metric_label());
+            e.into_response()
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

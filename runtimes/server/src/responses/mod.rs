@@ -88,20 +88,6 @@ impl Responses {
     }
 }
 
-async fn counted(state: &AppState, res: Result<Response, ApiError>) -> Response {
-    match res {
-        Ok(resp) => {
-            state.metrics.request(ENDPOINT, resp.status().as_u16());
-            resp
-        }
-        Err(e) => {
-            state.metrics.request(ENDPOINT, e.status().as_u16());
-            state.metrics.error(e.metric_label());
-            e.into_response()
-        }
-    }
-}
-
 /// `POST /v1/responses`.
 pub async fn create(
     State(state): State<Arc<AppState>>,
@@ -110,7 +96,7 @@ pub async fn create(
 ) -> Response {
     let arrived = Instant::now();
     let res = serve(&state, &headers, body, arrived).await;
-    counted(&state, res).await
+    crate::error::counted(&state.metrics, ENDPOINT, res)
 }
 
 /// `GET /v1/responses/{id}`.
@@ -121,7 +107,7 @@ pub async fn retrieve(State(state): State<Arc<AppState>>, Path(id): Path<String>
         Ok(Json(stored.response).into_response())
     }
     .await;
-    counted(&state, res).await
+    crate::error::counted(&state.metrics, ENDPOINT, res)
 }
 
 /// `DELETE /v1/responses/{id}`.
@@ -139,7 +125,7 @@ pub async fn delete(State(state): State<Arc<AppState>>, Path(id): Path<String>) 
         .into_response())
     }
     .await;
-    counted(&state, res).await
+    crate::error::counted(&state.metrics, ENDPOINT, res)
 }
 
 /// Query of `GET /v1/responses/{id}/input_items`.
@@ -214,7 +200,7 @@ pub async fn input_items(
         .into_response())
     }
     .await;
-    counted(&state, res).await
+    crate::error::counted(&state.metrics, ENDPOINT, res)
 }
 
 /// What one response needs while it is produced.
