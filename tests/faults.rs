@@ -381,7 +381,13 @@ async fn a_garbage_backend_next_to_a_good_one_costs_no_request() {
 async fn invalid_json_under_a_json_content_type_is_never_a_complete_answer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = FaultyBackend::start(Mode::InvalidJson, Duration::from_millis(10)).await;
-    let cfg = lb_config(MODEL, &[("bad", bad.url())], "");
+    // An ejection long enough to outlast the requests and the status read on a loaded machine
+    // (with the default 1 s the backend could be back on trial before it is looked at).
+    let timing = Timing {
+        cooldown_ms: 60_000,
+        ..Timing::default()
+    };
+    let cfg = lb_config_with(MODEL, &[("bad", bad.url())], timing, "");
     let mut lb = Lb::start("lb", &cfg, dir.path(), &[]);
     lb.wait_backend_healthy("bad", true, Duration::from_secs(10));
     let http = fault_load::client(Duration::from_secs(30));
