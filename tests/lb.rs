@@ -288,6 +288,7 @@ async fn without_a_token_the_admin_api_accepts_only_loopback_clients() {
         .arg(dir.path().join("up.sock"))
         .arg("--pid-file")
         .arg(dir.path().join("lb.pid"))
+        .env("XDG_DATA_HOME", dir.path().join("data"))
         .env_remove("GPT_OSS_LB_ADMIN_TOKEN");
     let mut proc = procs::Proc::spawn("lb", cmd, dir.path());
     let local: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");

@@ -26,6 +26,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Where the registry of runtime-registered backends is persisted.
     pub state_file: Option<String>,
+    /// The SQLite file where the Responses API's conversations are kept (`responses_store`;
+    /// `:memory:` keeps them for the life of the process). `None`: the default,
+    /// `$XDG_DATA_HOME/gpt-oss-lb/responses.sqlite`.
+    pub responses_store: Option<String>,
     /// Backends declared in the file (not persisted in the state file).
     pub backends: Vec<BackendConfig>,
     pub routes: Vec<RouteConfig>,

@@ -27,6 +27,7 @@ pub struct RawConfig {
     pub listen: Option<String>,
     pub admin: Option<RawAdmin>,
     pub state_file: Option<String>,
+    pub responses_store: Option<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub backends: Vec<RawBackend>,
     #[serde(default, deserialize_with = "null_as_empty")]

@@ -102,6 +102,9 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
     if raw.state_file.as_deref().is_some_and(str::is_empty) {
         return Err(ConfigError::invalid("state_file", "must not be empty"));
     }
+    if raw.responses_store.as_deref().is_some_and(str::is_empty) {
+        return Err(ConfigError::invalid("responses_store", "must not be empty"));
+    }
 
     let mut names = HashSet::new();
     let mut backends = Vec::with_capacity(raw.backends.len());
@@ -328,6 +331,7 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
         listen: raw.listen,
         admin,
         state_file: raw.state_file,
+        responses_store: raw.responses_store,
         backends,
         routes,
         default_policy,

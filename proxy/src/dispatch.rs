@@ -10,7 +10,7 @@ use crate::auth;
 use crate::error::{ApiError, Reply};
 use crate::routing::{route_request, Routed};
 use crate::state::{Shared, Snapshot};
-use crate::{admin, api};
+use crate::{admin, api, responses};
 
 /// What a request is for: the path table, matched once per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +22,11 @@ pub enum Endpoint {
     Model,
     ChatCompletions,
     Completions,
+    /// `POST /v1/responses`.
+    Responses,
+    /// `/v1/responses/{id}` and `/v1/responses/{id}/input_items`: answered from the LB's
+    /// conversation store.
+    Response,
     /// Another `/v1/*` path (`/v1/embeddings`, `/v1/responses`, ...): a POST naming a
     /// `model` is routed by it and passed through untouched.
     OtherV1,
@@ -41,6 +46,8 @@ impl Endpoint {
             p if p.starts_with("/v1/models/") => Endpoint::Model,
             "/v1/chat/completions" => Endpoint::ChatCompletions,
             "/v1/completions" => Endpoint::Completions,
+            "/v1/responses" => Endpoint::Responses,
+            p if p.starts_with("/v1/responses/") => Endpoint::Response,
             p if p.starts_with("/v1/") => Endpoint::OtherV1,
             "/backends/register" => Endpoint::Register,
             p if p.starts_with("/backends/") => Endpoint::Unregister,
@@ -58,6 +65,7 @@ impl Endpoint {
             Endpoint::Model => "model",
             Endpoint::ChatCompletions => "chat_completions",
             Endpoint::Completions => "completions",
+            Endpoint::Responses | Endpoint::Response => "responses",
             Endpoint::OtherV1 => "other_v1",
             Endpoint::Register => "register",
             Endpoint::Unregister => "unregister",
@@ -214,6 +222,7 @@ async fn continue_if_expected(session: &mut Session) {
 
 /// Read a body to proxy (at most `body_limit`) and route it; `Reply` for what cannot be.
 async fn read_and_route(
+    shared: &Shared,
     snap: &Snapshot,
     session: &mut Session,
     endpoint: Endpoint,
@@ -229,15 +238,52 @@ async fn read_and_route(
     };
     let chat = endpoint == Endpoint::ChatCompletions;
     let completion = chat || endpoint == Endpoint::Completions;
-    route_request(
+    let mut routed = route_request(
         &snap.routes,
         &session.req_header().headers,
         body,
         chat,
         completion,
     )
-    .map(Box::new)
-    .map_err(Reply::from)
+    .map_err(Reply::from)?;
+    if endpoint == Endpoint::Responses {
+        let (body, call) = responses::prepare(&shared.conversations, &routed.body)
+            .await
+            .map_err(Reply::from)?;
+        routed.body = body;
+        routed.responses = Some(call);
+    }
+    Ok(Box::new(routed))
+}
+
+/// `GET`/`DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items`.
+async fn stored_response(
+    shared: &Shared,
+    method: &http::Method,
+    path: &str,
+    query: Option<&str>,
+) -> Reply {
+    let rest = &path["/v1/responses/".len()..];
+    let res = match rest.split_once('/') {
+        None if method == http::Method::GET || method == http::Method::HEAD => {
+            responses::retrieve(&shared.conversations, rest).await
+        }
+        None if method == http::Method::DELETE => {
+            responses::delete(&shared.conversations, rest).await
+        }
+        None => return method_not_allowed("GET, DELETE"),
+        Some((id, "input_items")) if method == http::Method::GET => {
+            responses::input_items_page(&shared.conversations, id, query).await
+        }
+        Some((_, "input_items")) => return method_not_allowed("GET"),
+        Some(_) => Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!("Unknown endpoint {method} {path}"),
+            None,
+            Some("unknown_url"),
+        )),
+    };
+    res.unwrap_or_else(Reply::from)
 }
 
 /// Decide what to do with a request.
@@ -274,13 +320,27 @@ pub async fn handle(
             }
         }
         Endpoint::Models | Endpoint::Model => method_not_allowed("GET"),
-        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::OtherV1 if is_post => {
-            return match read_and_route(snap, session, endpoint).await {
+        Endpoint::ChatCompletions
+        | Endpoint::Completions
+        | Endpoint::Responses
+        | Endpoint::OtherV1
+            if is_post =>
+        {
+            return match read_and_route(shared, snap, session, endpoint).await {
                 Ok(r) => Outcome::Proxy(r),
                 Err(reply) => Outcome::Reply(reply),
             };
         }
-        Endpoint::ChatCompletions | Endpoint::Completions => method_not_allowed("POST"),
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Responses => {
+            method_not_allowed("POST")
+        }
+        Endpoint::Response => match auth::authorize_client(snap, &session.req_header().headers) {
+            Ok(()) => {
+                let query = session.req_header().uri.query().map(str::to_string);
+                stored_response(shared, &method, &path, query.as_deref()).await
+            }
+            Err(e) => e.into(),
+        },
         Endpoint::Register if is_post => {
             if let Err(e) = auth::authorize_admin(snap, &session.req_header().headers, client_ip) {
                 return Outcome::Reply(e.into());

@@ -4,7 +4,8 @@
 //! (the path table, local endpoints, reading the body), [`routing`] (the routed request, routes
 //! and policies), [`failover`] (the verdict of each attempt, backoff, the final error),
 //! [`health`] (active checks and outlier detection), [`admin`] (registration), [`auth`],
-//! [`headers`], [`stream`] and [`rewrite`] (bodies), [`metrics`]. Every proxied request,
+//! [`headers`], [`stream`] and [`rewrite`] (bodies), [`responses`] (the Responses API's
+//! conversations), [`metrics`]. Every proxied request,
 //! streamed or not, goes through Pingora's phases and one attempt loop. Shared state is an
 //! `ArcSwap` [`state::Snapshot`]; the [`control`] background service runs health checks and
 //! reloads.
@@ -24,6 +25,7 @@ pub mod health_check;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;
+pub mod responses;
 pub mod rewrite;
 pub mod routing;
 pub mod state;

@@ -55,6 +55,11 @@ struct Args {
     /// State file for registered backends (overrides the config's `state_file`).
     #[arg(long)]
     state_file: Option<PathBuf>,
+    /// SQLite file where the Responses API's conversations are kept (overrides the config's
+    /// `responses_store`; `:memory:` keeps them for the life of the process). Default:
+    /// `$XDG_DATA_HOME/gpt-oss-lb/responses.sqlite` (`~/.local/share/...`).
+    #[arg(long)]
+    responses_store: Option<PathBuf>,
     /// Take over the listening socket from a running instance (graceful upgrade).
     #[arg(short = 'u', long)]
     upgrade: bool,
@@ -150,11 +155,20 @@ fn main() -> anyhow::Result<()> {
         1,
         &identity,
     ));
+    let responses_store = args
+        .responses_store
+        .clone()
+        .or_else(|| config.responses_store.as_ref().map(PathBuf::from))
+        .unwrap_or_else(gpt_oss_lb::responses::Conversations::default_path);
+    // A store that cannot be opened stops the LB now, not at the first request.
+    rt.block_on(responses_store::ResponseStore::open(&responses_store))
+        .with_context(|| format!("opening the responses store {}", responses_store.display()))?;
     tracing::info!(
         listen = %listen,
         backends = snapshot.backends.len(),
         routes = snapshot.routes.len(),
         state_file = ?state_file,
+        responses_store = %responses_store.display(),
         admin_auth = if snapshot.admin_token.is_some() { "token" } else { "loopback-only" },
         "starting gpt-oss-lb"
     );
@@ -168,6 +182,7 @@ fn main() -> anyhow::Result<()> {
         admin_token_override,
         started: Instant::now(),
         identity,
+        conversations: Arc::new(gpt_oss_lb::responses::Conversations::new(responses_store)),
     });
 
     // One health round before serving: backends that answer are routable from the first

@@ -407,7 +407,11 @@ impl ProxyHttp for Lb {
             .and_then(|v| v.to_str().ok())
             .map(str::to_ascii_lowercase);
         let stream = ctx.request.routed.as_ref().is_some_and(|r| r.stream);
-        let checked = ctx.request.routed.as_ref().is_some_and(|r| r.completion);
+        let checked = ctx
+            .request
+            .routed
+            .as_ref()
+            .is_some_and(|r| r.completion || r.responses.is_some());
         let expected = if stream {
             "text/event-stream"
         } else {
@@ -496,7 +500,19 @@ impl ProxyHttp for Lb {
             return Err(e);
         }
         let rewriter = ctx.request.routed.as_ref().and_then(|r| {
-            if status >= 300 || !r.completion {
+            if status >= 300 {
+                return None;
+            }
+            if let Some(call) = &r.responses {
+                return Some(Box::new(crate::responses::ResponsesRewriter::new(
+                    call.clone(),
+                    self.shared.conversations.clone(),
+                    backend.model_type == config::ModelType::GptOss,
+                    sse,
+                    max_event_bytes,
+                )) as Box<dyn rewrite::BodyRewriter>);
+            }
+            if !r.completion {
                 return None;
             }
             let mut opts =

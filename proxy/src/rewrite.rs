@@ -47,6 +47,16 @@ pub trait BodyRewriter: Send + Sync {
     fn may_change_body(&self) -> bool {
         true
     }
+    /// For a stream that ends with a terminal event rather than `[DONE]` (the Responses
+    /// API): whether that event was seen. `None`: the stream ends with `[DONE]`.
+    fn terminal_seen(&self) -> Option<bool> {
+        None
+    }
+    /// The frames that end a broken stream with `err`: by default chat's error event and
+    /// `[DONE]`.
+    fn termination_frames(&mut self, err: &ApiError) -> Bytes {
+        err.sse_termination()
+    }
 }
 
 /// The largest non-streaming answer held for checking (bytes).
@@ -223,7 +233,7 @@ pub fn replace_lone_surrogates(text: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Parse JSON, reading lone surrogate escapes as U+FFFD.
-fn parse_lenient<T: serde::de::DeserializeOwned>(text: &[u8]) -> serde_json::Result<T> {
+pub(crate) fn parse_lenient<T: serde::de::DeserializeOwned>(text: &[u8]) -> serde_json::Result<T> {
     match serde_json::from_slice(text) {
         Ok(v) => Ok(v),
         Err(e) => match replace_lone_surrogates(text) {
@@ -341,7 +351,7 @@ fn sse_lines(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// The data of an SSE event: its `data:` lines joined by newlines (borrowed when there is
 /// one, the usual case); `None` when it has none.
-fn sse_data(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
+pub(crate) fn sse_data(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
     let mut found: Option<Cow<'_, [u8]>> = None;
     for line in sse_lines(raw) {
         let Some(d) = line.strip_prefix(b"data:") else {
@@ -363,7 +373,7 @@ fn sse_data(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
 
 /// Finds where SSE events end, scanning each byte once: it resumes where the last call
 /// stopped, so an event that arrives in many reads is not rescanned from its start.
-struct EventScanner {
+pub(crate) struct EventScanner {
     /// Bytes of the pending buffer already scanned.
     pos: usize,
     /// The line being scanned has no byte yet.
@@ -373,7 +383,7 @@ struct EventScanner {
 }
 
 impl EventScanner {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         EventScanner {
             pos: 0,
             line_empty: true,
@@ -385,7 +395,7 @@ impl EventScanner {
     /// it), or `None` when the event is not complete yet. `buf` must be the buffer of the
     /// previous call with bytes appended, or, after `Some(end)`, with `end` bytes removed
     /// from its front.
-    fn next_end(&mut self, buf: &[u8]) -> Option<usize> {
+    pub(crate) fn next_end(&mut self, buf: &[u8]) -> Option<usize> {
         while self.pos < buf.len() {
             if std::mem::take(&mut self.after_cr) && buf[self.pos] == b'\n' {
                 self.pos += 1; // the LF of a CRLF line end
@@ -413,7 +423,7 @@ impl EventScanner {
     }
 
     /// Bytes of the incomplete event scanned so far.
-    fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.pos
     }
 }

@@ -69,6 +69,8 @@ pub struct Shared {
     pub started: Instant,
     /// This process's `Via` id and listeners (loop detection, the address policy).
     pub identity: SelfIdentity,
+    /// The Responses API's conversations (`responses_store`).
+    pub conversations: Arc<crate::responses::Conversations>,
 }
 
 /// Resolve `host:port` to the first address.
@@ -447,6 +449,7 @@ mod tests {
             admin_token_override: None,
             started: Instant::now(),
             identity: SelfIdentity::new(Vec::new()),
+            conversations: Arc::new(crate::responses::Conversations::new(":memory:".into())),
         };
         let models: [&[&str]; 5] = [&["m1"], &["m2"], &["m3"], &["m1", "m3"], &["m2", "m4"]];
         // Registrations, replacements (other models, other port) and removals in an order

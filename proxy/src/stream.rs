@@ -32,8 +32,13 @@ impl ResponseState {
         }
     }
 
+    /// The stream's end was seen: `[DONE]`, or the terminal event of a stream that has one
+    /// (see `BodyRewriter::terminal_seen`).
     pub fn done_seen(&self) -> bool {
-        self.done_seen
+        self.rewriter
+            .as_ref()
+            .and_then(|r| r.terminal_seen())
+            .unwrap_or(self.done_seen)
     }
 
     fn track_done(&mut self, data: &[u8]) {
@@ -83,14 +88,18 @@ impl ResponseState {
             self.track_done(o);
         }
         let mut broke = false;
-        if end_of_stream && self.sse && !self.done_seen && !self.terminated && self.status < 300 {
+        if end_of_stream && self.sse && !self.done_seen() && !self.terminated && self.status < 300 {
             let e = ApiError::new(
                 openai_types::ErrorKind::BadGateway,
-                "the backend ended the stream before [DONE]",
+                "the backend ended the stream before its end ([DONE] or a terminal event)",
                 None,
                 Some("stream_truncated"),
             );
-            out = Some(concat(out, e.sse_termination()));
+            let frames = match self.rewriter.as_mut() {
+                Some(r) => r.termination_frames(&e),
+                None => e.sse_termination(),
+            };
+            out = Some(concat(out, frames));
             self.terminated = true;
             self.done_seen = true;
             broke = true;
@@ -101,7 +110,7 @@ impl ResponseState {
 
     /// Frames that end the stream after a backend failure, when the client can still take them.
     pub fn termination(&mut self, err: &ApiError) -> Option<Bytes> {
-        if !self.sse || self.done_seen || self.terminated {
+        if !self.sse || self.done_seen() || self.terminated {
             return None;
         }
         self.terminated = true;
@@ -113,7 +122,10 @@ impl ResponseState {
                 out.extend_from_slice(&rest);
             }
         }
-        out.extend_from_slice(&err.sse_termination());
+        match self.rewriter.as_mut() {
+            Some(r) => out.extend_from_slice(&r.termination_frames(err)),
+            None => out.extend_from_slice(&err.sse_termination()),
+        }
         Some(out.freeze())
     }
 }

@@ -402,6 +402,8 @@ impl Lb {
             .arg("--pid-file")
             .arg(dir.join(format!("{name}.pid")))
             .args(["--grace-period", "2"])
+            // The default Responses store, in the test's folder.
+            .env("XDG_DATA_HOME", dir.join("data"))
             .env("RUST_LOG", "info,pingora=warn")
             .env_remove("GPT_OSS_LB_ADMIN_TOKEN");
         if upgrade {

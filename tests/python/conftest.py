@@ -164,17 +164,30 @@ class Lb:
     def __init__(self, config_yaml, log_dir):
         assert LB.is_file(), f"{LB} is missing: run `cargo build --release --bins` first"
         d = Path(log_dir)
+        self.dir = d
         (d / "lb.yaml").write_text(config_yaml)
         self.port = free_port()
         self.log_path = d / "lb.log"
-        self._log = open(self.log_path, "w")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self):
+        """Starts the LB process (again, after `stop`: same port, state file and Responses
+        store). Its default Responses store (`$XDG_DATA_HOME/gpt-oss-lb/responses.sqlite`) is
+        put in its own folder through the environment."""
+        d = self.dir
+        self._log = open(self.log_path, "a")
+        env = dict(os.environ, XDG_DATA_HOME=str(d / "data"))
         self.proc = subprocess.Popen(
             [str(LB), "--config", str(d / "lb.yaml"), "--host", "127.0.0.1", "--port", str(self.port),
              "--state-file", str(d / "state.json"), "--upgrade-sock", str(d / "up.sock"),
              "--pid-file", str(d / "lb.pid")],
-            stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL, env=env,
         )
-        self.url = f"http://127.0.0.1:{self.port}"
+
+    def responses_db(self):
+        """The LB's default Responses store."""
+        return self.dir / "data" / "gpt-oss-lb" / "responses.sqlite"
 
     def register(self, backend):
         """`POST /backends/register` with `backend` (a dict of the admin API's fields)."""

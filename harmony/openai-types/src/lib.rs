@@ -14,6 +14,7 @@ mod completions;
 mod error;
 pub mod json;
 mod models;
+pub mod response_output;
 mod responses;
 
 pub use chat::*;

@@ -338,17 +338,6 @@ pub struct OutputTokensDetails {
     pub reasoning_tokens: u32,
 }
 
-/// `GET /v1/responses/{id}/input_items`: a page of the items a response was given.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ItemList {
-    /// Always `list`.
-    pub object: String,
-    pub data: Vec<Item>,
-    pub first_id: Option<String>,
-    pub last_id: Option<String>,
-    pub has_more: bool,
-}
-
 /// `DELETE /v1/responses/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponseDeleted {

@@ -133,6 +133,9 @@ pub struct Routed {
     /// Chat or text completions: a 2xx answer must be JSON (SSE for a stream). Other `/v1/*`
     /// endpoints pass through whatever their backend sends.
     pub completion: bool,
+    /// `POST /v1/responses`: its conversation handling (`responses::prepare`); a 2xx answer
+    /// must be JSON (SSE for a stream).
+    pub responses: Option<std::sync::Arc<crate::responses::Call>>,
 }
 
 /// Validate and route a request body (`/v1/chat/completions`, `/v1/completions`, or another
@@ -285,6 +288,7 @@ pub fn route_request(
         hash_key,
         chat,
         completion,
+        responses: None,
     })
 }
 

@@ -86,7 +86,7 @@ impl Args {
         let path = self
             .responses_store
             .clone()
-            .unwrap_or_else(crate::responses::store::ResponseStore::default_path);
+            .unwrap_or_else(|| responses_store::ResponseStore::default_path("gpt-oss-server"));
         (path.as_os_str() != ":memory:").then_some(path)
     }
 

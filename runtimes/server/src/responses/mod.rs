@@ -5,12 +5,11 @@
 //! A request's items (after those of its `previous_response_id`) become the chat request the
 //! harmony renderer takes ([`input`]); it goes through the server's one entry point
 //! ([`crate::infer::start`]), and the generation's deltas become output items and stream
-//! events ([`output`]). Responses are kept in an embedded SQLite database ([`store`]) unless
+//! events (`openai_types::response_output`). Responses are kept in an embedded SQLite database ([`store`]) unless
 //! the request says `store: false`; reasoning handed out as `encrypted_content` is sealed with
 //! the server's key ([`seal`]).
 
 pub mod input;
-pub mod output;
 pub mod seal;
 pub mod store;
 
@@ -25,10 +24,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use futures::stream::{self, Stream, StreamExt};
 use openai_types::{
-    FinishReason, IncompleteDetails, Item, ItemList, ResponseDeleted, ResponseError, ResponseEvent,
+    FinishReason, IncompleteDetails, Item, ResponseDeleted, ResponseError, ResponseEvent,
     ResponseUsage, ResponsesRequest, StreamEvent, Usage,
 };
-use serde::Deserialize;
 use tokio::sync::OnceCell;
 
 use crate::error::ApiError;
@@ -37,7 +35,7 @@ use crate::infer::{self, Input, Started};
 use crate::state::AppState;
 use crate::validate;
 use input::ValidResponses;
-use output::OutputBuilder;
+use openai_types::response_output::{OutputBuilder, SealReasoning};
 use seal::Sealer;
 use store::{ResponseStore, Stored};
 
@@ -103,7 +101,7 @@ pub async fn create(
 pub async fn retrieve(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     let res = async {
         let (store, _) = state.responses.get().await?;
-        let stored = store.get(&id).await?.ok_or_else(|| store::not_found(&id))?;
+        let stored: Stored = store.get(&id).await?.ok_or_else(|| store::not_found(&id))?;
         Ok(Json(stored.response).into_response())
     }
     .await;
@@ -128,76 +126,20 @@ pub async fn delete(State(state): State<Arc<AppState>>, Path(id): Path<String>) 
     crate::error::counted(&state.metrics, ENDPOINT, res)
 }
 
-/// Query of `GET /v1/responses/{id}/input_items`.
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    /// 1 to 100, default 20.
-    limit: Option<i64>,
-    /// `asc` or `desc` (the default: newest first).
-    order: Option<String>,
-    /// An item id: list the items after it (in `order`).
-    after: Option<String>,
-    /// Accepted as OpenAI defines it; changes nothing here.
-    #[serde(default)]
-    #[allow(dead_code)]
-    include: Option<String>,
-}
-
 /// `GET /v1/responses/{id}/input_items`: the items the response was given, paged as OpenAI
-/// pages lists.
+/// pages lists (`limit` 1 to 100, default 20; `order` `desc` by default; `after`).
 pub async fn input_items(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<responses_store::ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let res = async {
         let Query(q) = query.map_err(|e| ApiError::field("query", e.body_text()))?;
-        let limit = q.limit.unwrap_or(20);
-        if !(1..=100).contains(&limit) {
-            return Err(ApiError::field(
-                "limit",
-                format!("must be between 1 and 100, got {limit}"),
-            ));
-        }
-        let asc = match q.order.as_deref() {
-            None | Some("desc") => false,
-            Some("asc") => true,
-            Some(other) => {
-                return Err(ApiError::field(
-                    "order",
-                    format!("must be `asc` or `desc`, got `{other}`"),
-                ))
-            }
-        };
         let (store, _) = state.responses.get().await?;
-        let stored = store.get(&id).await?.ok_or_else(|| store::not_found(&id))?;
-        let mut items = stored.input_items;
-        if !asc {
-            items.reverse();
-        }
-        if let Some(after) = &q.after {
-            let at = items
-                .iter()
-                .position(|i| i.id() == Some(after.as_str()))
-                .ok_or_else(|| {
-                    ApiError::field(
-                        "after",
-                        format!("no input item of this response has id `{after}`"),
-                    )
-                })?;
-            items.drain(..=at);
-        }
-        let limit = usize::try_from(limit).unwrap_or(20);
-        let has_more = items.len() > limit;
-        items.truncate(limit);
-        Ok(Json(ItemList {
-            object: "list".to_string(),
-            first_id: items.first().and_then(Item::id).map(str::to_string),
-            last_id: items.last().and_then(Item::id).map(str::to_string),
-            data: items,
-            has_more,
-        })
-        .into_response())
+        let stored: Stored = store.get(&id).await?.ok_or_else(|| store::not_found(&id))?;
+        let page = responses_store::page(stored.input_items, &q, Item::id)
+            .map_err(|e| ApiError::field(e.param, e.message))?;
+        Ok(Json(page).into_response())
     }
     .await;
     crate::error::counted(&state.metrics, ENDPOINT, res)
@@ -211,7 +153,7 @@ struct Turn {
     id: String,
     created_at: u64,
     model: String,
-    sealer: Option<Sealer>,
+    sealer: Option<Arc<dyn SealReasoning>>,
     store: Option<ResponseStore>,
     namespaced: Vec<String>,
 }
@@ -237,11 +179,11 @@ async fn serve(
     };
     let mut conversation = match &valid.previous_response_id {
         Some(id) => {
-            store
+            let stored: Stored = store
                 .get(id)
                 .await?
-                .ok_or_else(|| ApiError::PreviousResponseNotFound(id.clone()))?
-                .conversation
+                .ok_or_else(|| ApiError::PreviousResponseNotFound(id.clone()))?;
+            stored.conversation
         }
         None => Vec::new(),
     };
@@ -286,7 +228,9 @@ async fn serve(
         .filter(|n| n.contains('.'))
         .collect();
     let turn = Turn {
-        sealer: valid.include_encrypted.then(|| sealer.clone()),
+        sealer: valid
+            .include_encrypted
+            .then(|| Arc::new(sealer.clone()) as Arc<dyn SealReasoning>),
         store: valid.store.then(|| store.clone()),
         valid,
         conversation,
@@ -402,12 +346,17 @@ async fn keep(turn: &Turn, response: &openai_types::Response) -> Result<(), ApiE
     let mut conversation = turn.conversation.clone();
     conversation.extend(response.output.iter().cloned());
     store
-        .put(&Stored {
-            response: response.clone(),
-            input_items: turn.valid.input_items.clone(),
-            conversation,
-        })
-        .await
+        .put(
+            &response.id,
+            response.created_at,
+            &Stored {
+                response: response.clone(),
+                input_items: turn.valid.input_items.clone(),
+                conversation,
+            },
+        )
+        .await?;
+    Ok(())
 }
 
 async fn collect(turn: Turn, started: Started) -> Result<openai_types::Response, ApiError> {

@@ -150,3 +150,9 @@ mod tests {
         assert!(Sealer::from_key_file(&path).is_err());
     }
 }
+
+impl openai_types::response_output::SealReasoning for Sealer {
+    fn seal(&self, text: &str) -> String {
+        Sealer::seal(self, text)
+    }
+}

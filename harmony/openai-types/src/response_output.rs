@@ -1,19 +1,27 @@
-//! From the generation's chat deltas to Responses output items and stream events. The same
-//! builder serves streamed and whole responses, so both carry the same items.
+//! From chat deltas (a generation's, or raw harmony parsed at the edge) to Responses output
+//! items and stream events. The same builder serves streamed and whole responses, and
+//! `gpt-oss-server` and `gpt-oss-lb`, so all of them carry the same items.
 //!
 //! Item order follows the model's output: a `reasoning` item for the analysis channel, a
 //! `message` for commentary preambles (`phase: commentary`) and for the final answer
 //! (`phase: final_answer` when the turn also calls tools), and one `function_call` per call.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use openai_types::{
+use serde_json::{json, Value};
+
+use crate::{
     ChatDelta, FunctionCallItem, Item, ItemContent, MessageItem, ReasoningItem, ReasoningText,
     ResponseEvent,
 };
-use serde_json::{json, Value};
 
-use super::seal::Sealer;
+/// Seals reasoning text into an opaque, integrity-protected `encrypted_content` value (the
+/// server's key; see `gpt-oss-server`'s `responses::seal`).
+pub trait SealReasoning: Send + Sync {
+    /// The sealed value of `text`.
+    fn seal(&self, text: &str) -> String;
+}
 
 /// An output item made of text.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,7 +48,7 @@ pub struct OutputBuilder {
     /// Text of the open reasoning item or message, and arguments of the open call.
     text: String,
     /// Seals the reasoning into `encrypted_content` when the request included it.
-    sealer: Option<Sealer>,
+    sealer: Option<Arc<dyn SealReasoning>>,
     /// `namespace.name` of namespaced functions -> (namespace, name).
     namespaced: HashMap<String, (String, String)>,
     any_call: bool,
@@ -52,7 +60,10 @@ fn new_id(prefix: &str) -> String {
 
 impl OutputBuilder {
     /// `namespaced`: the full names (`crm.lookup`) of functions offered inside namespaces.
-    pub fn new(sealer: Option<Sealer>, namespaced: impl IntoIterator<Item = String>) -> Self {
+    pub fn new(
+        sealer: Option<Arc<dyn SealReasoning>>,
+        namespaced: impl IntoIterator<Item = String>,
+    ) -> Self {
         OutputBuilder {
             items: Vec::new(),
             open: None,
@@ -292,7 +303,14 @@ impl OutputBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openai_types::{FunctionCallDelta, ToolCallDelta};
+    use crate::{FunctionCallDelta, ToolCallDelta};
+
+    struct Reverse;
+    impl SealReasoning for Reverse {
+        fn seal(&self, text: &str) -> String {
+            text.chars().rev().collect()
+        }
+    }
 
     fn delta(reasoning: Option<&str>, content: Option<&str>) -> ChatDelta {
         ChatDelta {
@@ -304,7 +322,7 @@ mod tests {
 
     #[test]
     fn reasoning_then_answer_make_two_items_with_ordered_events() {
-        let mut b = OutputBuilder::new(Some(Sealer::ephemeral()), []);
+        let mut b = OutputBuilder::new(Some(Arc::new(Reverse)), []);
         let mut ev = Vec::new();
         b.push(&delta(Some("think "), None), &mut ev);
         b.push(&delta(Some("more"), None), &mut ev);
@@ -336,7 +354,7 @@ mod tests {
             r.content.as_ref().map(|c| c[0].text.as_str()),
             Some("think more")
         );
-        assert!(r.encrypted_content.is_some());
+        assert_eq!(r.encrypted_content.as_deref(), Some("erom kniht"));
         let Item::Message(m) = &items[1] else {
             panic!("message second")
         };
