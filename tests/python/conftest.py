@@ -6,6 +6,7 @@ The release binaries must exist: `cargo build --release --bins` (scripts/test do
 """
 
 import glob
+import http.client
 import json
 import os
 import socket
@@ -232,3 +233,23 @@ class Lb:
         self.proc.kill()
         self.proc.wait()
         self._log.close()
+
+
+def post_raw(url, path, data):
+    """POST `data` (JSON bytes) to `url` + `path` and read the answer (status, JSON) even when
+    the server answers (413) before the whole body was sent and closes the connection."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.putrequest("POST", path)
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(len(data)))
+    conn.endheaders()
+    try:
+        for i in range(0, len(data), 1 << 16):
+            conn.send(data[i:i + (1 << 16)])
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    r = conn.getresponse()
+    out = (r.status, json.loads(r.read()))
+    conn.close()
+    return out

@@ -9,14 +9,13 @@ LB's stored responses survive its restart. A `--raw-output` server's harmony tex
 into Responses items at the edge.
 """
 
-import http.client
 import json
 import sqlite3
 
 import openai
 import pytest
 
-from conftest import EmbeddedServer, Lb
+from conftest import EmbeddedServer, Lb, post_raw
 
 MODEL = "gpt-oss-20b"
 WEATHER_TOOL = {
@@ -174,24 +173,6 @@ def test_stored_responses_survive_an_lb_restart(door):
         client.responses.input_items.list(r.id)
 
 
-def post_raw(url, data):
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=60)
-    conn.putrequest("POST", "/v1/responses")
-    conn.putheader("Content-Type", "application/json")
-    conn.putheader("Content-Length", str(len(data)))
-    conn.endheaders()
-    try:
-        for i in range(0, len(data), 1 << 16):
-            conn.send(data[i:i + (1 << 16)])
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    r = conn.getresponse()
-    out = (r.status, json.loads(r.read()))
-    conn.close()
-    return out
-
-
 @pytest.mark.parametrize("body, status, param", [
     ({"input": [{"type": "computer_call", "id": "x"}]}, 400, "input[0].type"),
     ({"input": [{"role": "user", "content": "hi"},
@@ -203,7 +184,7 @@ def post_raw(url, data):
 ])
 def test_bad_input_through_the_lb_is_refused_and_nothing_is_stored(door, body, status, param):
     before = door.lb_rows()
-    code, err = post_raw(door.lb.url, json.dumps({"model": MODEL, **body}).encode())
+    code, err = post_raw(door.lb.url, "/v1/responses", json.dumps({"model": MODEL, **body}).encode())
     assert code == status, err
     err = err["error"]
     assert err["message"] and err["type"]

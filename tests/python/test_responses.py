@@ -7,7 +7,6 @@ The server runs with its default flags; its default store (`$XDG_DATA_HOME/gpt-o
 responses.sqlite`) is put in the test's own folder through the environment.
 """
 
-import http.client
 import json
 import sqlite3
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from conftest import EmbeddedServer
+from conftest import EmbeddedServer, post_raw
 
 QUESTION = "What is the capital of France?"
 WEATHER_TOOL = {
@@ -187,33 +186,13 @@ def test_stored_responses_survive_a_restart_and_delete(nano):
 ])
 def test_bad_input_is_refused_and_nothing_is_stored(nano, body, status, param):
     before = nano.rows()
-    code, err = post_raw(nano.url, json.dumps({"model": "gpt-oss-20b", **body}).encode())
+    code, err = post_raw(nano.url, "/v1/responses", json.dumps({"model": "gpt-oss-20b", **body}).encode())
     assert code == status, err
     err = err["error"]
     assert err["message"] and err["type"]
     if param:
         assert err["param"] == param, err
     assert nano.rows() == before
-
-
-def post_raw(url, data):
-    """POST `data` to /v1/responses and read the answer even when the server answers (413)
-    before the whole body was sent and closes the connection."""
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=60)
-    conn.putrequest("POST", "/v1/responses")
-    conn.putheader("Content-Type", "application/json")
-    conn.putheader("Content-Length", str(len(data)))
-    conn.endheaders()
-    try:
-        for i in range(0, len(data), 1 << 16):
-            conn.send(data[i:i + (1 << 16)])
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    r = conn.getresponse()
-    out = (r.status, json.loads(r.read()))
-    conn.close()
-    return out
 
 
 def test_unknown_ids_get_openai_404(nano):
