@@ -48,8 +48,8 @@ pub struct Conversations {
     /// The SQLite file, or `:memory:`.
     path: PathBuf,
     store: tokio::sync::OnceCell<ResponseStore>,
-    /// Responses delivered whose row is still being written: a request that continues one
-    /// at once finds it here. Entries leave when their write ends.
+    /// Responses whose row is still being written by a task (see [`Conversations::keep`]): a
+    /// request that continues one at once finds it here. Entries leave when their write ends.
     pending: parking_lot::Mutex<HashMap<String, Arc<StoredResponse>>>,
 }
 
@@ -104,30 +104,40 @@ impl Conversations {
         Ok(stored.map(Arc::new))
     }
 
-    /// Keeps `stored` as response `id`: at once for [`Conversations::get`], and in the
-    /// database by a task (the body filter that calls this cannot wait).
+    /// Keeps `stored` as response `id`. On a multi-threaded runtime (the proxy's) the row is
+    /// written before this returns: the body filter that calls it passes the response's last
+    /// bytes to the client only afterwards, so a crash right after cannot lose a response the
+    /// client got (the worker thread is handed over to the runtime's other tasks while it
+    /// waits, `tokio::task::block_in_place`). Elsewhere the row is written by a task, and the
+    /// response is visible to [`Conversations::get`] at once from memory until then.
     pub fn keep(self: &Arc<Self>, id: String, created_at: u64, stored: StoredResponse) {
-        let stored = Arc::new(stored);
-        self.pending.lock().insert(id.clone(), stored.clone());
         let me = self.clone();
-        let write = async move {
-            let res = match me.store().await {
-                Ok(store) => store
-                    .put(&id, created_at, &*stored)
-                    .await
-                    .map_err(store_error),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = res {
-                tracing::error!(response = %id, error = %e.body.error.message, "a response could not be stored");
+        let stored = Arc::new(stored);
+        let write = {
+            let (id, stored) = (id.clone(), stored.clone());
+            async move {
+                let res = match me.store().await {
+                    Ok(store) => store
+                        .put(&id, created_at, &*stored)
+                        .await
+                        .map_err(store_error),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = res {
+                    tracing::error!(response = %id, error = %e.body.error.message, "a response could not be stored");
+                }
+                me.pending.lock().remove(&id);
             }
-            me.pending.lock().remove(&id);
         };
         match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| h.block_on(write));
+            }
             Ok(h) => {
+                self.pending.lock().insert(id, stored);
                 h.spawn(write);
             }
-            Err(_) => tracing::error!("no runtime to store a response in"),
+            Err(_) => tracing::error!(response = %id, "no runtime to store a response in"),
         }
     }
 
@@ -898,13 +908,38 @@ mod tests {
         assert!(call.turn.is_none());
     }
 
-    #[tokio::test]
+    // The proxy's runtime: the row is written before the answer's end is passed on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_continued_conversation_is_sent_whole_and_stateless() {
         let c = conversations();
         let first = Bytes::from_static(br#"{"model":"m","input":"hi"}"#);
         let (sent, call) = prepare(&c, &first).await.expect("prepared");
         let sent: Value = serde_json::from_slice(&sent).expect("json");
         assert_eq!(sent["store"], json!(false));
+        // A task writes the row on a runtime of one thread; it is found meanwhile.
+        tokio::task::spawn_blocking({
+            let c = c.clone();
+            move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let rt = rt.expect("runtime");
+                rt.block_on(async {
+                    c.keep(
+                        "resp_0".into(),
+                        1,
+                        Stored {
+                            response: json!({"id": "resp_0"}),
+                            input_items: Vec::new(),
+                            conversation: Vec::new(),
+                        },
+                    );
+                    assert!(c.get("resp_0").await.expect("get").is_some());
+                });
+            }
+        })
+        .await
+        .expect("joined");
         assert!(sent["input"][0]["id"]
             .as_str()
             .is_some_and(|i| i.starts_with("msg_")));
@@ -925,6 +960,10 @@ mod tests {
             got["store"],
             json!(true),
             "the client's `store` is restored"
+        );
+        assert!(
+            !c.pending.lock().contains_key("resp_1"),
+            "written before the answer's end"
         );
         let stored = c.get("resp_1").await.expect("get").expect("kept");
         assert_eq!(stored.conversation.len(), 3);
