@@ -16,18 +16,9 @@ import openai
 import pytest
 
 from conftest import EmbeddedServer, Lb, post_raw
+from test_responses import WEATHER_TOOL
 
 MODEL = "gpt-oss-20b"
-WEATHER_TOOL = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Get the current weather in a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {"location": {"type": "string", "description": "The city."}},
-        "required": ["location"],
-    },
-}
 LB_YAML = "health_check: {interval: 300ms, timeout: 300ms}\nbackends: []\n"
 
 
