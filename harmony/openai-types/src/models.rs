@@ -9,6 +9,10 @@ pub struct Model {
     pub object: String,
     pub created: u64,
     pub owned_by: String,
+    /// Longest prompt plus completion the server takes, in tokens (vLLM's extension of the
+    /// model object); absent while the model loads or where a server does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<u32>,
 }
 
 impl Model {
@@ -18,6 +22,7 @@ impl Model {
             object: "model".to_string(),
             created,
             owned_by: owned_by.into(),
+            max_model_len: None,
         }
     }
 }

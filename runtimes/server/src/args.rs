@@ -37,6 +37,13 @@ pub struct Args {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent: u32,
 
+    /// Longest prompt plus completion, in tokens, below the model's context length (vLLM's
+    /// `--max-model-len`). The decode pool holds `--max-concurrent` sequences of this length,
+    /// allocated at load; unset, it is the model's context length, lowered at load (with a
+    /// warning in the log) when that pool would take more than half of the available memory.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..))]
+    pub max_model_len: Option<u32>,
+
     /// Requests allowed to wait for a slot; one more gets 429 with `Retry-After`.
     #[arg(long, default_value_t = 64)]
     pub max_queue: u32,

@@ -48,11 +48,15 @@ pub async fn queue_status(State(state): State<Arc<AppState>>) -> Json<crate::que
 }
 
 fn model_object(state: &AppState) -> Model {
-    Model::new(
+    let mut model = Model::new(
         state.config.model_name.clone(),
         state.started,
         "gpt-oss-server",
-    )
+    );
+    if let ModelState::Ready(m) = &*state.model.read() {
+        model.max_model_len = Some(m.backend.capabilities().context_length);
+    }
+    model
 }
 
 pub async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {

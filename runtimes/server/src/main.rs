@@ -117,8 +117,15 @@ async fn run(args: Args, folder: PathBuf, device: DeviceMap) -> anyhow::Result<(
     state.responses.open().await?;
     let max_concurrent = args.max_concurrent;
     let model_name = args.model_name.clone();
+    let max_model_len = args.max_model_len;
     spawn_model_load(state.clone(), move || {
-        gpt_oss_server::loader::load_onnx(&folder, &model_name, device, max_concurrent)
+        gpt_oss_server::loader::load_onnx(
+            &folder,
+            &model_name,
+            device,
+            max_concurrent,
+            max_model_len,
+        )
     });
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()

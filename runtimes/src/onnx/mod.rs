@@ -73,8 +73,46 @@ pub struct OnnxBackendConfig {
     pub prefill_chunk: usize,
     /// Caps prompt plus completion below the model's `context_length`. With batching the decode
     /// pool holds `max_concurrent` rows of this many tokens for every layer, allocated at load, so
-    /// a long-context model needs a cap (`None`: the model's context length).
+    /// a long-context model needs a cap (`None`: the model's context length, lowered at load
+    /// when the decode pool would not fit in half of the memory available, see
+    /// [`fit_context_length`]).
     pub max_seq_len: Option<u32>,
+}
+
+/// The context length the CPU decode pool can hold: `context_length` when `slots` rows of it fit in
+/// `budget_bytes`, else the largest multiple of 1,024 tokens that fits (never below `floor`, the
+/// smallest buffer the graph accepts). vLLM refuses to start in this case ("the model's max seq
+/// len is larger than the maximum number of tokens that can be stored in KV cache"); we start with
+/// the shorter context and log it, since the pool is only a cap on how long one request can be.
+pub fn fit_context_length(
+    context_length: usize,
+    slots: usize,
+    kv_bytes_per_token: u64,
+    budget_bytes: u64,
+    floor: usize,
+) -> usize {
+    let per_token = kv_bytes_per_token
+        .saturating_mul(slots.max(1) as u64)
+        .max(1);
+    let fits = (budget_bytes / per_token) as usize;
+    if fits >= context_length {
+        return context_length;
+    }
+    (fits / 1024 * 1024).max(floor).min(context_length)
+}
+
+/// `MemAvailable` of `/proc/meminfo` in bytes (`None` where it cannot be read).
+fn mem_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    info.lines().find_map(|l| {
+        l.strip_prefix("MemAvailable:")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|kb| kb * 1024)
+    })
 }
 
 /// Prompt tokens per prefill step unless configured: 256 x 201,088 fp32 logits are 206 MB.
@@ -138,6 +176,31 @@ impl OnnxBackend {
         let mut model = OnnxModel::load(&env, &config.model_dir, &options)?;
         if let Some(cap) = config.max_seq_len {
             model.cap_context_length(cap as usize);
+        } else if config.max_concurrent > 1 && model.supports_batching() {
+            // The decode pool holds every slot at the full context length; a long-context model
+            // (gpt-oss: 131,072 tokens, 12.9 GB per slot in float32) must not take all memory.
+            if let Some(available) = mem_available() {
+                let slots = config.max_concurrent as usize;
+                let fitted = fit_context_length(
+                    model.spec.context_length,
+                    slots,
+                    model.kv_bytes_per_token(),
+                    available / 2,
+                    model.spec.min_kv_capacity,
+                );
+                if fitted < model.spec.context_length {
+                    tracing::warn!(
+                        context_length = model.spec.context_length,
+                        max_model_len = fitted,
+                        slots,
+                        kv_bytes_per_token = model.kv_bytes_per_token(),
+                        available_bytes = available,
+                        "the decode pool at the model's full context would not fit in half of the \
+                         available memory; serving a shorter context (set --max-model-len to choose)"
+                    );
+                    model.cap_context_length(fitted);
+                }
+            }
         }
         let model_name = config
             .model_name
@@ -296,4 +359,32 @@ where
     F: FnMut(&mut std::task::Context<'_>) -> std::task::Poll<Option<TokenEvent>>,
 {
     futures::stream::poll_fn(poll)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_context_length;
+
+    #[test]
+    fn the_decode_pool_is_fitted_to_the_memory_budget() {
+        // gpt-oss-20b in float32: 98,304 bytes per token per slot.
+        let per_token = 2 * 24 * 8 * 64 * 4;
+        // Two slots at 131,072 tokens need 25.8 GB; 8 GB holds 40,690 tokens each -> 39,936.
+        assert_eq!(
+            fit_context_length(131_072, 2, per_token, 8_000_000_000, 128),
+            39_936
+        );
+        // Enough memory: the model's own context.
+        assert_eq!(
+            fit_context_length(131_072, 2, per_token, 30_000_000_000, 128),
+            131_072
+        );
+        // Almost none: the smallest buffer the graph accepts.
+        assert_eq!(
+            fit_context_length(131_072, 8, per_token, 1_000_000, 256),
+            256
+        );
+        // A short-context model is never lengthened.
+        assert_eq!(fit_context_length(512, 2, per_token, 0, 1024), 512);
+    }
 }

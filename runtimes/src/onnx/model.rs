@@ -11,6 +11,18 @@
 //!
 //! The capacity is at least the sliding window plus its slack: GroupQueryAttention on windowed
 //! layers refuses a shorter buffer.
+//!
+//! Windowed layers (genai_config `sliding_window.layers`) get window-sized buffers, as
+//! onnxruntime-genai allocates them (`ComputeWindowedKvCacheSize` in its `windowed_kv_cache.cpp`):
+//! `C = window + slack` positions, the slack being the config's `cache_slack` or, when that is 0,
+//! 16 on the CPU and 0 on CUDA. GroupQueryAttention (`sliding_window_cache=1`, builder 0.18) keeps
+//! the most recent positions of such a buffer at its start and evicts in steps: when a token
+//! arrives at a full buffer it keeps the last `window - 1` and appends, so a buffer holding `T`
+//! tokens has the last [`resident`]`(T, C, window)` of them at offsets `0..`. A gpt-oss
+//! sequence's windowed half of the cache stays at 144 positions whatever its length, and the
+//! attention reads its keys at the same offsets as onnxruntime-genai's (same numerics, same
+//! greedy tokens). A prompt longer than `C` may be fed in chunks of any size: the kernel attends
+//! over the past and the chunk before it evicts.
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +62,13 @@ pub struct ModelSpec {
     pub context_length: usize,
     /// The smallest KV buffer the graph accepts (sliding window plus slack).
     pub min_kv_capacity: usize,
+    /// Per layer: whether it attends over a sliding window.
+    windowed: Vec<bool>,
+    /// The sliding window in tokens (0: none).
+    pub window: usize,
+    /// Positions a windowed layer's buffer keeps beyond the window for decode steps (see the
+    /// module documentation); set for the device at load.
+    pub window_slack: usize,
     pub eos_token_ids: Vec<u32>,
 }
 
@@ -71,6 +90,8 @@ pub struct SequenceCache {
     decode_logits: DynTensor,
     decode_logits_bound: bool,
     capacity: usize,
+    /// Positions of each windowed layer's buffer (the most recent ones are kept).
+    window_capacity: usize,
     len: usize,
     /// The last position's logits of the latest step, as f32.
     logits: Vec<f32>,
@@ -116,6 +137,8 @@ pub struct DecodePool {
     logits: DynTensor,
     slots: usize,
     capacity: usize,
+    /// Positions per row of each windowed layer's buffer.
+    window_capacity: usize,
     /// Tokens held per row; `None` for a free row.
     lens: Vec<Option<usize>>,
 }
@@ -220,7 +243,14 @@ impl OnnxModel {
             });
         }
         let (session, device) = build_session(env, &model_path, options)?;
-        let spec = ModelSpec::new(&config, &session, &model_path)?;
+        let mut spec = ModelSpec::new(&config, &session, &model_path)?;
+        if spec.window > 0 && spec.window_slack == 0 {
+            // onnxruntime-genai's per-device default for `cache_slack: 0`.
+            spec.window_slack = match device {
+                Device::Cpu => 16,
+                Device::Cuda(_) => 0,
+            };
+        }
         let kv_allocator = match device {
             Device::Cpu => Allocator::default(),
             Device::Cuda(id) => {
@@ -270,20 +300,38 @@ impl OnnxModel {
             .max(1)
     }
 
-    /// Allocates a sequence's KV buffers (once; they are reused for every step).
+    /// Positions of a windowed layer's buffer in a cache of `capacity`: `window + slack`, at most
+    /// `capacity` (onnxruntime-genai's `ComputeWindowedKvCacheSize` without a search chunk size).
+    /// `capacity` without a window.
+    pub fn window_capacity(&self, capacity: usize) -> usize {
+        if self.spec.window == 0 {
+            return capacity;
+        }
+        self.spec
+            .window
+            .saturating_add(self.spec.window_slack)
+            .min(capacity)
+    }
+
+    /// Allocates a sequence's KV buffers (once; they are reused for every step): `capacity`
+    /// positions on full-attention layers, [`OnnxModel::window_capacity`] on windowed ones.
     pub fn new_sequence(&self, capacity: usize) -> Result<SequenceCache, ModelError> {
         let spec = &self.spec;
         let mut binding = self
             .session
             .create_binding()
             .map_err(internal("IoBinding"))?;
-        let shape = [1usize, spec.num_kv_heads, capacity, spec.head_size];
+        let window_capacity = self.window_capacity(capacity);
         let mut kv = Vec::with_capacity(spec.kv_names.len() * 2);
-        for [past_k, past_v, present_k, present_v] in &spec.kv_names {
+        for ([past_k, past_v, present_k, present_v], &windowed) in
+            spec.kv_names.iter().zip(&spec.windowed)
+        {
+            let positions = if windowed { window_capacity } else { capacity };
+            let shape = [1usize, spec.num_kv_heads, positions, spec.head_size];
             for (past, present) in [(past_k, present_k), (past_v, present_v)] {
                 let mut buffer = DynTensor::new(&self.kv_allocator, spec.kv_type, shape).map_err(|e| {
                     ModelError::Runtime(format!(
-                        "could not allocate the KV cache [1, {}, {capacity}, {}] for {} layers: {e}",
+                        "could not allocate the KV cache [1, {}, {positions}, {}] for {} layers: {e}",
                         spec.num_kv_heads,
                         spec.head_size,
                         spec.kv_names.len()
@@ -310,6 +358,7 @@ impl OnnxModel {
             decode_logits,
             decode_logits_bound: false,
             capacity,
+            window_capacity,
             len: 0,
             logits: Vec::with_capacity(spec.vocab_size),
         })
@@ -326,6 +375,25 @@ impl OnnxModel {
             );
             self.spec.context_length = capped;
         }
+    }
+
+    /// Bytes of one position of one layer's key or value buffer (`kv_heads * head_size *
+    /// element size`).
+    fn kv_bytes_per_position(&self) -> u64 {
+        let element: u64 = match self.spec.kv_type {
+            TensorElementType::Float16 | TensorElementType::Bfloat16 => 2,
+            TensorElementType::Float64 => 8,
+            _ => 4,
+        };
+        self.spec.num_kv_heads as u64 * self.spec.head_size as u64 * element
+    }
+
+    /// Bytes of KV cache each further token of context takes in one sequence: keys and values of
+    /// the full-attention layers (windowed layers hold a fixed `window + slack` positions).
+    /// 49,152 for gpt-oss-20b in float32 (12 full layers of 8 heads of 64).
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        let full = self.spec.windowed.iter().filter(|&&w| !w).count() as u64;
+        2 * full * self.kv_bytes_per_position()
     }
 
     /// Whether decode steps can be batched on this device (the KV pool is filled by host copies).
@@ -346,13 +414,19 @@ impl OnnxModel {
             .session
             .create_binding()
             .map_err(internal("IoBinding"))?;
-        let shape = [slots, spec.num_kv_heads, capacity, spec.head_size];
+        let window_capacity = self.window_capacity(capacity);
         let mut kv = Vec::with_capacity(spec.kv_names.len() * 2);
-        for [past_k, past_v, present_k, present_v] in &spec.kv_names {
+        let mut positions_total = 0usize;
+        for ([past_k, past_v, present_k, present_v], &windowed) in
+            spec.kv_names.iter().zip(&spec.windowed)
+        {
+            let positions = if windowed { window_capacity } else { capacity };
+            positions_total += 2 * positions;
+            let shape = [slots, spec.num_kv_heads, positions, spec.head_size];
             for (past, present) in [(past_k, present_k), (past_v, present_v)] {
                 let mut buffer = DynTensor::new(&self.kv_allocator, spec.kv_type, shape).map_err(|e| {
                     ModelError::Runtime(format!(
-                        "could not allocate the decode KV pool [{slots}, {}, {capacity}, {}] for {} layers: {e}",
+                        "could not allocate the decode KV pool [{slots}, {}, {positions}, {}] for {} layers: {e}",
                         spec.num_kv_heads,
                         spec.head_size,
                         spec.kv_names.len()
@@ -379,14 +453,8 @@ impl OnnxModel {
         tracing::info!(
             slots,
             capacity,
-            mib = (spec.kv_names.len()
-                * 2
-                * slots
-                * spec.num_kv_heads
-                * capacity
-                * spec.head_size
-                * 4)
-                >> 20,
+            window_capacity,
+            mib = (positions_total as u64 * slots as u64 * self.kv_bytes_per_position()) >> 20,
             "decode pool allocated"
         );
         Ok(DecodePool {
@@ -395,6 +463,7 @@ impl OnnxModel {
             logits,
             slots,
             capacity,
+            window_capacity,
             lens: vec![None; slots],
         })
     }
@@ -414,28 +483,26 @@ impl OnnxModel {
         }
         let heads = self.spec.num_kv_heads;
         let hd = self.spec.head_size;
-        for (dst, src) in pool.kv.iter_mut().zip(&seq._kv) {
+        // Two buffers (key, value) per layer, in the order they were allocated.
+        let layer_of_buffer = self.spec.windowed.iter().flat_map(|&w| [w, w]);
+        for ((dst, src), windowed) in pool.kv.iter_mut().zip(&seq._kv).zip(layer_of_buffer) {
+            let (dst_cap, src_cap, window) = if windowed {
+                (pool.window_capacity, seq.window_capacity, self.spec.window)
+            } else {
+                (pool.capacity, seq.capacity, 0)
+            };
+            let layout = RowCopy {
+                row,
+                heads,
+                head_size: hd,
+                dst_cap,
+                src_cap,
+                len: seq.len,
+                window,
+            };
             match self.spec.kv_type {
-                TensorElementType::Float16 => copy_rows::<half::f16>(
-                    dst,
-                    src,
-                    row,
-                    heads,
-                    hd,
-                    pool.capacity,
-                    seq.capacity,
-                    seq.len,
-                )?,
-                _ => copy_rows::<f32>(
-                    dst,
-                    src,
-                    row,
-                    heads,
-                    hd,
-                    pool.capacity,
-                    seq.capacity,
-                    seq.len,
-                )?,
+                TensorElementType::Float16 => copy_rows::<half::f16>(dst, src, &layout)?,
+                _ => copy_rows::<f32>(dst, src, &layout)?,
             }
         }
         pool.lens[row] = Some(seq.len);
@@ -605,29 +672,60 @@ impl OnnxModel {
 fn copy_rows<T: ort::value::PrimitiveTensorElementType + Copy + std::fmt::Debug>(
     dst: &mut DynTensor,
     src: &DynTensor,
-    row: usize,
-    heads: usize,
-    hd: usize,
-    dst_cap: usize,
-    src_cap: usize,
-    len: usize,
+    c: &RowCopy,
 ) -> Result<(), ModelError> {
+    let hd = c.head_size;
+    let have = resident(c.len, c.src_cap, c.window);
+    let want = resident(c.len, c.dst_cap, c.window);
+    if want > have {
+        return Err(ModelError::Runtime(format!(
+            "the decode pool needs the last {want} positions; the prefill cache kept {have}"
+        )));
+    }
+    let skip = have - want;
     let (_, src) = src
         .try_extract_tensor::<T>()
         .map_err(internal("reading the prefill cache"))?;
     let (_, dst) = dst
         .try_extract_tensor_mut::<T>()
         .map_err(internal("writing the decode pool"))?;
-    for h in 0..heads {
-        let s = h * src_cap * hd;
-        let d = (row * heads + h) * dst_cap * hd;
-        let (Some(from), Some(to)) = (src.get(s..s + len * hd), dst.get_mut(d..d + len * hd))
+    for h in 0..c.heads {
+        let s = (h * c.src_cap + skip) * hd;
+        let d = (c.row * c.heads + h) * c.dst_cap * hd;
+        let (Some(from), Some(to)) = (src.get(s..s + want * hd), dst.get_mut(d..d + want * hd))
         else {
             return Err(ModelError::Runtime("KV copy out of range".into()));
         };
         to.copy_from_slice(from);
     }
     Ok(())
+}
+
+/// Where one layer buffer of a prefilled sequence goes in the decode pool.
+struct RowCopy {
+    row: usize,
+    heads: usize,
+    head_size: usize,
+    dst_cap: usize,
+    src_cap: usize,
+    /// Tokens the sequence holds.
+    len: usize,
+    /// The layer's sliding window (0: a full-attention layer, whose buffer holds every token).
+    window: usize,
+}
+
+/// How many of `len` tokens a KV buffer of `capacity` positions holds, the most recent ones, at
+/// its start. Full-attention layers hold them all. A windowed layer's buffer
+/// (GroupQueryAttention with `sliding_window_cache=1`) fills up to `capacity`; the token after
+/// that makes it keep the last `window - 1` and append, and so on: after `len > capacity` tokens it
+/// holds `window + (len - capacity - 1) mod (capacity - window + 1)`. Measured on ONNX Runtime
+/// 1.31.1 against a buffer that never evicts, for prompts fed at once, in chunks and token by
+/// token (the layout depends on `len` alone).
+pub fn resident(len: usize, capacity: usize, window: usize) -> usize {
+    if window == 0 || len <= capacity || capacity < window {
+        return len.min(capacity);
+    }
+    window + (len - capacity - 1) % (capacity - window + 1)
 }
 
 /// Binds an integer input, converting to the graph's element type.
@@ -825,6 +923,16 @@ impl ModelSpec {
             kv_names.push(names4);
         }
         let kv_type = kv_type.ok_or_else(|| mismatch("the model has no layers".into()))?;
+        let (window, window_slack, windowed) = match &d.sliding_window {
+            Some(w) => (
+                w.window_size as usize,
+                w.cache_slack as usize,
+                (0..layers)
+                    .map(|l| w.layers.as_ref().is_none_or(|ls| ls.contains(&l)))
+                    .collect(),
+            ),
+            None => (0, 0, vec![false; layers as usize]),
+        };
 
         let (logits_type, logits_shape) = output_type(&d.outputs.logits)?;
         if !matches!(
@@ -877,6 +985,9 @@ impl ModelSpec {
             vocab_size: vocab,
             context_length: config.model.context_length as usize,
             min_kv_capacity: config.min_kv_capacity() as usize,
+            windowed,
+            window,
+            window_slack,
             eos_token_ids: config.eos_token_ids(),
         })
     }
@@ -896,4 +1007,35 @@ fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
 /// For error messages: the folder a model was loaded from.
 pub fn describe(dir: &Path) -> PathBuf {
     dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resident;
+
+    #[test]
+    fn a_windowed_buffer_keeps_what_group_query_attention_keeps() {
+        // Measured on the tiny fixture (window 16): tokens held after `len` for capacities 16-39.
+        let window = 16;
+        for (len, capacity, held) in [
+            (10, 16, 10),
+            (16, 16, 16),
+            (17, 16, 16),
+            (89, 16, 16),
+            (33, 32, 16),
+            (49, 32, 32),
+            (50, 32, 16),
+            (89, 32, 21),
+            (40, 39, 16),
+            (89, 39, 17),
+            (21, 20, 16),
+            (77, 20, 17),
+        ] {
+            assert_eq!(resident(len, capacity, window), held, "{len} in {capacity}");
+        }
+        // gpt-oss on the CPU: window 128 plus 16, between 128 and 144 held at any length.
+        assert!((1000..1200).all(|len| (128..=144).contains(&resident(len, 144, 128))));
+        // A full-attention layer holds every token it has room for.
+        assert_eq!(resident(89, 200, 0), 89);
+    }
 }
