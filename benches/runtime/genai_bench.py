@@ -5,10 +5,16 @@ For each concurrency c, two ways genai can serve c requests, both greedy, with t
 as runtimes/examples/bench_onnx.rs:
   genai-batch    one og.Generator with batch_size=c (static batching, genai's fastest path);
   genai-threads  c og.Generator objects, each on its own Python thread (like c requests).
-Prints one JSON object per line, the fields of bench_onnx.rs.
+Prints one JSON object per line, the fields of bench_onnx.rs, beginning with the load
+(`{"engine":"genai","phase":"load","load_s","rss_bytes"}`, resident memory right after og.Model)
+and, with --greedy-prompts N, the greedy ids of N prompts (`{"phase":"greedy","index","tokens"}`).
 """
 import argparse
+import atexit
 import json
+import os
+import shutil
+import tempfile
 import threading
 import time
 
@@ -20,11 +26,58 @@ def prompt(index, length, token_range):
     return [((i * 7919 + index * 104729 + 17) % token_range) + 1 for i in range(length)]
 
 
+def with_threads(folder, threads):
+    """The model folder as genai sees it with `intra_op_num_threads` set in its session options
+    (a temporary folder of links beside a rewritten genai_config.json): genai's generator
+    otherwise runs this machine's sessions on one thread, where ours uses every core."""
+    view = tempfile.mkdtemp(prefix="genai-threads-")
+    atexit.register(shutil.rmtree, view, ignore_errors=True)
+    for name in os.listdir(folder):
+        if name != "genai_config.json":
+            os.symlink(os.path.join(os.path.abspath(folder), name), os.path.join(view, name))
+    with open(os.path.join(folder, "genai_config.json")) as f:
+        config = json.load(f)
+    options = config["model"]["decoder"].setdefault("session_options", {})
+    options["intra_op_num_threads"] = threads
+    with open(os.path.join(view, "genai_config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    return view
+
+
+def rss_bytes():
+    """Resident set size of this process (VmRSS of /proc/self/status), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def kv_length(tokens):
+    """genai's max_length, which sizes its KV buffers: a sliding-window cache (gpt-oss exports
+    from builder 0.18) refuses buffers shorter than the window (128), so at least 256."""
+    return max(tokens, 128)
+
+
+def greedy_ids(model, prompt_ids, new_tokens):
+    """The greedy continuation of one prompt: exactly new_tokens ids."""
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=kv_length(len(prompt_ids) + new_tokens),
+                              min_length=len(prompt_ids) + new_tokens, batch_size=1)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.array([prompt_ids], dtype=np.int32))
+    for _ in range(new_tokens):
+        if gen.is_done():
+            break
+        gen.generate_next_token()
+    return [int(t) for t in gen.get_sequence(0)[len(prompt_ids):]]
+
+
 def generate(model, prompts, new_tokens):
     """Greedy generation of exactly new_tokens per row; returns (ttft, decode seconds, tokens per row)."""
     plen = len(prompts[0])
     params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=plen + new_tokens,
+    params.set_search_options(do_sample=False, max_length=kv_length(plen + new_tokens),
                               min_length=plen + new_tokens, batch_size=len(prompts))
     gen = og.Generator(model, params)
     t0 = time.perf_counter()
@@ -47,9 +100,21 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--token-range", type=int, default=3000)
+    ap.add_argument("--greedy-prompts", type=int, default=0)
+    ap.add_argument("--skip-threads", action="store_true", help="only genai-batch for c > 1")
+    ap.add_argument("--intra-op-threads", type=int, default=0,
+                    help="ONNX Runtime intra-op threads of genai's session (0: genai's default)")
     args = ap.parse_args()
-    model = og.Model(args.model)
-    generate(model, [prompt(999, args.prompt_len, args.token_range)], 4)  # warm-up
+    folder = with_threads(args.model, args.intra_op_threads) if args.intra_op_threads else args.model
+    t = time.perf_counter()
+    model = og.Model(folder)
+    print(json.dumps({"engine": "genai", "phase": "load", "load_s": time.perf_counter() - t,
+                      "rss_bytes": rss_bytes()}), flush=True)
+    for i in range(args.greedy_prompts):
+        ids = greedy_ids(model, prompt(i, args.prompt_len, args.token_range), args.new_tokens)
+        print(json.dumps({"engine": "genai", "phase": "greedy", "index": i, "tokens": ids}), flush=True)
+    # Warm-up, at most 32 prompt tokens (a long --prompt-len would double the cost of a prefill run).
+    generate(model, [prompt(999, min(args.prompt_len, 32), args.token_range)], 4)
 
     for c in [int(x) for x in args.concurrency.split(",")]:
         prompts = [prompt(i, args.prompt_len, args.token_range) for i in range(c)]
@@ -68,7 +133,7 @@ def main():
             "ttft_s": ttft, "prefill_tokens_per_s": c * args.prompt_len / ttft,
             "decode_tokens_per_s": c * (n - 1) / dec,
         }), flush=True)
-        if c == 1:
+        if c == 1 or args.skip_threads:
             continue
         # c generators on c threads.
         best = None

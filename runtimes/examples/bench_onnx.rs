@@ -6,6 +6,11 @@
 //!     --model runtimes/fixture/out/large/windowed --concurrency 1,2,4,8 --prompt-len 128 --new-tokens 64
 //! ```
 //! `benches/runtime/run` runs it beside onnxruntime-genai's generator on the same folder.
+//!
+//! Each load prints `{"engine":"ours","phase":"load","load_s":…,"rss_bytes":…}` (resident memory
+//! right after the load, from `/proc/self/status`). `--greedy-prompts N` also prints, after the first
+//! load, the greedy ids of N prompts (`{"phase":"greedy","index":i,"tokens":[…]}`, `--new-tokens`
+//! each), which `benches/realshape/run` compares with onnxruntime-genai's.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -29,6 +34,10 @@ struct Args {
     token_range: u32,
     intra_threads: Option<usize>,
     max_seq_len: Option<u32>,
+    /// Prompt tokens per prefill step; `None`: the whole prompt in one step.
+    prefill_chunk: Option<usize>,
+    /// Prompts whose greedy ids are printed after the first load (0: none).
+    greedy_prompts: usize,
     /// `cpu`, `cuda`, `cuda:N` or `auto`, as the server's `--device-map`.
     device: DeviceMap,
 }
@@ -44,6 +53,8 @@ fn parse() -> Result<Args, String> {
         token_range: 3000,
         intra_threads: None,
         max_seq_len: None,
+        greedy_prompts: 0,
+        prefill_chunk: None,
         device: DeviceMap::Cpu,
     };
     let mut it = std::env::args().skip(1);
@@ -71,10 +82,16 @@ fn parse() -> Result<Args, String> {
             "--max-seq-len" => {
                 a.max_seq_len = Some(value()?.parse().map_err(|_| "bad --max-seq-len")?)
             }
+            "--greedy-prompts" => {
+                a.greedy_prompts = value()?.parse().map_err(|_| "bad --greedy-prompts")?
+            }
             "--device-map" => {
                 a.device = value()?
                     .parse()
                     .map_err(|e| format!("bad --device-map: {e}"))?
+            }
+            "--prefill-chunk" => {
+                a.prefill_chunk = Some(value()?.parse().map_err(|_| "bad --prefill-chunk")?)
             }
             "--intra-threads" => {
                 a.intra_threads = Some(value()?.parse().map_err(|_| "bad --intra-threads")?)
@@ -99,6 +116,20 @@ struct Timing {
     ttft: f64,
     decode: f64,
     tokens: usize,
+    ids: Vec<u32>,
+}
+
+/// Resident set size of this process in bytes (`VmRSS` of `/proc/self/status`; 0 where absent).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 async fn one(backend: &OnnxBackend, prompt: Vec<u32>, new_tokens: u32) -> Timing {
@@ -117,11 +148,11 @@ async fn one(backend: &OnnxBackend, prompt: Vec<u32>, new_tokens: u32) -> Timing
         Err(e) => panic!("generate: {e}"),
     };
     let mut first = None;
-    let mut tokens = 0;
+    let mut ids = Vec::new();
     while let Some(e) = stream.next().await {
         match e {
-            TokenEvent::Token(_) => {
-                tokens += 1;
+            TokenEvent::Token(t) => {
+                ids.push(t);
                 first.get_or_insert_with(Instant::now);
             }
             TokenEvent::Logprob(_) => {}
@@ -134,7 +165,8 @@ async fn one(backend: &OnnxBackend, prompt: Vec<u32>, new_tokens: u32) -> Timing
     Timing {
         ttft: (first - start).as_secs_f64(),
         decode: (end - first).as_secs_f64(),
-        tokens,
+        tokens: ids.len(),
+        ids,
     }
 }
 
@@ -147,7 +179,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    for &c in &args.concurrency {
+    for (round, &c) in args.concurrency.iter().enumerate() {
         let slots = if args.max_concurrent == 0 {
             c
         } else {
@@ -159,9 +191,10 @@ async fn main() {
             slots,
             LibrarySearch::from_process(),
         );
-        config.prefill_chunk = args.prompt_len.max(1);
+        config.prefill_chunk = args.prefill_chunk.unwrap_or(args.prompt_len).max(1);
         config.intra_threads = args.intra_threads;
         config.max_seq_len = args.max_seq_len;
+        let loading = Instant::now();
         let backend = match OnnxBackend::load(config) {
             Ok(b) => b,
             Err(e) => {
@@ -169,8 +202,35 @@ async fn main() {
                 std::process::exit(1);
             }
         };
+        let load_s = loading.elapsed().as_secs_f64();
+        println!(
+            "{}",
+            serde_json::json!({"engine": "ours", "phase": "load", "slots": slots,
+                "load_s": load_s, "rss_bytes": rss_bytes()})
+        );
+        if round == 0 {
+            for i in 0..args.greedy_prompts {
+                let run = one(
+                    &backend,
+                    prompt(i, args.prompt_len, args.token_range),
+                    args.new_tokens,
+                )
+                .await;
+                println!(
+                    "{}",
+                    serde_json::json!({"engine": "ours", "phase": "greedy", "index": i,
+                        "tokens": run.ids})
+                );
+            }
+        }
         // Warm-up: one short generation.
-        one(&backend, prompt(999, args.prompt_len, args.token_range), 4).await;
+        // (at most 32 prompt tokens: a long --prompt-len would double the cost of a prefill run)
+        one(
+            &backend,
+            prompt(999, args.prompt_len.min(32), args.token_range),
+            4,
+        )
+        .await;
         let mut best: Option<(f64, Vec<Timing>)> = None;
         for _ in 0..args.repeats.max(1) {
             let start = Instant::now();
