@@ -20,7 +20,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "out")
-PARTS = ("machine", "proxy", "instructions", "harmony", "runtime", "server")
+PARTS = ("machine", "proxy", "instructions", "harmony", "runtime", "server", "realshape")
 
 
 def cmd(argv):
@@ -422,6 +422,7 @@ def main():
     if os.path.exists(os.path.join(HERE, "runtime_throughput.png")) and os.path.exists(os.path.join(OUT, "runtime", "results.json")):
         lines += ["", "![runtime throughput against concurrency](runtime_throughput.png)"]
     lines += ["", "## gpt-oss-server: HTTP overhead", ""] + generic_md("server")
+    lines += ["", "## Real shape: gpt-oss-20b int4 on CPU, ours against onnxruntime-genai", ""] + generic_md("realshape")
     bad = [p for p in PARTS if status(p) is not None and status(p)[0] != "ok"]
     not_run = [p for p in PARTS if status(p) is None]
     lines += ["", "## Parts not measured in this run", ""]

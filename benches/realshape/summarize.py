@@ -58,8 +58,6 @@ def main():
     gb_s = triad["triad_gb_s"]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     md = [
-        "## Real shape: gpt-oss-20b int4 on CPU, ours against onnxruntime-genai",
-        "",
         f"`benches/realshape/run` (commit `{commit}`, {a.seconds // 60} min). Random weights of "
         "gpt-oss-20b's exact shape (hidden 2880, 64/8 heads of 64, 32 experts top-4, vocabulary "
         "201,088, sliding 128 / full alternating, YaRN, sinks), exported int4 by onnxruntime-genai "
