@@ -23,7 +23,9 @@ The builder makes int4 (QMoE) experts only from the MXFP4 tensors the real check
 scales as E8M0 exponents), so the random experts are written in that layout too, beside the
 bfloat16 weights transformers loads.
 
-Usage: make_models.py --cache DIR [--layers 2] [--full-layers 24] [--skip-cuda]
+Each folder also gets io.json (the graph's inputs and outputs, for runtimes/tests/realshape_io.rs).
+
+Usage: make_models.py --cache DIR [--layers 2] [--full-layers 24] [--skip-cuda] [--copy-fixture DIR]
 Runs in the tools venv (.venv-tools: torch, transformers, onnxruntime-genai, onnx, onnx-ir).
 """
 import argparse
@@ -155,6 +157,24 @@ def export(hf_dir, out, device, cache):
     log(f"exported {out} in {time.time() - t0:.0f} s")
 
 
+def write_io(folder):
+    """io.json: the graph's inputs and outputs (name, ONNX element type, shape with -1 for a
+    symbolic dimension), read without the weights. runtimes/tests/realshape_io.rs checks our
+    loader's reading of genai_config.json against it (the CUDA export cannot run here)."""
+    import onnx
+
+    m = onnx.load(os.path.join(folder, "model.onnx"), load_external_data=False)
+
+    def value(v):
+        t = v.type.tensor_type
+        return {"name": v.name, "elem_type": t.elem_type,
+                "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]}
+
+    with open(os.path.join(folder, "io.json"), "w") as f:
+        json.dump({"inputs": [value(v) for v in m.graph.input],
+                   "outputs": [value(v) for v in m.graph.output]}, f, indent=1)
+
+
 def done(folder):
     return os.path.exists(os.path.join(folder, ".done"))
 
@@ -171,6 +191,9 @@ def main():
     ap.add_argument("--full-layers", type=int, default=24)
     ap.add_argument("--skip-cuda", action="store_true", help="do not make the CUDA export")
     ap.add_argument("--skip-full", action="store_true", help="do not make the 24-layer model")
+    ap.add_argument("--copy-fixture", metavar="DIR",
+                    help="copy the exports' genai_config.json and io.json to DIR/int4-cpu and DIR/int4-cuda "
+                         "(runtimes/fixture/realshape, read by runtimes/tests/realshape_io.rs)")
     args = ap.parse_args()
     if args.layers < 2 or args.layers % 2:
         ap.error("--layers must be even and at least 2 (one sliding and one full layer per pair)")
@@ -202,6 +225,18 @@ def main():
                         "--template", few_cpu, "--out", full, "--layers", str(args.full_layers)], check=True)
         mark_done(full)
     shutil.rmtree(builder_cache, ignore_errors=True)
+    for folder in (few_cpu, few_cuda, full):
+        if done(folder) and not os.path.exists(os.path.join(folder, "io.json")):
+            write_io(folder)
+    if args.copy_fixture:
+        # The committed copies the loader's test reads: genai_config.json and io.json per export.
+        for folder, name in ((few_cpu, "int4-cpu"), (few_cuda, "int4-cuda")):
+            if done(folder):
+                dest = os.path.join(args.copy_fixture, name)
+                os.makedirs(dest, exist_ok=True)
+                for f in ("genai_config.json", "io.json"):
+                    shutil.copy(os.path.join(folder, f), dest)
+                log(f"copied {folder}'s genai_config.json and io.json to {dest}")
     for folder in (few_cpu, few_cuda, full):
         if done(folder):
             size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))

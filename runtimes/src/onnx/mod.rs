@@ -27,7 +27,7 @@ use crate::{
     BackendError, Capabilities, GenerateRequest, Health, InferenceBackend, TokenEvent, TokenStream,
 };
 pub use library::{LibraryError, LibraryLocation, LibrarySearch};
-pub use model::{ModelOptions, OnnxModel, SequenceCache};
+pub use model::{GraphIo, GraphValue, ModelOptions, ModelSpec, OnnxModel, SequenceCache};
 
 /// Why a model could not be loaded or run. Every variant names the file or the field at fault.
 #[derive(Debug, thiserror::Error)]

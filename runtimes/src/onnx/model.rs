@@ -243,7 +243,7 @@ impl OnnxModel {
             });
         }
         let (session, device) = build_session(env, &model_path, options)?;
-        let mut spec = ModelSpec::new(&config, &session, &model_path)?;
+        let mut spec = ModelSpec::new(&config, &GraphIo::of(&session), &model_path)?;
         if spec.window > 0 && spec.window_slack == 0 {
             // onnxruntime-genai's per-device default for `cache_slack: 0`.
             spec.window_slack = match device {
@@ -822,7 +822,72 @@ fn cuda_provider(_id: u32) -> Option<ort::ep::ExecutionProviderDispatch> {
 }
 
 impl ModelSpec {
-    fn new(config: &GenaiConfig, session: &Session, model_path: &Path) -> Result<Self, ModelError> {
+    /// Decoder layers.
+    pub fn layers(&self) -> usize {
+        self.kv_names.len()
+    }
+
+    /// The layers that attend over a sliding window.
+    pub fn windowed_layers(&self) -> Vec<usize> {
+        (0..self.windowed.len())
+            .filter(|&l| self.windowed[l])
+            .collect()
+    }
+
+    /// Element type of the KV cache.
+    pub fn kv_type(&self) -> TensorElementType {
+        self.kv_type
+    }
+
+    /// Element type of the logits.
+    pub fn logits_type(&self) -> TensorElementType {
+        self.logits_type
+    }
+}
+
+/// One graph input or output: its name, and its element type and shape when it is a tensor
+/// (`-1` for a symbolic dimension).
+#[derive(Debug, Clone)]
+pub struct GraphValue {
+    pub name: String,
+    pub tensor: Option<(TensorElementType, Vec<i64>)>,
+}
+
+/// A graph's inputs and outputs, what [`ModelSpec::new`] checks `genai_config.json` against.
+#[derive(Debug, Clone, Default)]
+pub struct GraphIo {
+    pub inputs: Vec<GraphValue>,
+    pub outputs: Vec<GraphValue>,
+}
+
+impl GraphIo {
+    /// The inputs and outputs of a loaded session.
+    pub fn of(session: &Session) -> Self {
+        let value = |name: &str, ty: &ValueType| GraphValue {
+            name: name.to_string(),
+            tensor: tensor_info(ty),
+        };
+        GraphIo {
+            inputs: session
+                .inputs()
+                .iter()
+                .map(|i| value(i.name(), i.dtype()))
+                .collect(),
+            outputs: session
+                .outputs()
+                .iter()
+                .map(|o| value(o.name(), o.dtype()))
+                .collect(),
+        }
+    }
+}
+
+impl ModelSpec {
+    /// Checks `config` against the graph's inputs and outputs (`model_path` names the files in
+    /// errors): every name the config gives exists, KV tensors are rank 4 with the config's heads
+    /// and head size and one element type, logits are float32 or float16 of the vocabulary's
+    /// width, and the graph takes no input the config does not describe.
+    pub fn new(config: &GenaiConfig, io: &GraphIo, model_path: &Path) -> Result<Self, ModelError> {
         let d = &config.model.decoder;
         let config_path = model_path.with_file_name("genai_config.json");
         let mismatch = |reason: String| ModelError::Mismatch {
@@ -831,31 +896,27 @@ impl ModelSpec {
             reason,
         };
         let input_type = |name: &str| -> Result<(TensorElementType, Vec<i64>), ModelError> {
-            let outlet = session
-                .inputs()
-                .iter()
-                .find(|i| i.name() == name)
-                .ok_or_else(|| {
-                    mismatch(format!(
+            let outlet = io.inputs.iter().find(|i| i.name == name).ok_or_else(|| {
+                mismatch(format!(
                     "the config names input `{name}`, which the graph does not have (it has: {})",
-                    names(session.inputs().iter().map(|i| i.name()))
+                    names(io.inputs.iter().map(|i| i.name.as_str()))
                 ))
-                })?;
-            tensor_info(outlet.dtype())
+            })?;
+            outlet
+                .tensor
+                .clone()
                 .ok_or_else(|| mismatch(format!("input `{name}` is not a tensor")))
         };
         let output_type = |name: &str| -> Result<(TensorElementType, Vec<i64>), ModelError> {
-            let outlet = session
-                .outputs()
-                .iter()
-                .find(|o| o.name() == name)
-                .ok_or_else(|| {
-                    mismatch(format!(
+            let outlet = io.outputs.iter().find(|o| o.name == name).ok_or_else(|| {
+                mismatch(format!(
                     "the config names output `{name}`, which the graph does not have (it has: {})",
-                    names(session.outputs().iter().map(|o| o.name()))
+                    names(io.outputs.iter().map(|o| o.name.as_str()))
                 ))
-                })?;
-            tensor_info(outlet.dtype())
+            })?;
+            outlet
+                .tensor
+                .clone()
                 .ok_or_else(|| mismatch(format!("output `{name}` is not a tensor")))
         };
         let int_input = |name: &str| -> Result<IntInput, ModelError> {
@@ -873,7 +934,7 @@ impl ModelSpec {
         // Optional inputs count only when the graph has them.
         let optional = |name: &Option<String>| -> Result<Option<IntInput>, ModelError> {
             match name {
-                Some(n) if session.inputs().iter().any(|i| i.name() == n) => int_input(n).map(Some),
+                Some(n) if io.inputs.iter().any(|i| &i.name == n) => int_input(n).map(Some),
                 _ => Ok(None),
             }
         };
@@ -963,10 +1024,10 @@ impl ModelSpec {
         .map(|i| i.name.as_str())
         .chain(kv_names.iter().flat_map(|n| [n[0].as_str(), n[1].as_str()]))
         .collect();
-        if let Some(unknown) = session.inputs().iter().find(|i| !known.contains(&i.name())) {
+        if let Some(unknown) = io.inputs.iter().find(|i| !known.contains(&i.name.as_str())) {
             return Err(mismatch(format!(
                 "the graph takes input `{}`, which genai_config.json does not describe",
-                unknown.name()
+                unknown.name
             )));
         }
 
