@@ -137,9 +137,14 @@ def main():
         t = time.time()
         stream = client.chat.completions.create(model=model["id"], stream=True, max_tokens=500,
                                                 messages=[{"role": "user", "content": "Tell a long story"}])
-        for c in stream:
-            if c.choices and c.choices[0].delta.content is not None or c.choices and c.choices[0].delta.role:
+        # The role chunk, then a first generated token: the request is generating.
+        received = 0
+        for _ in stream:
+            received += 1
+            if received == 2:
                 break
+        running_before = get_json(base + "/queue/status").get("running")
+        t = time.time()
         stream.close()
         freed = None
         for _ in range(300):
@@ -150,8 +155,10 @@ def main():
             time.sleep(0.1)
         after = client.chat.completions.create(model=model["id"], max_tokens=2,
                                                messages=[{"role": "user", "content": "Hi"}])
-        ok &= report("disconnect", freed is not None and after.choices[0].finish_reason in ("stop", "length"),
-                     seconds_until_idle=freed, next_request=after.choices[0].finish_reason)
+        ok &= report("disconnect", running_before == 1 and freed is not None
+                     and after.choices[0].finish_reason in ("stop", "length"),
+                     running_before_close=running_before, seconds_until_idle=freed,
+                     next_request=after.choices[0].finish_reason)
 
         # 5. Memory over N requests.
         samples = {}

@@ -30,7 +30,8 @@ use ort::environment::Environment;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{IoBinding, Session};
-use ort::value::{DynTensor, Tensor, TensorElementType, ValueType};
+use ort::value::{DynTensor, Tensor, TensorElementType, TensorRefMut, ValueType};
+use ort::AsPointer;
 
 use super::genai_config::{layer_name, GenaiConfig};
 use super::ModelError;
@@ -132,7 +133,14 @@ impl SequenceCache {
 /// that takes the row overwrites it when its prefilled cache is loaded. Sequences join (after their
 /// own prefill, which is copied in once) and leave between any two steps: continuous batching.
 pub struct DecodePool {
-    binding: IoBinding,
+    /// `bindings[k - 1]` runs the first `k` rows: views of the first `k` rows of every buffer (a
+    /// row is the outermost axis, so they are contiguous), bound as past and present, and of the
+    /// logits. A step runs only up to the last occupied row, so a lone sequence does not pay for
+    /// the free rows (a free row still costs a full forward pass: on a mixture of experts, its
+    /// own experts' weights).
+    bindings: Vec<IoBinding>,
+    /// The views the bindings use (kept alive with them; they do not own the memory).
+    _views: Vec<Box<dyn std::any::Any>>,
     kv: Vec<DynTensor>,
     logits: DynTensor,
     slots: usize,
@@ -401,7 +409,12 @@ impl OnnxModel {
         self.device == Device::Cpu
     }
 
-    /// Allocates the decode batch.
+    /// Allocates the decode batch: for every layer a key and a value buffer of `[slots, kv_heads,
+    /// positions, head_size]` (`capacity` positions, [`OnnxModel::window_capacity`] on windowed
+    /// layers), the `[slots, 1, vocab]` logits, and one binding per batch width (see
+    /// [`DecodePool`]). The views are bound through ONNX Runtime's C API ([`bind_raw`]), the one
+    /// place this crate needs `unsafe`.
+    #[allow(unsafe_code)]
     pub fn new_pool(&self, slots: usize, capacity: usize) -> Result<DecodePool, ModelError> {
         let spec = &self.spec;
         if !self.supports_batching() {
@@ -410,21 +423,15 @@ impl OnnxModel {
                 self.device
             )));
         }
-        let mut binding = self
-            .session
-            .create_binding()
-            .map_err(internal("IoBinding"))?;
         let window_capacity = self.window_capacity(capacity);
         let mut kv = Vec::with_capacity(spec.kv_names.len() * 2);
         let mut positions_total = 0usize;
-        for ([past_k, past_v, present_k, present_v], &windowed) in
-            spec.kv_names.iter().zip(&spec.windowed)
-        {
+        for &windowed in &spec.windowed {
             let positions = if windowed { window_capacity } else { capacity };
             positions_total += 2 * positions;
             let shape = [slots, spec.num_kv_heads, positions, spec.head_size];
-            for (past, present) in [(past_k, present_k), (past_v, present_v)] {
-                let mut buffer = DynTensor::new(&self.kv_allocator, spec.kv_type, shape).map_err(|e| {
+            for _ in 0..2 {
+                let buffer = DynTensor::new(&self.kv_allocator, spec.kv_type, shape).map_err(|e| {
                     ModelError::Runtime(format!(
                         "could not allocate the decode KV pool [{slots}, {}, {positions}, {}] for {} layers: {e}",
                         spec.num_kv_heads,
@@ -432,12 +439,6 @@ impl OnnxModel {
                         spec.kv_names.len()
                     ))
                 })?;
-                binding
-                    .bind_input(past.as_str(), &buffer)
-                    .map_err(internal("binding past KV"))?;
-                binding
-                    .bind_output(present.as_str(), &mut buffer)
-                    .map_err(internal("binding present KV"))?;
                 kv.push(buffer);
             }
         }
@@ -447,9 +448,42 @@ impl OnnxModel {
             [slots, 1, spec.vocab_size],
         )
         .map_err(internal("logits buffer"))?;
-        binding
-            .bind_output(spec.logits.as_str(), &mut logits)
-            .map_err(internal("binding logits"))?;
+        let mut bindings = Vec::with_capacity(slots);
+        let mut views: Vec<Box<dyn std::any::Any>> = Vec::new();
+        for rows in 1..=slots {
+            let mut binding = self
+                .session
+                .create_binding()
+                .map_err(internal("IoBinding"))?;
+            let names = spec
+                .kv_names
+                .iter()
+                .flat_map(|[pk, pv, ok, ov]| [(pk, ok), (pv, ov)]);
+            for ((past, present), buffer) in names.zip(kv.iter_mut()) {
+                let Some((_, shape)) = tensor_info(buffer.dtype()) else {
+                    return Err(ModelError::Runtime("a KV buffer is not a tensor".into()));
+                };
+                let mut shape = shape;
+                shape[0] = rows as i64;
+                let view = self.view(buffer, spec.kv_type, shape)?;
+                // SAFETY: the view and the pool's buffer live as long as the binding (fields of
+                // the same DecodePool, the bindings dropped first).
+                unsafe {
+                    bind_raw(&mut binding, true, past, view.as_ref())?;
+                    bind_raw(&mut binding, false, present, view.as_ref())?;
+                }
+                views.push(view.into_any());
+            }
+            let view = self.view(
+                &mut logits,
+                spec.logits_type,
+                vec![rows as i64, 1, spec.vocab_size as i64],
+            )?;
+            // SAFETY: as above.
+            unsafe { bind_raw(&mut binding, false, &spec.logits, view.as_ref())? };
+            views.push(view.into_any());
+            bindings.push(binding);
+        }
         tracing::info!(
             slots,
             capacity,
@@ -458,7 +492,8 @@ impl OnnxModel {
             "decode pool allocated"
         );
         Ok(DecodePool {
-            binding,
+            bindings,
+            _views: views,
             kv,
             logits,
             slots,
@@ -466,6 +501,30 @@ impl OnnxModel {
             window_capacity,
             lens: vec![None; slots],
         })
+    }
+
+    /// A tensor over the first `shape[0]` rows of `buffer` (its memory, not a copy).
+    #[allow(unsafe_code)]
+    fn view(
+        &self,
+        buffer: &mut DynTensor,
+        ty: TensorElementType,
+        shape: Vec<i64>,
+    ) -> Result<PoolView, ModelError> {
+        let ptr = buffer.data_ptr_mut();
+        let shape = ort::value::Shape::new(shape);
+        let info = self.cpu_memory.clone();
+        // SAFETY: `ptr` is the start of `buffer`, which holds at least `shape` (a prefix of its
+        // rows) and outlives the view (see `new_pool`).
+        unsafe {
+            match ty {
+                TensorElementType::Float16 => {
+                    TensorRefMut::<half::f16>::from_raw(info, ptr, shape).map(PoolView::F16)
+                }
+                _ => TensorRefMut::<f32>::from_raw(info, ptr, shape).map(PoolView::F32),
+            }
+        }
+        .map_err(internal("a view of the decode pool"))
     }
 
     /// Copies a prefilled sequence's cache into `row` of the pool (once per sequence).
@@ -513,15 +572,20 @@ impl OnnxModel {
     /// Read the results with [`DecodePool::row_logits`].
     pub fn decode_pool(&mut self, pool: &mut DecodePool, tokens: &[u32]) -> Result<(), ModelError> {
         let spec = &self.spec;
-        let slots = pool.slots;
-        if tokens.len() != slots {
+        if tokens.len() != pool.slots {
             return Err(ModelError::Runtime(format!(
-                "{} tokens for {slots} rows",
-                tokens.len()
+                "{} tokens for {} rows",
+                tokens.len(),
+                pool.slots
             )));
         }
-        // Per row: tokens after this step (a free row gets a dummy at position 0).
-        let totals: Vec<usize> = pool.lens.iter().map(|l| l.map_or(1, |n| n + 1)).collect();
+        // Rows up to the last occupied one run; a free row among them gets a dummy at position 0.
+        let Some(last) = pool.lens.iter().rposition(Option::is_some) else {
+            return Ok(());
+        };
+        let slots = last + 1;
+        let lens = &pool.lens[..slots];
+        let totals: Vec<usize> = lens.iter().map(|l| l.map_or(1, |n| n + 1)).collect();
         let width = totals.iter().copied().max().unwrap_or(1);
         if width > pool.capacity {
             return Err(ModelError::Runtime(format!(
@@ -531,36 +595,32 @@ impl OnnxModel {
         }
         let ids: Vec<i64> = tokens
             .iter()
-            .zip(&pool.lens)
+            .zip(lens)
             .map(|(&t, l)| if l.is_some() { i64::from(t) } else { 0 })
             .collect();
-        bind_ints(
-            &mut pool.binding,
-            &spec.input_ids,
-            vec![slots as i64, 1],
-            ids,
-        )?;
+        let binding = &mut pool.bindings[last];
+        bind_ints(binding, &spec.input_ids, vec![slots as i64, 1], ids)?;
         if let Some(mask) = &spec.attention_mask {
             let mut m = vec![0i64; slots * width];
             for (r, &t) in totals.iter().enumerate() {
                 m[r * width..r * width + t].fill(1);
             }
-            bind_ints(&mut pool.binding, mask, vec![slots as i64, width as i64], m)?;
+            bind_ints(binding, mask, vec![slots as i64, width as i64], m)?;
         }
         if let Some(pos) = &spec.position_ids {
             let p = totals.iter().map(|&t| t as i64 - 1).collect();
-            bind_ints(&mut pool.binding, pos, vec![slots as i64, 1], p)?;
+            bind_ints(binding, pos, vec![slots as i64, 1], p)?;
         }
         if let Some(k) = &spec.seqlens_k {
             let p = totals.iter().map(|&t| t as i64 - 1).collect();
-            bind_ints(&mut pool.binding, k, vec![slots as i64], p)?;
+            bind_ints(binding, k, vec![slots as i64], p)?;
         }
         if let Some(t) = &spec.total_sequence_length {
-            bind_ints(&mut pool.binding, t, vec![], vec![width as i64])?;
+            bind_ints(binding, t, vec![], vec![width as i64])?;
         }
         let outputs = self
             .session
-            .run_binding(&pool.binding)
+            .run_binding(binding)
             .map_err(|e| ModelError::Runtime(format!("ONNX Runtime run failed: {e}")))?;
         drop(outputs);
         for l in pool.lens.iter_mut().flatten() {
@@ -726,6 +786,62 @@ pub fn resident(len: usize, capacity: usize, window: usize) -> usize {
         return len.min(capacity);
     }
     window + (len - capacity - 1) % (capacity - window + 1)
+}
+
+/// A view of the first rows of a decode-pool buffer, in its element type.
+enum PoolView {
+    F32(TensorRefMut<'static, f32>),
+    F16(TensorRefMut<'static, half::f16>),
+}
+
+impl PoolView {
+    fn as_ref(&self) -> &dyn AsPointer<Sys = ort::sys::OrtValue> {
+        match self {
+            PoolView::F32(v) => &**v,
+            PoolView::F16(v) => &**v,
+        }
+    }
+
+    fn into_any(self) -> Box<dyn std::any::Any> {
+        match self {
+            PoolView::F32(v) => Box::new(v),
+            PoolView::F16(v) => Box::new(v),
+        }
+    }
+}
+
+/// Binds `value` as input (`input`) or output `name` of `binding` through ONNX Runtime's C API.
+/// ort's own `bind_input` copies a tensor over borrowed memory (so that inputs cannot alias), and
+/// its `run_binding` reads back only the outputs bound through it; the decode pool's views must
+/// alias (past and present are one buffer) and the pool reads its logits itself.
+///
+/// # Safety
+/// `value`, and the memory it views, must stay valid while `binding` is used.
+#[allow(unsafe_code)]
+unsafe fn bind_raw(
+    binding: &mut IoBinding,
+    input: bool,
+    name: &str,
+    value: &dyn AsPointer<Sys = ort::sys::OrtValue>,
+) -> Result<(), ModelError> {
+    let api = ort::api();
+    let c_name = std::ffi::CString::new(name)
+        .map_err(|_| ModelError::Runtime(format!("the name `{name}` holds a NUL byte")))?;
+    let bind = if input { api.BindInput } else { api.BindOutput };
+    // SAFETY: the pointers are valid (the caller's contract for `value`; `binding` is live).
+    let status = unsafe { bind(binding.ptr_mut(), c_name.as_ptr(), value.ptr()) };
+    if status.0.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null status is an OrtStatus that we own and release once.
+    let message = unsafe {
+        let text = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
+            .to_string_lossy()
+            .into_owned();
+        (api.ReleaseStatus)(status.0);
+        text
+    };
+    Err(ModelError::Runtime(format!("binding `{name}`: {message}")))
 }
 
 /// Binds an integer input, converting to the graph's element type.
