@@ -51,6 +51,15 @@ def get_json(url):
         return json.loads(r.read())
 
 
+def generated_tokens(base):
+    """gpt_oss_generated_tokens_total from /metrics."""
+    with urllib.request.urlopen(base + "/metrics", timeout=30) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("gpt_oss_generated_tokens_total"):
+                return float(line.split()[-1])
+    return 0.0
+
+
 def report(step, ok, **fields):
     print(json.dumps({"step": step, "ok": ok, **fields}), flush=True)
     return ok
@@ -62,6 +71,7 @@ def main():
     ap.add_argument("--server", default="target/release/gpt-oss-server")
     ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--max-tokens", type=int, default=4, help="per request of the memory loop")
+    ap.add_argument("--only", help="comma-separated steps: seed_curl,stream,concurrent_4,disconnect,memory")
     a = ap.parse_args()
 
     env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
@@ -92,86 +102,99 @@ def main():
                      model=model["id"], max_model_len=model.get("max_model_len"))
         client = OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=1800)
 
-        # 1. The seed's curl.
-        t = time.time()
-        out = subprocess.run(["curl", "-sS", base + "/v1/chat/completions", "-H", "Content-Type: application/json",
-                              "-d", json.dumps(SEED_BODY)], capture_output=True, text=True, timeout=1800)
-        body = json.loads(out.stdout)
-        choice = body["choices"][0]
-        ok &= report("seed_curl", choice["finish_reason"] in ("stop", "length"), seconds=round(time.time() - t, 1),
-                     finish_reason=choice["finish_reason"], usage=body.get("usage"),
-                     fields=sorted(choice["message"].keys()))
+        def seed_curl():
+            t = time.time()
+            out = subprocess.run(["curl", "-sS", base + "/v1/chat/completions", "-H",
+                                  "Content-Type: application/json", "-d", json.dumps(SEED_BODY)],
+                                 capture_output=True, text=True, timeout=1800)
+            body = json.loads(out.stdout)
+            choice = body["choices"][0]
+            return report("seed_curl", choice["finish_reason"] in ("stop", "length"),
+                          seconds=round(time.time() - t, 1), finish_reason=choice["finish_reason"],
+                          usage=body.get("usage"), fields=sorted(choice["message"].keys()))
 
-        # 2. A stream.
-        t = time.time()
-        chunks, finish = 0, None
-        for c in client.chat.completions.create(model=model["id"], stream=True, max_tokens=16,
-                                                messages=[{"role": "user", "content": "Hello"}]):
-            chunks += 1
-            if c.choices and c.choices[0].finish_reason:
-                finish = c.choices[0].finish_reason
-        ok &= report("stream", finish is not None and chunks > 1, seconds=round(time.time() - t, 1),
-                     chunks=chunks, finish_reason=finish)
+        def stream():
+            t = time.time()
+            chunks, finish = 0, None
+            for c in client.chat.completions.create(model=model["id"], stream=True, max_tokens=16,
+                                                    messages=[{"role": "user", "content": "Hello"}]):
+                chunks += 1
+                if c.choices and c.choices[0].finish_reason:
+                    finish = c.choices[0].finish_reason
+            return report("stream", finish is not None and chunks > 1, seconds=round(time.time() - t, 1),
+                          chunks=chunks, finish_reason=finish)
 
-        # 3. Four at once.
-        t = time.time()
-        results = [None] * 4
+        def concurrent_4():
+            t = time.time()
+            results = [None] * 4
 
-        def one(i):
-            try:
-                r = client.chat.completions.create(model=model["id"], max_tokens=16,
-                                                   messages=[{"role": "user", "content": f"Count to {i + 3}"}])
-                results[i] = r.choices[0].finish_reason
-            except Exception as e:  # noqa: BLE001 - reported below
-                results[i] = f"error: {e}"
+            def one(i):
+                try:
+                    r = client.chat.completions.create(model=model["id"], max_tokens=16,
+                                                       messages=[{"role": "user", "content": f"Count to {i + 3}"}])
+                    results[i] = r.choices[0].finish_reason
+                except Exception as e:  # noqa: BLE001 - reported below
+                    results[i] = f"error: {e}"
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        ok &= report("concurrent_4", all(r in ("stop", "length") for r in results),
-                     seconds=round(time.time() - t, 1), finish_reasons=results)
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            return report("concurrent_4", all(r in ("stop", "length") for r in results),
+                          seconds=round(time.time() - t, 1), finish_reasons=results)
 
-        # 4. A client that goes away mid-stream.
-        t = time.time()
-        stream = client.chat.completions.create(model=model["id"], stream=True, max_tokens=500,
-                                                messages=[{"role": "user", "content": "Tell a long story"}])
-        # The role chunk, then a first generated token: the request is generating.
-        received = 0
-        for _ in stream:
-            received += 1
-            if received == 2:
-                break
-        running_before = get_json(base + "/queue/status").get("running")
-        t = time.time()
-        stream.close()
-        freed = None
-        for _ in range(300):
-            q = get_json(base + "/queue/status")
-            if q.get("running") == 0:
-                freed = round(time.time() - t, 2)
-                break
-            time.sleep(0.1)
-        after = client.chat.completions.create(model=model["id"], max_tokens=2,
-                                               messages=[{"role": "user", "content": "Hi"}])
-        ok &= report("disconnect", running_before == 1 and freed is not None
-                     and after.choices[0].finish_reason in ("stop", "length"),
-                     running_before_close=running_before, seconds_until_idle=freed,
-                     next_request=after.choices[0].finish_reason)
+        def disconnect():
+            # A random model's tokens may stream no delta until the end, so the server's running
+            # count says when it generates, not the chunks.
+            s = client.chat.completions.create(
+                model=model["id"], stream=True, max_tokens=500, extra_body={"min_tokens": 400},
+                messages=[{"role": "user", "content": "Tell a long story"}])
+            running_before = None
+            for _ in range(600):
+                running_before = get_json(base + "/queue/status").get("running")
+                if running_before == 1:
+                    break
+                time.sleep(0.1)
+            time.sleep(2)  # a few tokens into the generation
+            t = time.time()
+            s.close()
+            freed = None
+            for _ in range(600):
+                if get_json(base + "/queue/status").get("running") == 0:
+                    freed = round(time.time() - t, 2)
+                    break
+                time.sleep(0.05)
+            # The engine stops too: no token is generated a second after the close.
+            time.sleep(1)
+            before = generated_tokens(base)
+            time.sleep(2)
+            generated_after = generated_tokens(base) - before
+            after = client.chat.completions.create(model=model["id"], max_tokens=2,
+                                                   messages=[{"role": "user", "content": "Hi"}])
+            return report("disconnect", running_before == 1 and freed is not None and freed < 5
+                          and generated_after == 0 and after.choices[0].finish_reason in ("stop", "length"),
+                          running_before_close=running_before, seconds_until_idle=freed,
+                          tokens_generated_1_to_3_s_after_close=generated_after,
+                          next_request=after.choices[0].finish_reason)
 
-        # 5. Memory over N requests.
-        samples = {}
-        t = time.time()
-        for i in range(1, a.requests + 1):
-            client.chat.completions.create(model=model["id"], max_tokens=a.max_tokens,
-                                           messages=[{"role": "user", "content": f"Request {i}"}])
-            if i in (10, a.requests):
-                samples[i] = rss(proc.pid)
-        growth = samples[a.requests] / samples[10] - 1 if samples.get(10) else None
-        ok &= report("memory", growth is not None and growth < 0.05, requests=a.requests,
-                     seconds=round(time.time() - t, 1), rss_after_10=samples.get(10),
-                     rss_after_n=samples.get(a.requests), growth=growth)
+        def memory():
+            samples = {}
+            t = time.time()
+            for i in range(1, a.requests + 1):
+                client.chat.completions.create(model=model["id"], max_tokens=a.max_tokens,
+                                               messages=[{"role": "user", "content": f"Request {i}"}])
+                if i in (min(10, a.requests), a.requests):
+                    samples[i] = rss(proc.pid)
+            first = samples[min(10, a.requests)]
+            growth = samples[a.requests] / first - 1
+            return report("memory", growth < 0.05, requests=a.requests, seconds=round(time.time() - t, 1),
+                          rss_after_10=first, rss_after_n=samples[a.requests], growth=growth)
+
+        steps = {"seed_curl": seed_curl, "stream": stream, "concurrent_4": concurrent_4,
+                 "disconnect": disconnect, "memory": memory}
+        for name in (a.only.split(",") if a.only else steps):
+            ok &= steps[name]()
     finally:
         proc.terminate()
         try:
