@@ -50,7 +50,8 @@ pub struct ResponseStore {
 impl ResponseStore {
     /// Opens (creating if needed) the database at `path`; `:memory:` keeps responses in memory
     /// only, for as long as the process runs. Parent folders are created. Several processes
-    /// may share one file (WAL journal; a writer waits up to 5 s for another).
+    /// may share one file (WAL journal; a writer waits up to 5 s for another; an open that finds
+    /// the file locked, as when two processes create it at once, is retried for 10 s).
     ///
     /// Errors: the folder or the file cannot be created, or the file is not a database.
     pub async fn open(path: &Path) -> Result<ResponseStore, StoreError> {
@@ -68,6 +69,28 @@ impl ResponseStore {
                 .journal_mode(SqliteJournalMode::Wal)
                 .busy_timeout(Duration::from_secs(5))
         };
+        // Two processes that open a new file at once (two servers started together with the
+        // default store) can get SQLITE_BUSY from the switch to WAL, which SQLite's busy handler
+        // does not wait for: retried for a few seconds before it is an error.
+        let mut delay = Duration::from_millis(20);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Self::connect(options.clone(), memory).await {
+                Ok(pool) => return Ok(ResponseStore { pool }),
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => return Err(StoreError(format!("{}: {e}", path.display()))),
+            }
+        }
+    }
+
+    /// Opens the pool and makes the table.
+    async fn connect(
+        options: SqliteConnectOptions,
+        memory: bool,
+    ) -> Result<SqlitePool, sqlx::Error> {
         let pool = SqlitePoolOptions::new()
             // An in-memory database exists once per connection: keep exactly one.
             .max_connections(if memory { 1 } else { 4 })
@@ -75,8 +98,7 @@ impl ResponseStore {
             .idle_timeout((!memory).then(|| Duration::from_secs(600)))
             .max_lifetime((!memory).then(|| Duration::from_secs(3600)))
             .connect_with(options)
-            .await
-            .map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+            .await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS responses (
                 id TEXT PRIMARY KEY,
@@ -87,9 +109,8 @@ impl ResponseStore {
             )",
         )
         .execute(&pool)
-        .await
-        .map_err(StoreError::of)?;
-        Ok(ResponseStore { pool })
+        .await?;
+        Ok(pool)
     }
 
     /// The default file of application `app` (`gpt-oss-server`, `gpt-oss-lb`):
@@ -356,5 +377,15 @@ mod tests {
                 param
             );
         }
+    }
+}
+
+/// SQLITE_BUSY (5) or SQLITE_LOCKED (6): another connection holds the lock.
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            matches!(d.code().as_deref(), Some("5") | Some("6") | Some("517"))
+        }
+        _ => false,
     }
 }
