@@ -148,25 +148,34 @@ def main():
                     take(x)
         nodes.extend(layer_nodes[i])
 
-    # New layers: layer 1's subgraph renamed, with layer i % 2's attention attributes.
+    def renamed(n, src, dst, source_of=lambda x: x, fresh_random=lambda x: False):
+        """Node `n` of layer `src` as layer `dst`; its initializers are written under their new
+        names, from `source_of(name)` (fresh random bytes where `fresh_random(name)`)."""
+        m = copy.deepcopy(n)
+        m.name = rename(n.name, src, dst)
+        del m.input[:]
+        del m.output[:]
+        for x in n.input:
+            y = rename(x, src, dst)
+            m.input.append(y)
+            if x in inits:
+                take(y, source_of(x), fresh_random=fresh_random(x))
+        m.output.extend(rename(x, src, dst) for x in n.output)
+        return m
+
+    # New layers: layer 1's subgraph renamed, with layer i % 2's attention attributes; packed int4
+    # tensors get fresh random bytes, floats come from the template layer of the same kind.
     template = 1
     for i in range(base_layers, args.layers):
         kind = i % 2  # 0: sliding, 1: full (the template's own pattern)
+
+        def same_kind(x, kind=kind):
+            src_name = x.replace(f"model.layers.{template}.", f"model.layers.{kind}.")
+            return src_name if src_name in inits else x
+
         for n in layer_nodes[template]:
-            m = copy.deepcopy(n)
-            m.name = rename(n.name, template, i)
-            del m.input[:]
-            del m.output[:]
-            for x in n.input:
-                y = rename(x, template, i)
-                m.input.append(y)
-                if x in inits:
-                    uint8 = inits[x].data_type == onnx.TensorProto.UINT8
-                    # Floats come from the template layer of the same kind (same name, layer kind).
-                    src_name = x.replace(f"model.layers.{template}.", f"model.layers.{kind}.")
-                    take(y, src_name if src_name in inits else x, fresh_random=uint8)
-            for x in n.output:
-                m.output.append(rename(x, template, i))
+            m = renamed(n, template, i, same_kind,
+                        lambda x: inits[x].data_type == onnx.TensorProto.UINT8)
             if m.op_type == "GroupQueryAttention":
                 del m.attribute[:]
                 m.attribute.extend(copy.deepcopy(a) for a in gqa_attrs[kind])
@@ -175,19 +184,8 @@ def main():
               f"{out_data.tell() / 1e9:.1f} GB so far", flush=True)
 
     # The final norm and the lm_head, after the last layer.
-    last = args.layers
     for n in tail_nodes + post_nodes:
-        m = copy.deepcopy(n)
-        m.name = rename(n.name, final, last)
-        del m.input[:]
-        del m.output[:]
-        for x in n.input:
-            y = rename(x, final, last)
-            m.input.append(y)
-            if x in inits:
-                take(y, x)
-        m.output.extend(rename(x, final, last) for x in n.output)
-        nodes.append(m)
+        nodes.append(renamed(n, final, args.layers))
     out_data.close()
 
     # Graph inputs and outputs: keys of every layer, then values, as the builder orders them.
