@@ -106,6 +106,30 @@ pub enum StopReason {
 pub struct GenerationUsage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Prompt tokens whose keys and values came from the prefix cache instead of being computed
+    /// (OpenAI's `usage.prompt_tokens_details.cached_tokens`); at most `prompt_tokens - 1`.
+    pub cached_tokens: u32,
+}
+
+/// Counters since start (the `/metrics` figures).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefixCacheStats {
+    /// Prompts looked up (every admitted request while the cache is on).
+    pub queries: u64,
+    /// Lookups that reused at least one block.
+    pub hits: u64,
+    /// Prompt tokens of the looked-up prompts.
+    pub query_tokens: u64,
+    /// Prompt tokens whose KV came from the cache.
+    pub cached_tokens: u64,
+    /// Blocks evicted to stay within the budget.
+    pub evictions: u64,
+    /// Blocks held now.
+    pub blocks: u64,
+    /// Bytes held now.
+    pub bytes: u64,
+    /// The budget in bytes.
+    pub budget_bytes: u64,
 }
 
 /// The log-probability of a sampled token and of the most likely alternatives, under the
@@ -219,6 +243,11 @@ pub trait InferenceBackend: Send + Sync + 'static {
     /// sequences of a group counts once when the backend shares it). `None` when the backend
     /// does not count them.
     fn prefill_tokens_total(&self) -> Option<u64> {
+        None
+    }
+
+    /// The prefix cache's counters, when the backend has one and it is on.
+    fn prefix_cache_stats(&self) -> Option<PrefixCacheStats> {
         None
     }
 }

@@ -51,6 +51,22 @@ impl Usage {
             prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: 0 }),
         }
     }
+
+    /// The same, with `cached` prompt tokens reported in `prompt_tokens_details.cached_tokens`
+    /// (prompt tokens the server did not compute again: its prefix cache held them).
+    pub fn with_cached_tokens(mut self, cached: u32) -> Self {
+        self.prompt_tokens_details = Some(PromptTokensDetails {
+            cached_tokens: cached,
+        });
+        self
+    }
+
+    /// `prompt_tokens_details.cached_tokens`, 0 when absent.
+    pub fn cached_tokens(&self) -> u32 {
+        self.prompt_tokens_details
+            .as_ref()
+            .map_or(0, |d| d.cached_tokens)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

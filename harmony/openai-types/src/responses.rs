@@ -316,9 +316,17 @@ pub struct ResponseUsage {
 impl ResponseUsage {
     /// `input` prompt tokens, `output` generated tokens of which `reasoning` were analysis.
     pub fn new(input: u32, output: u32, reasoning: u32) -> ResponseUsage {
+        ResponseUsage::with_cached(input, 0, output, reasoning)
+    }
+
+    /// As [`ResponseUsage::new`], with `cached` of the input tokens taken from the server's
+    /// prefix cache (`input_tokens_details.cached_tokens`).
+    pub fn with_cached(input: u32, cached: u32, output: u32, reasoning: u32) -> ResponseUsage {
         ResponseUsage {
             input_tokens: input,
-            input_tokens_details: InputTokensDetails { cached_tokens: 0 },
+            input_tokens_details: InputTokensDetails {
+                cached_tokens: cached,
+            },
             output_tokens: output,
             output_tokens_details: OutputTokensDetails {
                 reasoning_tokens: reasoning,

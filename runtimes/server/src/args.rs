@@ -44,6 +44,14 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(2..))]
     pub max_model_len: Option<u32>,
 
+    /// Memory for automatic prefix caching, in MiB (0 turns it off; as llama.cpp's
+    /// `--cache-ram`). The KV of recently prefilled prompts is kept in blocks of 256 tokens and
+    /// reused by requests whose prompt starts with the same blocks, least recently used evicted
+    /// first; responses report the reused tokens in `usage.prompt_tokens_details.cached_tokens`
+    /// (`input_tokens_details` in the Responses API). CPU only.
+    #[arg(long, default_value_t = 1024)]
+    pub prefix_cache_mib: u64,
+
     /// Requests allowed to wait for a slot; one more gets 429 with `Retry-After`.
     #[arg(long, default_value_t = 64)]
     pub max_queue: u32,

@@ -79,6 +79,9 @@ pub struct GenerationParts {
 struct Run {
     parts: GenerationParts,
     first_token: Option<Instant>,
+    /// Prompt tokens the backend reused from its prefix cache, as its `Finish` reports them (a
+    /// generation ended early by a stop string does not wait for that event and reports 0).
+    cached_tokens: u32,
     completion_tokens: u32,
     finished: bool,
     scratch: Vec<ChatDelta>,
@@ -152,7 +155,8 @@ impl Run {
                 self.parts.prompt_tokens,
                 self.completion_tokens,
                 self.parts.parser.reasoning_tokens(),
-            ),
+            )
+            .with_cached_tokens(self.cached_tokens),
         });
         self.finished = true;
     }
@@ -189,6 +193,7 @@ impl Run {
                     if usage.prompt_tokens > 0 {
                         self.parts.prompt_tokens = usage.prompt_tokens;
                     }
+                    self.cached_tokens = usage.cached_tokens;
                     let (cause, stop_token) = match reason {
                         StopReason::StopToken(id) => (StopCause::Stop, Some(id)),
                         StopReason::Length => (StopCause::Length, None),
@@ -245,7 +250,8 @@ pub fn total_usage(usages: &[Usage]) -> Usage {
     let prompt = usages.first().map_or(0, |u| u.prompt_tokens);
     let completion = usages.iter().map(|u| u.completion_tokens).sum();
     let reasoning = usages.iter().map(|u| u.thinking_tokens.unwrap_or(0)).sum();
-    Usage::new(prompt, completion, reasoning)
+    let cached = usages.first().map_or(0, Usage::cached_tokens);
+    Usage::new(prompt, completion, reasoning).with_cached_tokens(cached)
 }
 
 /// The events of one generation. Dropping the stream cancels it and frees its slot.
@@ -253,6 +259,7 @@ pub fn run(parts: GenerationParts) -> impl Stream<Item = GenEvent> + Send {
     let run = Run {
         parts,
         first_token: None,
+        cached_tokens: 0,
         completion_tokens: 0,
         finished: false,
         scratch: Vec::new(),

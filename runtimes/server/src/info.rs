@@ -76,13 +76,16 @@ pub async fn model(
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let prefill_tokens = match &*state.model.read() {
-        ModelState::Ready(m) => m.backend.prefill_tokens_total(),
-        _ => None,
+    let (prefill_tokens, prefix_cache) = match &*state.model.read() {
+        ModelState::Ready(m) => (
+            m.backend.prefill_tokens_total(),
+            m.backend.prefix_cache_stats(),
+        ),
+        _ => (None, None),
     };
     let text = state
         .metrics
-        .render(state.admission.status(), prefill_tokens);
+        .render(state.admission.status(), prefill_tokens, prefix_cache);
     (
         [(
             header::CONTENT_TYPE,

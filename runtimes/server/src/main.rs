@@ -115,17 +115,16 @@ async fn run(args: Args, folder: PathBuf, device: DeviceMap) -> anyhow::Result<(
     );
     // A store or key file that cannot be used stops the server now, not at the first request.
     state.responses.open().await?;
-    let max_concurrent = args.max_concurrent;
     let model_name = args.model_name.clone();
-    let max_model_len = args.max_model_len;
+    let options = gpt_oss_server::loader::OnnxOptions {
+        device,
+        max_concurrent: args.max_concurrent,
+        max_model_len: args.max_model_len,
+        prefix_cache_bytes: usize::try_from(args.prefix_cache_mib.saturating_mul(1 << 20))
+            .unwrap_or(usize::MAX),
+    };
     spawn_model_load(state.clone(), move || {
-        gpt_oss_server::loader::load_onnx(
-            &folder,
-            &model_name,
-            device,
-            max_concurrent,
-            max_model_len,
-        )
+        gpt_oss_server::loader::load_onnx(&folder, &model_name, &options)
     });
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()

@@ -117,7 +117,12 @@ impl Metrics {
 
     /// The exposition text. `prefill_tokens`: the backend's count of prompt tokens run through
     /// the model (`None` while no model is loaded, or when the backend does not count).
-    pub fn render(&self, queue: QueueStatus, prefill_tokens: Option<u64>) -> String {
+    pub fn render(
+        &self,
+        queue: QueueStatus,
+        prefill_tokens: Option<u64>,
+        prefix_cache: Option<gpt_oss_runtimes::PrefixCacheStats>,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         let _ = writeln!(
             out,
@@ -191,6 +196,9 @@ impl Metrics {
                 "# HELP {name} Prompt tokens run through the model (the prompt shared by n choices counts once).\n# TYPE {name} counter\n{name} {n}"
             );
         }
+        if let Some(p) = prefix_cache {
+            render_prefix_cache(&p, &mut out);
+        }
         let secs = self.generation_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(
             out,
@@ -207,5 +215,73 @@ impl Metrics {
             &mut out,
         );
         out
+    }
+}
+
+/// The prefix cache's figures, in vLLM's terms (its `prefix_cache_queries` and
+/// `prefix_cache_hits` count tokens: prompt tokens looked up, and of those, tokens found).
+fn render_prefix_cache(p: &gpt_oss_runtimes::PrefixCacheStats, out: &mut String) {
+    let counters = [
+        (
+            "gpt_oss_prefix_cache_queries_total",
+            "Prompt tokens looked up in the prefix cache.",
+            p.query_tokens,
+        ),
+        (
+            "gpt_oss_prefix_cache_hits_total",
+            "Prompt tokens found in the prefix cache (reported as cached_tokens).",
+            p.cached_tokens,
+        ),
+        (
+            "gpt_oss_prefix_cache_requests_total",
+            "Requests looked up in the prefix cache.",
+            p.queries,
+        ),
+        (
+            "gpt_oss_prefix_cache_request_hits_total",
+            "Requests that reused at least one cached block.",
+            p.hits,
+        ),
+        (
+            "gpt_oss_prefix_cache_evictions_total",
+            "Blocks evicted to stay within the budget.",
+            p.evictions,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    let rate = if p.query_tokens == 0 {
+        0.0
+    } else {
+        p.cached_tokens as f64 / p.query_tokens as f64
+    };
+    let gauges = [
+        (
+            "gpt_oss_prefix_cache_hit_rate",
+            "Cached prompt tokens over looked-up prompt tokens, since start.",
+            format!("{rate}"),
+        ),
+        (
+            "gpt_oss_prefix_cache_blocks",
+            "Blocks held.",
+            p.blocks.to_string(),
+        ),
+        (
+            "gpt_oss_prefix_cache_bytes",
+            "Bytes held.",
+            p.bytes.to_string(),
+        ),
+        (
+            "gpt_oss_prefix_cache_budget_bytes",
+            "The budget (--prefix-cache-mib).",
+            p.budget_bytes.to_string(),
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
 }

@@ -81,6 +81,7 @@ impl InferenceBackend for Script {
                     usage: GenerationUsage {
                         prompt_tokens,
                         completion_tokens: n,
+                        cached_tokens: 0,
                     },
                 })
                 .await;

@@ -20,6 +20,14 @@
 //! Without batching (`max_concurrent == 1`, or the CUDA device, whose KV pool would need device
 //! copies) every sequence decodes in its own buffers, one run per sequence per round.
 //!
+//! # Prefix caching
+//! With a budget (CPU only), prompts are prefilled in chunks that end at multiples of
+//! `prefill_chunk` (whatever the request), and each completed chunk of a prompt is kept in the
+//! [`PrefixCache`] as a block (its KV on full-attention layers, the sliding-window buffers at its
+//! end). A request is admitted with the longest run of cached blocks its prompt starts with
+//! loaded into its own buffers and prefills only the rest, in the same chunks as without the
+//! cache, so its output is the same bit for bit; it reports the reused tokens as `cached_tokens`.
+//!
 //! # Groups (OpenAI's `n`)
 //! A group is `n` requests with one prompt. With batching, its first request (the leader) is
 //! admitted like any other and prefills the prompt once; when the prefill is done, the prefilled
@@ -39,7 +47,8 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::model::{DecodePool, OnnxModel, SequenceCache};
+use super::model::{DecodePool, KvBlock, OnnxModel, SequenceCache};
+use super::prefix_cache::{NodeId, PrefixCache, PrefixCacheStats};
 use super::ModelError;
 use crate::sampling::Sampler;
 use crate::{GenerateRequest, GenerationUsage, StopReason, TokenEvent};
@@ -63,6 +72,8 @@ pub(crate) struct Counters {
     pub waiting: AtomicUsize,
     /// Prompt tokens run through the model (prefill), all requests together.
     pub prefill_tokens: AtomicU64,
+    /// The prefix cache's counters as of the latest round (`None`: no cache).
+    pub prefix_cache: std::sync::Mutex<Option<PrefixCacheStats>>,
 }
 
 /// A group's prefilled prompt, waiting for its siblings to take slots.
@@ -70,6 +81,8 @@ struct Parked {
     cache: Box<SequenceCache>,
     /// The last prompt position's logits, as the prefill left them (before any sampling).
     logits: Vec<f32>,
+    /// Prompt tokens the leader loaded from the prefix cache (the siblings report them too).
+    cached: usize,
     siblings: VecDeque<Job>,
 }
 
@@ -96,6 +109,12 @@ struct Active {
     started: Instant,
     /// The other requests of its group, until its prefill is done and they are parked.
     siblings: Vec<Job>,
+    /// Prompt tokens loaded from the prefix cache.
+    cached: usize,
+    /// The prefix-cache block its prefill has reached (`None`: the root), while it still adds
+    /// its blocks to the cache.
+    block_parent: Option<NodeId>,
+    caching: bool,
 }
 
 impl Active {
@@ -103,6 +122,7 @@ impl Active {
         GenerationUsage {
             prompt_tokens: self.job.request.prompt.len() as u32,
             completion_tokens: self.generated,
+            cached_tokens: self.cached as u32,
         }
     }
 
@@ -200,11 +220,23 @@ pub(crate) fn run(
     commands: Receiver<Command>,
     max_concurrent: usize,
     prefill_chunk: usize,
+    prefix_cache_bytes: usize,
     alive: Arc<AtomicBool>,
     counters: Arc<Counters>,
 ) {
     let max_concurrent = max_concurrent.max(1);
     let prefill_chunk = prefill_chunk.max(1);
+    let mut prefix_cache = if prefix_cache_bytes == 0 {
+        None
+    } else if model.device != crate::Device::Cpu {
+        tracing::warn!(device = %model.device, "prefix caching needs the KV cache in host memory; off on this device");
+        None
+    } else {
+        Some(PrefixCache::<KvBlock>::new(
+            prefill_chunk,
+            prefix_cache_bytes,
+        ))
+    };
     let mut pool = if max_concurrent > 1 && model.supports_batching() {
         match model.new_pool(max_concurrent, model.spec.context_length) {
             Ok(p) => Some(p),
@@ -222,7 +254,14 @@ pub(crate) fn run(
     let mut active: Vec<Active> = Vec::with_capacity(max_concurrent);
     let mut senders_gone = false;
     let mut logits = Vec::new();
-    tracing::info!(max_concurrent, batched = pool.is_some(), device = %model.device, "engine started");
+    tracing::info!(
+        max_concurrent,
+        batched = pool.is_some(),
+        device = %model.device,
+        prefix_cache_bytes = prefix_cache.as_ref().map_or(0, |_| prefix_cache_bytes),
+        block = prefill_chunk,
+        "engine started"
+    );
 
     loop {
         // Take new requests; block only when there is nothing to do.
@@ -272,7 +311,14 @@ pub(crate) fn run(
                 continue;
             }
             let job = group.remove(0);
-            if let Some(a) = admit(&model, job, group, batched, &mut waiting) {
+            if let Some(a) = admit(
+                &model,
+                job,
+                group,
+                batched,
+                &mut waiting,
+                prefix_cache.as_mut(),
+            ) {
                 active.push(a);
             }
         }
@@ -291,6 +337,7 @@ pub(crate) fn run(
                     prefill_chunk,
                     &counters,
                     &mut parked,
+                    prefix_cache.as_mut(),
                 );
             if done {
                 if a.abandoned() {
@@ -345,6 +392,9 @@ pub(crate) fn run(
             }
         }
         counters.active.store(active.len(), Ordering::SeqCst);
+        if let (Some(pc), Ok(mut stats)) = (&prefix_cache, counters.prefix_cache.lock()) {
+            *stats = Some(pc.stats());
+        }
     }
     alive.store(false, Ordering::SeqCst);
     tracing::info!("engine stopped");
@@ -369,8 +419,9 @@ fn admit(
     siblings: Vec<Job>,
     batched: bool,
     waiting: &mut VecDeque<Vec<Job>>,
+    prefix_cache: Option<&mut PrefixCache<KvBlock>>,
 ) -> Option<Active> {
-    let admitted = admit_one(model, job, batched);
+    let admitted = admit_one(model, job, batched, prefix_cache);
     match admitted {
         Some(mut a) => {
             a.siblings = siblings;
@@ -390,7 +441,7 @@ fn admit(
 fn join(model: &OnnxModel, pool: &mut DecodePool, job: Job, group: &Parked) -> Option<Active> {
     let usage = GenerationUsage {
         prompt_tokens: job.request.prompt.len() as u32,
-        completion_tokens: 0,
+        ..GenerationUsage::default()
     };
     if job.request.cancel.is_cancelled() || job.events.is_closed() {
         tracing::debug!(request_id = %job.request.request_id, "cancelled while waiting");
@@ -426,6 +477,9 @@ fn join(model: &OnnxModel, pool: &mut DecodePool, job: Job, group: &Parked) -> O
         limit,
         started: Instant::now(),
         siblings: Vec::new(),
+        cached: group.cached,
+        block_parent: None,
+        caching: false,
     };
     let Some(row) = pool.free_row() else {
         a.fail(&ModelError::Runtime(
@@ -447,11 +501,17 @@ fn join(model: &OnnxModel, pool: &mut DecodePool, job: Job, group: &Parked) -> O
     Some(a)
 }
 
-/// Allocates a sequence for a waiting request, or finishes the request at once.
-fn admit_one(model: &OnnxModel, job: Job, batched: bool) -> Option<Active> {
+/// Allocates a sequence for a waiting request, with the longest run of cached blocks its prompt
+/// starts with already loaded, or finishes the request at once.
+fn admit_one(
+    model: &OnnxModel,
+    job: Job,
+    batched: bool,
+    prefix_cache: Option<&mut PrefixCache<KvBlock>>,
+) -> Option<Active> {
     let usage = GenerationUsage {
         prompt_tokens: job.request.prompt.len() as u32,
-        completion_tokens: 0,
+        ..GenerationUsage::default()
     };
     let finish_now = |reason| {
         job.events.send(TokenEvent::Finish { reason, usage }).ok();
@@ -476,19 +536,27 @@ fn admit_one(model: &OnnxModel, job: Job, batched: bool) -> Option<Active> {
         model.capacity_for(prompt_len, job.request.max_new_tokens as usize)
     };
     match model.new_sequence(capacity) {
-        Ok(cache) => {
-            tracing::debug!(request_id = %job.request.request_id, capacity, "admitted");
+        Ok(mut cache) => {
+            let caching = prefix_cache.is_some();
+            let (cached, block_parent) = match prefix_cache {
+                Some(pc) => reuse_prefix(model, pc, &mut cache, &job.request),
+                None => (0, None),
+            };
+            tracing::debug!(request_id = %job.request.request_id, capacity, cached, "admitted");
             let sampler = Sampler::for_prompt(job.request.sampling.clone(), &job.request.prompt);
             Some(Active {
                 job,
                 cache: Cache::Own(Box::new(cache)),
                 sampler,
                 generated: 0,
-                prefilled: 0,
+                prefilled: cached,
                 pending: None,
                 limit,
                 started: Instant::now(),
                 siblings: Vec::new(),
+                cached,
+                block_parent,
+                caching,
             })
         }
         Err(e) => {
@@ -496,6 +564,54 @@ fn admit_one(model: &OnnxModel, job: Job, batched: bool) -> Option<Active> {
             job.events.send(TokenEvent::Error(e.to_string())).ok();
             None
         }
+    }
+}
+
+/// Loads the longest run of cached blocks the request's prompt starts with into `cache`: the
+/// prompt tokens it holds then, and the last block's node. (0, None) when nothing is cached or
+/// the blocks do not load (then the prompt is computed from the start).
+fn reuse_prefix(
+    model: &OnnxModel,
+    pc: &mut PrefixCache<KvBlock>,
+    cache: &mut SequenceCache,
+    request: &GenerateRequest,
+) -> (usize, Option<NodeId>) {
+    let path = pc.lookup(&request.prompt);
+    let blocks: Vec<&KvBlock> = path.iter().filter_map(|&id| pc.get(id)).collect();
+    if blocks.is_empty() || blocks.len() != path.len() {
+        return (0, None);
+    }
+    match model.import_blocks(cache, &blocks) {
+        Ok(()) => (cache.len(), path.last().copied()),
+        Err(e) => {
+            tracing::warn!(request_id = %request.request_id, error = %e, "cached prefix not loaded; computing the prompt");
+            (0, None)
+        }
+    }
+}
+
+/// After a prefill chunk that ended on a block boundary: adds the block to the prefix cache (or
+/// finds it there) and moves the sequence's place in the tree to it.
+fn cache_block(model: &OnnxModel, pc: &mut PrefixCache<KvBlock>, a: &mut Active, end: usize) {
+    let block = pc.block();
+    let Cache::Own(cache) = &a.cache else {
+        return;
+    };
+    let tokens = &a.job.request.prompt[end - block..end];
+    let id = match pc.child(a.block_parent, tokens) {
+        Some(id) => Some(id),
+        None => match model.export_block(cache, end - block) {
+            Ok(kv) => pc.insert(a.block_parent, tokens, kv),
+            Err(e) => {
+                tracing::warn!(request_id = %a.job.request.request_id, error = %e, "block not cached");
+                None
+            }
+        },
+    };
+    match id {
+        Some(id) => a.block_parent = Some(id),
+        // The parent was evicted meanwhile (or the block does not fit): nothing more to add.
+        None => a.caching = false,
     }
 }
 
@@ -509,6 +625,7 @@ fn own_step(
     prefill_chunk: usize,
     counters: &Counters,
     parked: &mut VecDeque<Parked>,
+    prefix_cache: Option<&mut PrefixCache<KvBlock>>,
 ) -> bool {
     let Cache::Own(cache) = &mut a.cache else {
         return false;
@@ -516,7 +633,11 @@ fn own_step(
     let prompt = &a.job.request.prompt;
     let result = match a.pending {
         None => {
-            let end = prompt.len().min(a.prefilled + prefill_chunk);
+            // Chunks end at multiples of the chunk size, wherever the prefill started (see the
+            // module documentation on prefix caching).
+            let end = prompt
+                .len()
+                .min((a.prefilled / prefill_chunk + 1) * prefill_chunk);
             let r = model.forward(cache, &prompt[a.prefilled..end]);
             counters
                 .prefill_tokens
@@ -530,7 +651,13 @@ fn own_step(
         a.fail(&e);
         return true;
     }
-    if a.prefilled < prompt.len() {
+    if let Some(pc) = prefix_cache {
+        let end = a.prefilled;
+        if a.pending.is_none() && a.caching && end % pc.block() == 0 {
+            cache_block(model, pc, a, end);
+        }
+    }
+    if a.prefilled < a.job.request.prompt.len() {
         // More prompt chunks to go; other sequences step in between.
         return false;
     }
@@ -601,6 +728,7 @@ fn lead_group(
     parked.push_back(Parked {
         cache,
         logits,
+        cached: a.cached,
         siblings: std::mem::take(&mut a.siblings).into(),
     });
     a.accept(&mut first)

@@ -15,6 +15,7 @@ mod engine;
 pub mod genai_config;
 pub mod library;
 pub mod model;
+pub mod prefix_cache;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,7 +78,16 @@ pub struct OnnxBackendConfig {
     /// when the decode pool would not fit in half of the memory available, see
     /// [`fit_context_length`]).
     pub max_seq_len: Option<u32>,
+    /// Memory for automatic prefix caching, in bytes ([`DEFAULT_PREFIX_CACHE_BYTES`] by default;
+    /// 0 turns it off; CPU only): the KV of recently prefilled prompts is kept, in blocks of
+    /// `prefill_chunk` tokens, and reused by prompts that start with the same blocks (see
+    /// [`prefix_cache`]).
+    pub prefix_cache_bytes: usize,
 }
+
+/// The prefix cache's memory unless configured: 1 GiB (llama.cpp's `--cache-ram` defaults to
+/// 8 GiB; gpt-oss-20b's blocks of 256 tokens take about 20 MiB each in float32).
+pub const DEFAULT_PREFIX_CACHE_BYTES: usize = 1 << 30;
 
 /// The context length the CPU decode pool can hold: `context_length` when `slots` rows of it fit in
 /// `budget_bytes`, else the largest multiple of 1,024 tokens that fits (never below `floor`, the
@@ -134,6 +144,7 @@ impl OnnxBackendConfig {
             intra_threads: None,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             max_seq_len: None,
+            prefix_cache_bytes: DEFAULT_PREFIX_CACHE_BYTES,
         }
     }
 }
@@ -221,6 +232,7 @@ impl OnnxBackend {
         let engine_counters = Arc::clone(&counters);
         let max_concurrent = config.max_concurrent.max(1) as usize;
         let prefill_chunk = config.prefill_chunk.max(1);
+        let prefix_cache_bytes = config.prefix_cache_bytes;
         std::thread::Builder::new()
             .name("onnx-engine".into())
             .spawn(move || {
@@ -229,6 +241,7 @@ impl OnnxBackend {
                     rx,
                     max_concurrent,
                     prefill_chunk,
+                    prefix_cache_bytes,
                     engine_alive,
                     engine_counters,
                 )
@@ -350,6 +363,10 @@ impl InferenceBackend for OnnxBackend {
 
     fn prefill_tokens_total(&self) -> Option<u64> {
         Some(self.counters.prefill_tokens.load(Ordering::Relaxed))
+    }
+
+    fn prefix_cache_stats(&self) -> Option<crate::PrefixCacheStats> {
+        self.counters.prefix_cache.lock().ok().and_then(|s| *s)
     }
 }
 

@@ -726,6 +726,215 @@ impl OnnxModel {
     }
 }
 
+/// What the prefix cache keeps of one block of a prefilled prompt (positions `start..end`):
+/// enough for a later prompt that starts with the same `end` tokens to go on from `end` as if it
+/// had computed them (see [`super::prefix_cache`]).
+pub struct KvBlock {
+    start: usize,
+    end: usize,
+    /// Positions `start..end` of every full-attention layer's key and value buffer, in allocation
+    /// order: `[heads, end - start, head_size]` each.
+    full: Vec<KvData>,
+    /// Every windowed layer's key and value buffer as it stood once position `end - 1` was
+    /// written: its first `window_resident` positions (the most recent ones, see [`resident`]),
+    /// `[heads, window_resident, head_size]` each.
+    windows: Vec<KvData>,
+    window_resident: usize,
+    bytes: usize,
+}
+
+impl super::prefix_cache::Footprint for KvBlock {
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// KV values in the cache's element type.
+enum KvData {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+/// The KV element types the engine handles, and their [`KvData`] variant.
+trait KvElement: ort::value::PrimitiveTensorElementType + Copy + std::fmt::Debug + 'static {
+    fn wrap(v: Vec<Self>) -> KvData;
+    fn unwrap(d: &KvData) -> Option<&[Self]>;
+}
+
+impl KvElement for f32 {
+    fn wrap(v: Vec<Self>) -> KvData {
+        KvData::F32(v)
+    }
+    fn unwrap(d: &KvData) -> Option<&[Self]> {
+        match d {
+            KvData::F32(v) => Some(v),
+            KvData::F16(_) => None,
+        }
+    }
+}
+
+impl KvElement for half::f16 {
+    fn wrap(v: Vec<Self>) -> KvData {
+        KvData::F16(v)
+    }
+    fn unwrap(d: &KvData) -> Option<&[Self]> {
+        match d {
+            KvData::F16(v) => Some(v),
+            KvData::F32(_) => None,
+        }
+    }
+}
+
+impl OnnxModel {
+    /// Copies the block `start..seq.len()` of a sequence's own cache out for the prefix cache:
+    /// the block's positions on full-attention layers and the windowed layers' buffers as they
+    /// stand (CPU caches only).
+    pub fn export_block(&self, seq: &SequenceCache, start: usize) -> Result<KvBlock, ModelError> {
+        match self.spec.kv_type {
+            TensorElementType::Float16 => self.export_block_as::<half::f16>(seq, start),
+            _ => self.export_block_as::<f32>(seq, start),
+        }
+    }
+
+    fn export_block_as<T: KvElement>(
+        &self,
+        seq: &SequenceCache,
+        start: usize,
+    ) -> Result<KvBlock, ModelError> {
+        let (heads, hd, end) = (self.spec.num_kv_heads, self.spec.head_size, seq.len);
+        if start >= end {
+            return Err(ModelError::Runtime(format!(
+                "an empty block {start}..{end} for the prefix cache"
+            )));
+        }
+        let window_resident = resident(end, seq.window_capacity, self.spec.window);
+        let (mut full, mut windows, mut elements) = (Vec::new(), Vec::new(), 0usize);
+        let layer_of_buffer = self.spec.windowed.iter().flat_map(|&w| [w, w]);
+        for (buffer, windowed) in seq._kv.iter().zip(layer_of_buffer) {
+            let (_, src) = buffer
+                .try_extract_tensor::<T>()
+                .map_err(internal("reading a KV buffer"))?;
+            let (cap, from, to) = if windowed {
+                (seq.window_capacity, 0, window_resident)
+            } else {
+                (seq.capacity, start, end)
+            };
+            let mut out = Vec::with_capacity(heads * (to - from) * hd);
+            for h in 0..heads {
+                let part = src
+                    .get((h * cap + from) * hd..(h * cap + to) * hd)
+                    .ok_or_else(|| ModelError::Runtime("KV export out of range".into()))?;
+                out.extend_from_slice(part);
+            }
+            elements += out.len();
+            if windowed {
+                windows.push(T::wrap(out));
+            } else {
+                full.push(T::wrap(out));
+            }
+        }
+        Ok(KvBlock {
+            start,
+            end,
+            full,
+            windows,
+            window_resident,
+            bytes: elements * std::mem::size_of::<T>(),
+        })
+    }
+
+    /// Loads cached blocks (`blocks[0]` starting at 0, each where the previous one ends) into a
+    /// fresh sequence, which then holds their tokens and goes on from the last block's end
+    /// exactly as if it had computed them.
+    pub fn import_blocks(
+        &self,
+        seq: &mut SequenceCache,
+        blocks: &[&KvBlock],
+    ) -> Result<(), ModelError> {
+        match self.spec.kv_type {
+            TensorElementType::Float16 => self.import_blocks_as::<half::f16>(seq, blocks),
+            _ => self.import_blocks_as::<f32>(seq, blocks),
+        }
+    }
+
+    fn import_blocks_as<T: KvElement>(
+        &self,
+        seq: &mut SequenceCache,
+        blocks: &[&KvBlock],
+    ) -> Result<(), ModelError> {
+        let Some(last) = blocks.last() else {
+            return Ok(());
+        };
+        let contiguous = blocks
+            .iter()
+            .scan(0usize, |at, b| {
+                let ok = b.start == *at;
+                *at = b.end;
+                Some(ok)
+            })
+            .all(|ok| ok);
+        if seq.len != 0 || !contiguous || last.end > seq.capacity {
+            return Err(ModelError::Runtime(format!(
+                "cached blocks up to {} do not fit a sequence of {} holding {}",
+                last.end, seq.capacity, seq.len
+            )));
+        }
+        let (heads, hd, end) = (self.spec.num_kv_heads, self.spec.head_size, last.end);
+        let want = resident(end, seq.window_capacity, self.spec.window);
+        let have = last.window_resident;
+        if !last.windows.is_empty() && want > have {
+            return Err(ModelError::Runtime(format!(
+                "the sequence needs the last {want} window positions; the block kept {have}"
+            )));
+        }
+        let (mut f, mut w) = (0usize, 0usize);
+        let layer_of_buffer = self.spec.windowed.iter().flat_map(|&w| [w, w]);
+        for (buffer, windowed) in seq._kv.iter_mut().zip(layer_of_buffer) {
+            let (_, dst) = buffer
+                .try_extract_tensor_mut::<T>()
+                .map_err(internal("writing a KV buffer"))?;
+            let out_of_range = || ModelError::Runtime("KV import out of range".into());
+            if windowed {
+                let src = last
+                    .windows
+                    .get(w)
+                    .and_then(T::unwrap)
+                    .ok_or_else(out_of_range)?;
+                w += 1;
+                let cap = seq.window_capacity;
+                for h in 0..heads {
+                    let s = (h * have + have - want) * hd;
+                    let d = h * cap * hd;
+                    let (Some(from), Some(to)) =
+                        (src.get(s..s + want * hd), dst.get_mut(d..d + want * hd))
+                    else {
+                        return Err(out_of_range());
+                    };
+                    to.copy_from_slice(from);
+                }
+            } else {
+                for b in blocks {
+                    let src = b.full.get(f).and_then(T::unwrap).ok_or_else(out_of_range)?;
+                    let n = b.end - b.start;
+                    for h in 0..heads {
+                        let s = h * n * hd;
+                        let d = (h * seq.capacity + b.start) * hd;
+                        let (Some(from), Some(to)) =
+                            (src.get(s..s + n * hd), dst.get_mut(d..d + n * hd))
+                        else {
+                            return Err(out_of_range());
+                        };
+                        to.copy_from_slice(from);
+                    }
+                }
+                f += 1;
+            }
+        }
+        seq.len = end;
+        Ok(())
+    }
+}
+
 /// Copies `len` positions of every head from a `[1, heads, src_cap, hd]` buffer into row `row`
 /// of a `[slots, heads, dst_cap, hd]` buffer.
 #[allow(clippy::too_many_arguments)]

@@ -324,8 +324,9 @@ fn finished(
         turn,
         status,
         output,
-        Some(ResponseUsage::new(
+        Some(ResponseUsage::with_cached(
             usage.prompt_tokens,
+            usage.cached_tokens(),
             usage.completion_tokens,
             reasoning,
         )),
