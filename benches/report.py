@@ -20,7 +20,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "out")
-PARTS = ("machine", "proxy", "instructions", "harmony", "runtime", "server", "realshape")
+PARTS = ("machine", "proxy", "instructions", "harmony", "runtime", "server", "prefix_cache", "realshape")
 
 
 def cmd(argv):
@@ -332,7 +332,8 @@ def readme_block(proxy, started):
     if ratio_lines:
         out += ["**harmony** against openai-harmony (`cargo bench -p benches --bench harmony`):", "", "```"] + ratio_lines + ["```", ""]
     for name, title in (("runtime", "**Runtime** against onnxruntime-genai's Generator, same model folder"),
-                        ("server", "**gpt-oss-server** HTTP overhead")):
+                        ("server", "**gpt-oss-server** HTTP overhead"),
+                        ("prefix_cache", "**Prefix caching** (multi-turn, 2 backends behind the LB)")):
         summary = os.path.join(OUT, name, "summary.md")
         if os.path.exists(summary) and status(name) and status(name)[0] == "ok":
             with open(summary, encoding="utf-8") as f:
@@ -422,6 +423,7 @@ def main():
     if os.path.exists(os.path.join(HERE, "runtime_throughput.png")) and os.path.exists(os.path.join(OUT, "runtime", "results.json")):
         lines += ["", "![runtime throughput against concurrency](runtime_throughput.png)"]
     lines += ["", "## gpt-oss-server: HTTP overhead", ""] + generic_md("server")
+    lines += ["", "## Prefix caching and cache-aware routing", ""] + generic_md("prefix_cache")
     lines += ["", "## Real shape: gpt-oss-20b int4 on CPU, ours against onnxruntime-genai", ""] + generic_md("realshape")
     bad = [p for p in PARTS if status(p) is not None and status(p)[0] != "ok"]
     not_run = [p for p in PARTS if status(p) is None]

@@ -626,8 +626,9 @@ async fn routing_by_model_policies_failover_and_return() {
         "8 users must spread over both backends: {owner:?}"
     );
 
-    // least_outstanding (the default): sequential requests alternate between idle backends.
-    std::fs::write(&lb.config, two_server_config(&a, &b, "")).expect("write");
+    // least_outstanding: sequential requests alternate between idle backends.
+    let least = format!("routes:\n  - model: {MODEL}\n    policy: least_outstanding\n");
+    std::fs::write(&lb.config, two_server_config(&a, &b, &least)).expect("write");
     wait_for(
         "least_outstanding in force",
         Duration::from_secs(10),
@@ -643,6 +644,33 @@ async fn routing_by_model_policies_failover_and_return() {
     assert!(
         c.get("a").is_some_and(|n| *n >= 2) && c.get("b").is_some_and(|n| *n >= 2),
         "least outstanding: {c:?}"
+    );
+
+    // cache_aware (the default): a prompt goes back where it was prefilled (its KV is cached
+    // there); unrelated prompts spread over the backends that have seen the least.
+    std::fs::write(&lb.config, two_server_config(&a, &b, "")).expect("write");
+    wait_for(
+        "cache_aware in force",
+        Duration::from_secs(10),
+        async || {
+            lb.status()["routes"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|r| r["name"] == MODEL && r["policy"] == "cache_aware")
+            })
+        },
+    )
+    .await;
+    let c = counts(&lb, 4, |_| chat(MODEL, false)).await;
+    assert_eq!(c.len(), 1, "one prompt, one backend: {c:?}");
+    let c = counts(&lb, 6, |i| {
+        let mut body = chat(MODEL, false);
+        body["messages"][0]["content"] = json!(format!("Unrelated question number {i}?"));
+        body
+    })
+    .await;
+    assert!(
+        c.get("a").is_some_and(|n| *n >= 2) && c.get("b").is_some_and(|n| *n >= 2),
+        "unrelated prompts spread: {c:?}"
     );
 
     // Failover: kill `a`; every request still succeeds (connect errors retried on `b`).

@@ -35,6 +35,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Policy for models that have no route.
     pub default_policy: Policy,
+    /// Settings of the `cache_aware` policy, for every route that uses it.
+    pub cache_aware: CacheAwareConfig,
     /// The model a request without `model` goes to. Unset: the only model served, when
     /// exactly one is (the seed's clients send no `model`); otherwise such a request is a 400.
     pub default_model: Option<String>,
@@ -178,10 +180,13 @@ impl fmt::Debug for BackendConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Policy {
     RoundRobin,
-    #[default]
     LeastOutstanding,
     QueueAware,
     ConsistentHash,
+    /// SGLang's cache-aware policy (the default of the SGLang and vLLM routers), with an
+    /// affinity key: see [`CacheAwareConfig`].
+    #[default]
+    CacheAware,
 }
 
 impl Policy {
@@ -190,6 +195,7 @@ impl Policy {
         "least_outstanding",
         "queue_aware",
         "consistent_hash",
+        "cache_aware",
     ];
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -198,6 +204,7 @@ impl Policy {
             "least_outstanding" => Some(Policy::LeastOutstanding),
             "queue_aware" => Some(Policy::QueueAware),
             "consistent_hash" => Some(Policy::ConsistentHash),
+            "cache_aware" => Some(Policy::CacheAware),
             _ => None,
         }
     }
@@ -208,11 +215,48 @@ impl Policy {
             Policy::LeastOutstanding => "least_outstanding",
             Policy::QueueAware => "queue_aware",
             Policy::ConsistentHash => "consistent_hash",
+            Policy::CacheAware => "cache_aware",
         }
     }
 }
 
-/// What `consistent_hash` hashes.
+/// The `cache_aware` policy's settings (YAML `cache_aware:`), SGLang's cache-aware router's
+/// three: for each request, when the busiest eligible backend has more than
+/// `balance_abs_threshold` requests over the idlest and more than `balance_rel_threshold` times
+/// as many, the idlest takes it; otherwise a request with an affinity key (`prompt_cache_key`,
+/// else the route's hash key: the body's `user` or `hash_header`) goes to the key's backend on a
+/// consistent-hash ring, and one without goes to the backend whose earlier requests share the
+/// longest prefix with it when that share is at least `cache_threshold`, else to the backend with
+/// the smallest record. Load is requests in flight through this LB plus the queue the backend
+/// reports on its health endpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CacheAwareConfig {
+    /// Share of the request's prompt (0 to 1) that must match a backend's record (SGLang: 0.3).
+    pub cache_threshold: f64,
+    /// Requests (SGLang: 64, for GPU servers that batch hundreds; here 2, for servers that run
+    /// a few sequences at once, gpt-oss-server's `--max-concurrent` being 2 by default: two
+    /// more waiting requests are a whole generation's wait. Busy backends are compared by the
+    /// ratio, since both conditions must hold).
+    pub balance_abs_threshold: u64,
+    /// Ratio, at least 1 (SGLang: 1.5).
+    pub balance_rel_threshold: f64,
+    /// Prompt prefixes remembered per backend (message-level blocks), least recently used
+    /// forgotten first (default 65,536).
+    pub max_blocks_per_backend: usize,
+}
+
+impl Default for CacheAwareConfig {
+    fn default() -> Self {
+        CacheAwareConfig {
+            cache_threshold: 0.3,
+            balance_abs_threshold: 2,
+            balance_rel_threshold: 1.5,
+            max_blocks_per_backend: 65_536,
+        }
+    }
+}
+
+/// What `consistent_hash` hashes (and `cache_aware` sticks by, after `prompt_cache_key`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum HashKey {
     /// The request body's `user` field.

@@ -33,6 +33,7 @@ pub struct RawConfig {
     #[serde(default, deserialize_with = "null_as_empty")]
     pub routes: Vec<RawRoute>,
     pub default_policy: Option<String>,
+    pub cache_aware: Option<RawCacheAware>,
     pub default_model: Option<String>,
     pub health_check: Option<RawHealth>,
     pub retries: Option<RawRetries>,
@@ -42,6 +43,15 @@ pub struct RawConfig {
     pub upstream_tls: Option<RawUpstreamTls>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub client_api_keys: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheAware {
+    pub cache_threshold: Option<f64>,
+    pub balance_abs_threshold: Option<i64>,
+    pub balance_rel_threshold: Option<f64>,
+    pub max_blocks_per_backend: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,7 +11,8 @@ fn err(yaml: &str) -> String {
 #[test]
 fn empty_file_gives_defaults() {
     let c = Config::from_yaml("").expect("empty config is valid");
-    assert_eq!(c.default_policy, Policy::LeastOutstanding);
+    assert_eq!(c.default_policy, Policy::CacheAware);
+    assert_eq!(c.cache_aware, CacheAwareConfig::default());
     assert_eq!(c.health_check.path, "/health");
     assert_eq!(c.retries.max_attempts, 3);
     assert_eq!(c.body_limit, 8 * 1024 * 1024);
@@ -88,7 +89,7 @@ fn routes_resolve_aliases_and_hash_headers() {
     let r = c.route_for("gpt-oss").expect("alias resolves");
     assert_eq!(r.model, "gpt-oss-20b");
     assert_eq!(r.hash_key, HashKey::Header("x-session-id".into()));
-    let e = err("routes:\n  - model: a\n    hash_header: x-k\n");
+    let e = err("routes:\n  - model: a\n    policy: round_robin\n    hash_header: x-k\n");
     assert!(
         e.starts_with("routes[0].hash_header: only applies"),
         "got {e}"
@@ -159,4 +160,46 @@ fn upstream_tls_and_default_model_are_validated() {
     assert!(!c.upstream_tls.verify);
     assert_eq!(c.default_model.as_deref(), Some("m"));
     assert!(Config::default().upstream_tls.verify);
+}
+
+#[test]
+fn cache_aware_settings_are_checked_with_their_path() {
+    let c = Config::from_yaml(
+        "cache_aware: {cache_threshold: 0.5, balance_abs_threshold: 3, balance_rel_threshold: 1.2}\nroutes:\n  - {model: m, hash_header: x-session}\n",
+    )
+    .expect("valid");
+    assert_eq!(c.cache_aware.cache_threshold, 0.5);
+    assert_eq!(c.cache_aware.balance_abs_threshold, 3);
+    assert_eq!(c.cache_aware.max_blocks_per_backend, 65_536);
+    assert_eq!(c.route_for("m").expect("route").policy, Policy::CacheAware);
+    let e = err("cache_aware: {cache_threshold: 1.5}\n");
+    assert!(
+        e.starts_with("cache_aware.cache_threshold: must be between 0 and 1"),
+        "got {e}"
+    );
+    let e = err("cache_aware: {balance_rel_threshold: 0.5}\n");
+    assert!(
+        e.starts_with("cache_aware.balance_rel_threshold:"),
+        "got {e}"
+    );
+    let e = err("cache_aware: {balance_abs_threshold: -1}\n");
+    assert!(
+        e.starts_with("cache_aware.balance_abs_threshold:"),
+        "got {e}"
+    );
+    let e = err("cache_aware: {threshold: 1}\n");
+    assert!(e.contains("threshold"), "got {e}");
+}
+
+/// The example files the README points users to parse, with the values they show.
+#[test]
+fn the_example_files_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let full = Config::from_file(&dir.join("full.yaml")).expect("full.yaml is valid");
+    assert_eq!(full.default_policy, Policy::CacheAware);
+    assert_eq!(full.cache_aware, CacheAwareConfig::default());
+    assert!(full.backends.len() >= 3 && full.routes.len() >= 3);
+    let minimal = Config::from_file(&dir.join("minimal.yaml")).expect("minimal.yaml is valid");
+    assert_eq!(minimal.backends.len(), 1);
+    assert_eq!(minimal.default_policy, Policy::CacheAware);
 }

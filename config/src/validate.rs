@@ -50,6 +50,52 @@ fn count(path: &str, v: Option<i64>, default: u32, min: u32, max: u32) -> Result
     Ok(n as u32)
 }
 
+/// `cache_aware:`: `cache_threshold` 0 to 1, `balance_abs_threshold` 0 to 1,000,000,
+/// `balance_rel_threshold` 1 to 1,000, `max_blocks_per_backend` 16 to 16,777,216.
+fn cache_aware(raw: crate::raw::RawCacheAware) -> Result<crate::CacheAwareConfig> {
+    let d = crate::CacheAwareConfig::default();
+    let ratio = |path: &str, v: Option<f64>, default: f64, min: f64, max: f64| -> Result<f64> {
+        let x = v.unwrap_or(default);
+        if !(min..=max).contains(&x) {
+            return Err(ConfigError::invalid(
+                path,
+                format!("must be between {min} and {max}, got {x}"),
+            ));
+        }
+        Ok(x)
+    };
+    Ok(crate::CacheAwareConfig {
+        cache_threshold: ratio(
+            "cache_aware.cache_threshold",
+            raw.cache_threshold,
+            d.cache_threshold,
+            0.0,
+            1.0,
+        )?,
+        balance_abs_threshold: u64::from(count(
+            "cache_aware.balance_abs_threshold",
+            raw.balance_abs_threshold,
+            d.balance_abs_threshold as u32,
+            0,
+            1_000_000,
+        )?),
+        balance_rel_threshold: ratio(
+            "cache_aware.balance_rel_threshold",
+            raw.balance_rel_threshold,
+            d.balance_rel_threshold,
+            1.0,
+            1000.0,
+        )?,
+        max_blocks_per_backend: count(
+            "cache_aware.max_blocks_per_backend",
+            raw.max_blocks_per_backend,
+            d.max_blocks_per_backend as u32,
+            16,
+            1 << 24,
+        )? as usize,
+    })
+}
+
 fn policy(path: &str, v: Option<&str>) -> Result<Option<Policy>> {
     match v {
         None => Ok(None),
@@ -122,6 +168,7 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
 
     let default_policy =
         policy("default_policy", raw.default_policy.as_deref())?.unwrap_or_default();
+    let cache_aware = cache_aware(raw.cache_aware.unwrap_or_default())?;
 
     let mut seen_models = HashSet::new();
     let mut routes = Vec::with_capacity(raw.routes.len());
@@ -163,10 +210,10 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
                         format!("invalid header name '{h}'"),
                     ));
                 }
-                if pol != Policy::ConsistentHash {
+                if !matches!(pol, Policy::ConsistentHash | Policy::CacheAware) {
                     return Err(ConfigError::invalid(
                         p("hash_header"),
-                        "only applies to policy consistent_hash",
+                        "only applies to policies consistent_hash and cache_aware",
                     ));
                 }
                 HashKey::Header(h.to_ascii_lowercase())
@@ -335,6 +382,7 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
         backends,
         routes,
         default_policy,
+        cache_aware,
         default_model,
         health_check,
         retries,

@@ -45,6 +45,56 @@ pub struct Backend {
     /// Until when new requests avoid this backend (a 429 with `Retry-After`), in
     /// nanoseconds since `clock_base()`; 0 = not held off.
     held_off_until_ns: AtomicU64,
+    /// What the `cache_aware` policy remembers of the prompts sent here (kept across
+    /// snapshots, like the health state).
+    pub prefix_record: parking_lot::Mutex<PrefixRecord>,
+}
+
+/// The prompt prefixes sent to one backend, as the `cache_aware` policy sees them: chained
+/// hashes of a prompt's leading blocks ([`crate::routing::prompt_blocks`]), each with when it
+/// was last sent, the least recently sent forgotten first beyond a bound. An approximation of
+/// the backend's prefix cache, as SGLang's router keeps one radix tree per worker.
+#[derive(Debug, Default)]
+pub struct PrefixRecord {
+    /// Chained block hash -> the clock when it was last sent.
+    blocks: std::collections::HashMap<u64, u64>,
+    clock: u64,
+}
+
+impl PrefixRecord {
+    /// Bytes of the longest leading run of `prefix` (chained hashes with the bytes up to and
+    /// including each block) sent here before.
+    pub fn matched(&self, prefix: &[(u64, usize)]) -> usize {
+        prefix
+            .iter()
+            .take_while(|(h, _)| self.blocks.contains_key(h))
+            .last()
+            .map_or(0, |&(_, bytes)| bytes)
+    }
+
+    /// Remembers that `prefix` was sent here; beyond `max_blocks`, forgets the least recently
+    /// sent fifth.
+    pub fn record(&mut self, prefix: &[(u64, usize)], max_blocks: usize) {
+        self.clock += 1;
+        for &(h, _) in prefix {
+            self.blocks.insert(h, self.clock);
+        }
+        if self.blocks.len() > max_blocks {
+            let mut ticks: Vec<u64> = self.blocks.values().copied().collect();
+            let cut = ticks.len() / 5;
+            let (_, &mut threshold, _) = ticks.select_nth_unstable(cut);
+            self.blocks.retain(|_, t| *t > threshold);
+        }
+    }
+
+    /// Blocks remembered.
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
 }
 
 /// The monotonic clock origin of `held_off_until_ns`.
@@ -93,6 +143,7 @@ impl Backend {
             ewma_us: AtomicU64::new(0),
             queue_depth: AtomicI64::new(-1),
             held_off_until_ns: AtomicU64::new(0),
+            prefix_record: parking_lot::Mutex::new(PrefixRecord::default()),
         }
     }
 

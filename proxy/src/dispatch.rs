@@ -251,7 +251,20 @@ async fn read_and_route(
             .await
             .map_err(Reply::from)?;
         routed.body = body;
+        if routed.route.policy_name == config::Policy::CacheAware && routed.hash_key.is_none() {
+            // a conversation (`previous_response_id`) sticks to one backend, like a
+            // `prompt_cache_key`
+            routed.hash_key = call
+                .turn
+                .as_ref()
+                .and_then(|t| t.conversation_key())
+                .map(|k| k.as_bytes().to_vec());
+        }
         routed.responses = Some(call);
+    }
+    if routed.route.policy_name == config::Policy::CacheAware {
+        // the body as sent (a Responses conversation whole), which is what the backend caches
+        (routed.prefix, routed.prompt_bytes) = crate::routing::prompt_blocks(&routed.body);
     }
     Ok(Box::new(routed))
 }

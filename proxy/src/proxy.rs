@@ -306,7 +306,12 @@ impl ProxyHttp for Lb {
             self.shared.metrics.retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(failover::backoff(&cfg.retries, r.attempts)).await;
         }
-        let Some(backend) = routed.route.select(&r.tried, routed.hash_key.as_deref()) else {
+        let hints = crate::routing::policy::Hints {
+            key: routed.hash_key.as_deref(),
+            prefix: &routed.prefix,
+            prompt_bytes: routed.prompt_bytes,
+        };
+        let Some(backend) = routed.route.select(&r.tried, &hints) else {
             let err = failover::final_failure(r.failure.take(), r.attempts, &routed.model);
             let status = err.status;
             r.failure = Some(err);

@@ -164,6 +164,14 @@ pub struct Turn {
     pub conversation: Vec<Value>,
 }
 
+impl Turn {
+    /// The conversation's identity for routing: the id of its first item, the same on every
+    /// turn that continues it (`previous_response_id`). `None` for an empty conversation.
+    pub fn conversation_key(&self) -> Option<&str> {
+        self.conversation.first()?.get("id")?.as_str()
+    }
+}
+
 /// A `POST /v1/responses` on its way: what the answer's handling needs.
 #[derive(Debug)]
 pub struct Call {

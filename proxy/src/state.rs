@@ -174,7 +174,7 @@ pub async fn build_snapshot(
                 .filter_map(|n| by_name.get(n.as_str()).map(|b| Arc::clone(b)))
                 .collect()
         };
-        let route = explicit_route(rc, group);
+        let route = explicit_route(rc, group, &config.cache_aware);
         routes.insert(rc.model.clone(), route.clone());
         for a in &rc.aliases {
             routes.insert(a.clone(), route.clone());
@@ -239,11 +239,15 @@ async fn build_backend(
 }
 
 /// The route of a configured `routes:` entry over `group`.
-fn explicit_route(rc: &config::RouteConfig, group: Vec<Arc<Backend>>) -> Arc<Route> {
+fn explicit_route(
+    rc: &config::RouteConfig,
+    group: Vec<Arc<Backend>>,
+    cache_aware: &config::CacheAwareConfig,
+) -> Arc<Route> {
     Arc::new(Route {
         model: rc.model.clone(),
         upstream_model: rc.upstream_model.clone(),
-        policy: policy::build(rc.policy, &group),
+        policy: policy::build(rc.policy, &group, cache_aware),
         policy_name: rc.policy,
         group,
         hash_key: rc.hash_key.clone(),
@@ -256,7 +260,7 @@ fn implicit_route(config: &Config, model: &str, group: Vec<Arc<Backend>>) -> Arc
     Arc::new(Route {
         model: model.to_string(),
         upstream_model: None,
-        policy: policy::build(config.default_policy, &group),
+        policy: policy::build(config.default_policy, &group, &config.cache_aware),
         policy_name: config.default_policy,
         group,
         hash_key: HashKey::User,
@@ -339,7 +343,7 @@ impl Shared {
             } else {
                 continue;
             };
-            let route = explicit_route(rc, group);
+            let route = explicit_route(rc, group, &config.cache_aware);
             routes.insert(rc.model.clone(), route.clone());
             for a in &rc.aliases {
                 routes.insert(a.clone(), route.clone());

@@ -42,15 +42,15 @@ impl Route {
     /// Choose a healthy backend not in `tried` with the route's policy: first among those
     /// no `Retry-After` holds off, then among all (a held-off backend still serves when no
     /// other one can).
-    pub fn select(&self, tried: &[String], key: Option<&[u8]>) -> Option<Arc<Backend>> {
+    pub fn select(&self, tried: &[String], hints: &policy::Hints<'_>) -> Option<Arc<Backend>> {
         let eligible = |i: usize| {
             let b = &self.group[i];
             b.health.routable() && !tried.iter().any(|t| t == b.name())
         };
         let free = |i: usize| eligible(i) && !self.group[i].held_off();
         self.policy
-            .pick(&self.group, &free, key)
-            .or_else(|| self.policy.pick(&self.group, &eligible, key))
+            .pick(&self.group, &free, hints)
+            .or_else(|| self.policy.pick(&self.group, &eligible, hints))
             .map(|i| self.group[i].clone())
     }
 }
@@ -128,6 +128,11 @@ pub struct Routed {
     pub stream: bool,
     pub separate_thinking: bool,
     pub hash_key: Option<Vec<u8>>,
+    /// The prompt's leading blocks for the `cache_aware` policy ([`prompt_blocks`]), set once
+    /// the body is final (a Responses call's conversation included); empty for other policies.
+    pub prefix: Vec<(u64, usize)>,
+    /// The prompt's size in bytes, as [`prompt_blocks`] counts it.
+    pub prompt_bytes: usize,
     /// `/v1/chat/completions`: the answer may carry raw harmony to rewrite.
     pub chat: bool,
     /// Chat or text completions: a 2xx answer must be JSON (SSE for a stream). Other `/v1/*`
@@ -153,7 +158,13 @@ pub fn route_request(
     // Only the fields routing needs are read, in the same pass that checks for duplicate
     // keys; `messages` and the rest are skipped by the parser without allocating (a full
     // `Value` tree costs as much as the whole proxying).
-    const FIELDS: [&str; 4] = ["model", "stream", "separate_thinking", "user"];
+    const FIELDS: [&str; 5] = [
+        "model",
+        "stream",
+        "separate_thinking",
+        "user",
+        "prompt_cache_key",
+    ];
     let not_object = || {
         ApiError::new(
             ErrorKind::InvalidRequest,
@@ -199,8 +210,8 @@ pub fn route_request(
             .transpose()
             .map_err(bad_json)
     };
-    let (head_model, head_stream, head_separate_thinking, head_user) =
-        (field(0)?, field(1)?, field(2)?, field(3)?);
+    let (head_model, head_stream, head_separate_thinking, head_user, head_cache_key) =
+        (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?);
     // The seed's clients send no `model`: such a request goes to `default_model`, or to the
     // only model served; with several models and no default it is a 400 naming them.
     let (model, model_given) = match head_model {
@@ -252,9 +263,17 @@ pub fn route_request(
             Some("no_healthy_backend"),
         ));
     }
-    let hash_key = match &route.hash_key {
+    let configured_key = || match &route.hash_key {
         config::HashKey::User => user.map(String::into_bytes),
         config::HashKey::Header(h) => headers.get(h.as_str()).map(|v| v.as_bytes().to_vec()),
+    };
+    // `cache_aware` sticks by OpenAI's routing hint first (`prompt_cache_key`: "used to cache
+    // responses for similar requests", which OpenAI routes by), then by the route's key.
+    let hash_key = match (route.policy_name, head_cache_key) {
+        (config::Policy::CacheAware, Some(Value::String(k))) if !k.is_empty() => {
+            Some(k.into_bytes())
+        }
+        _ => configured_key(),
     };
     // Send the route's upstream name when it differs from what the client asked for
     // (aliases resolve to the canonical model).
@@ -286,10 +305,111 @@ pub fn route_request(
         stream,
         separate_thinking,
         hash_key,
+        prefix: Vec::new(),
+        prompt_bytes: 0,
         chat,
         completion,
         responses: None,
     })
+}
+
+/// Most bytes of one `prompt` string counted as one block (longer ones are cut into blocks of
+/// this size, so that two long completions prompts share their common start).
+const PROMPT_PIECE: usize = 4096;
+
+/// The prompt of a request body as the `cache_aware` policy compares prompts: a sequence of
+/// blocks in the order gpt-oss-server renders them (`tools`, then `instructions`, then each
+/// element of `messages` or `input`, or `prompt` in pieces of 4 KiB), each hashed from its
+/// JSON value with object keys in sorted order (so that two clients serializing the same
+/// messages differently still match), chained to the blocks before it. Returns the chained
+/// hashes with the bytes up to and including each block, and the total bytes (the blocks'
+/// JSON text). A body that is not a JSON object gives nothing.
+pub fn prompt_blocks(body: &[u8]) -> (Vec<(u64, usize)>, usize) {
+    use std::hash::{Hash, Hasher};
+    let Ok(req) = serde_json::from_slice::<serde_json::Map<String, Value>>(body) else {
+        return (Vec::new(), 0);
+    };
+    let mut units: Vec<&Value> = Vec::new();
+    for name in ["tools", "instructions"] {
+        if let Some(v) = req.get(name).filter(|v| !v.is_null()) {
+            units.push(v);
+        }
+    }
+    let mut pieces: Vec<Value> = Vec::new();
+    for name in ["messages", "input", "prompt"] {
+        match req.get(name) {
+            Some(Value::Array(items)) => units.extend(items.iter()),
+            Some(Value::String(s)) if name == "prompt" => {
+                let mut rest = s.as_str();
+                while !rest.is_empty() {
+                    let mut cut = rest.len().min(PROMPT_PIECE);
+                    while !rest.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    pieces.push(Value::String(rest[..cut].to_string()));
+                    rest = &rest[cut..];
+                }
+            }
+            Some(v) if !v.is_null() => units.push(v),
+            _ => {}
+        }
+    }
+    units.extend(pieces.iter());
+    let mut chain = 0u64;
+    let mut bytes = 0usize;
+    let mut out = Vec::with_capacity(units.len());
+    for u in units {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        chain.hash(&mut h);
+        hash_value(u, &mut h);
+        chain = h.finish();
+        bytes += json_len(u);
+        out.push((chain, bytes));
+    }
+    (out, bytes)
+}
+
+/// Hashes a JSON value with object keys in sorted order.
+fn hash_value(v: &Value, h: &mut impl std::hash::Hasher) {
+    use std::hash::Hash;
+    match v {
+        Value::Null => 0u8.hash(h),
+        Value::Bool(b) => (1u8, b).hash(h),
+        Value::Number(n) => (2u8, n.to_string()).hash(h),
+        Value::String(s) => (3u8, s).hash(h),
+        Value::Array(a) => {
+            (4u8, a.len()).hash(h);
+            for x in a {
+                hash_value(x, h);
+            }
+        }
+        Value::Object(o) => {
+            (5u8, o.len()).hash(h);
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            for k in keys {
+                k.hash(h);
+                hash_value(&o[k], h);
+            }
+        }
+    }
+}
+
+/// The size of a value's compact JSON text (without writing it).
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 #[cfg(test)]
@@ -325,7 +445,7 @@ mod tests {
         Route {
             model: "m".into(),
             upstream_model: None,
-            policy: policy::build(config::Policy::RoundRobin, &group),
+            policy: policy::build(config::Policy::RoundRobin, &group, &Default::default()),
             policy_name: config::Policy::RoundRobin,
             group,
             hash_key: HashKey::User,
@@ -334,30 +454,32 @@ mod tests {
 
     #[test]
     fn selection_skips_unhealthy_and_tried_backends() {
+        let none = policy::Hints::default();
         let r = route(vec![
             backend("a", true),
             backend("b", false),
             backend("c", true),
         ]);
         for _ in 0..10 {
-            let b = r.select(&["a".into()], None).expect("c is left");
+            let b = r.select(&["a".into()], &none).expect("c is left");
             assert_eq!(b.name(), "c");
         }
-        assert!(r.select(&["a".into(), "c".into()], None).is_none());
+        assert!(r.select(&["a".into(), "c".into()], &none).is_none());
         assert!(!r.has_untried(&["a".into(), "c".into()]));
         assert!(r.has_untried(&["a".into()]));
     }
 
     #[test]
     fn a_backend_held_off_by_retry_after_is_chosen_last() {
+        let none = policy::Hints::default();
         let (a, b) = (backend("a", true), backend("b", true));
         a.hold_off(Duration::from_secs(30));
         let r = route(vec![a.clone(), b]);
         for _ in 0..10 {
-            assert_eq!(r.select(&[], None).expect("one").name(), "b");
+            assert_eq!(r.select(&[], &none).expect("one").name(), "b");
         }
         assert_eq!(
-            r.select(&["b".into()], None)
+            r.select(&["b".into()], &none)
                 .expect("a still serves")
                 .name(),
             "a",
@@ -421,5 +543,35 @@ mod tests {
             .err()
             .expect("not an object");
         assert_eq!(e.status, 400);
+    }
+
+    #[test]
+    fn prompt_blocks_follow_the_rendering_order_and_ignore_key_order_and_spacing() {
+        let (a, ta) = prompt_blocks(
+            br#"{"model":"m","messages":[{"role":"system","content":"S"},{"role":"user","content":"Q"}]}"#,
+        );
+        let (b, tb) = prompt_blocks(
+            br#"{"messages": [{"content": "S", "role": "system"}, {"content":"Q","role":"user"}, {"role":"assistant","content":"A"}], "model": "m", "max_tokens": 5}"#,
+        );
+        assert_eq!((a.len(), b.len()), (2, 3));
+        assert_eq!(
+            &b[..2],
+            &a[..],
+            "the same messages, spelled differently, hash the same"
+        );
+        assert!(tb > ta);
+        // a different system message changes every later block
+        let (c, _) = prompt_blocks(
+            br#"{"messages":[{"role":"system","content":"T"},{"role":"user","content":"Q"}]}"#,
+        );
+        assert!(c.iter().zip(&a).all(|(x, y)| x.0 != y.0));
+        // tools and instructions come first; a long prompt is cut into pieces
+        let (d, _) = prompt_blocks(
+            br#"{"tools":[{"type":"function","name":"f"}],"instructions":"I","input":"hi"}"#,
+        );
+        assert_eq!(d.len(), 3);
+        let long = format!(r#"{{"prompt":"{}"}}"#, "x".repeat(10_000));
+        assert_eq!(prompt_blocks(long.as_bytes()).0.len(), 3);
+        assert!(prompt_blocks(b"[1,2]").0.is_empty());
     }
 }

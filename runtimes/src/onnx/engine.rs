@@ -237,6 +237,10 @@ pub(crate) fn run(
             prefix_cache_bytes,
         ))
     };
+    // published at once, so that /metrics shows the cache (empty) before the first request
+    if let (Some(pc), Ok(mut stats)) = (&prefix_cache, counters.prefix_cache.lock()) {
+        *stats = Some(pc.stats());
+    }
     let mut pool = if max_concurrent > 1 && model.supports_batching() {
         match model.new_pool(max_concurrent, model.spec.context_length) {
             Ok(p) => Some(p),
