@@ -62,6 +62,12 @@ pub struct PrefixRecord {
 }
 
 impl PrefixRecord {
+    /// Forgets everything: the backend failed its health checks (a restarted server has an
+    /// empty cache), so what was sent before says nothing about what it holds.
+    pub fn clear(&mut self) {
+        self.blocks.clear();
+    }
+
     /// Bytes of the longest leading run of `prefix` (chained hashes with the bytes up to and
     /// including each block) sent here before.
     pub fn matched(&self, prefix: &[(u64, usize)]) -> usize {

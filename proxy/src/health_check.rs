@@ -129,6 +129,10 @@ pub async fn check_one(
     };
     let err_text = outcome.as_ref().err().cloned();
     if let Some(status) = backend.health.on_check(outcome, cfg) {
+        if matches!(status, Status::Unhealthy | Status::Ejected) {
+            // its KV cache may be gone with it (a restart): the cache_aware policy starts over
+            backend.prefix_record.lock().clear();
+        }
         tracing::info!(
             backend = backend.name(),
             ?status,
