@@ -11,7 +11,7 @@ mod raw;
 mod validate;
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::parse_duration;
@@ -52,6 +52,37 @@ pub struct Config {
     pub client_api_keys: Vec<String>,
     /// How `https://` backends are verified.
     pub upstream_tls: UpstreamTlsConfig,
+    /// proxy-wasm filters, in the order the file declares them (`plugins:`).
+    pub plugins: Vec<PluginConfig>,
+}
+
+/// One proxy-wasm (ABI 0.2.1) filter of `plugins:`.
+///
+/// A request's chain is the built-in harmony rewriting, then every `global` plugin in file
+/// order, then the plugins its route lists (`routes[i].plugins`) in that route's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// Unique among plugins: `[A-Za-z0-9._-]`, 1 to 64 characters (the well-known property
+    /// `plugin_name`, and the `plugin` label of its metrics and errors).
+    pub name: String,
+    /// The module: a binary `.wasm` file, or WebAssembly text (`.wat`). A relative path in a
+    /// file read by [`Config::from_file`] is taken from that file's folder.
+    pub path: PathBuf,
+    /// What `proxy_on_configure` reads as `PLUGIN_CONFIGURATION`: the YAML string as written,
+    /// or any other YAML value serialized as JSON. Empty when unset.
+    pub configuration: String,
+    /// The proxy-wasm VM id (`plugin_vm_id`): plugins with the same id share their
+    /// `proxy_set_shared_data` keys. Default: the plugin's name.
+    pub vm_id: String,
+    /// Runs on every proxied request (default `true`); `false`: only on the routes that list it.
+    pub global: bool,
+    /// When the plugin fails (traps, runs past `call_timeout`, exceeds `max_memory_mib`), let
+    /// the request through without it instead of failing it with a 500 (default `false`).
+    pub fail_open: bool,
+    /// Longest one callback into the plugin may run (default 100 ms, at least 1 ms).
+    pub call_timeout: Duration,
+    /// Most linear memory one instance of the plugin may grow to, MiB (default 64, 1 to 4096).
+    pub max_memory_mib: u32,
 }
 
 /// TLS to `https://` backends (health checks included).
@@ -277,6 +308,8 @@ pub struct RouteConfig {
     pub hash_key: HashKey,
     /// Model name sent to the backend; defaults to `model`.
     pub upstream_model: Option<String>,
+    /// Names of non-global `plugins` run for this route, after the global ones, in order.
+    pub plugins: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -369,7 +402,15 @@ impl Config {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        Config::from_yaml(&text)
+        let mut cfg = Config::from_yaml(&text)?;
+        if let Some(dir) = path.parent() {
+            for p in &mut cfg.plugins {
+                if p.path.is_relative() {
+                    p.path = dir.join(&p.path);
+                }
+            }
+        }
+        Ok(cfg)
     }
 
     /// The route whose model or alias is `name`.

@@ -43,6 +43,23 @@ pub struct RawConfig {
     pub upstream_tls: Option<RawUpstreamTls>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub client_api_keys: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub plugins: Vec<RawPlugin>,
+}
+
+/// `plugins[i]`: a proxy-wasm filter.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    pub name: Option<String>,
+    pub path: Option<String>,
+    /// A string, or any YAML value (sent to the plugin as JSON).
+    pub configuration: Option<serde_yaml::Value>,
+    pub vm_id: Option<String>,
+    pub global: Option<bool>,
+    pub fail_open: Option<bool>,
+    pub call_timeout: Option<Scalar>,
+    pub max_memory_mib: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +114,8 @@ pub struct RawRoute {
     pub policy: Option<String>,
     pub hash_header: Option<String>,
     pub upstream_model: Option<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub plugins: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

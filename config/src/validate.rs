@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::raw::{RawBackend, RawConfig, Scalar};
 use crate::{
     check, AdminConfig, BackendConfig, Config, ConfigError, HashKey, HealthCheckConfig, ModelType,
-    Policy, RetryConfig, RouteConfig, TimeoutConfig, UpstreamTlsConfig,
+    PluginConfig, Policy, RetryConfig, RouteConfig, TimeoutConfig, UpstreamTlsConfig,
 };
 
 /// The most `body_limit` may be: the LB holds each accepted body in memory to replay it on
@@ -170,6 +170,8 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
         policy("default_policy", raw.default_policy.as_deref())?.unwrap_or_default();
     let cache_aware = cache_aware(raw.cache_aware.unwrap_or_default())?;
 
+    let plugins = plugins(raw.plugins)?;
+
     let mut seen_models = HashSet::new();
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.into_iter().enumerate() {
@@ -223,6 +225,28 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
         if let Some(m) = &r.upstream_model {
             check::model_id(m).map_err(|e| ConfigError::invalid(p("upstream_model"), e))?;
         }
+        let mut listed = HashSet::new();
+        for (j, name) in r.plugins.iter().enumerate() {
+            let pp = format!("{}[{j}]", p("plugins"));
+            let Some(plugin) = plugins.iter().find(|x| &x.name == name) else {
+                return Err(ConfigError::invalid(
+                    pp,
+                    format!("no plugin named '{name}' in `plugins`"),
+                ));
+            };
+            if plugin.global {
+                return Err(ConfigError::invalid(
+                    pp,
+                    format!("plugin '{name}' is global (it runs on every route already); set its `global: false` to run it on some routes only"),
+                ));
+            }
+            if !listed.insert(name) {
+                return Err(ConfigError::invalid(
+                    pp,
+                    format!("plugin '{name}' is listed twice"),
+                ));
+            }
+        }
         routes.push(RouteConfig {
             model,
             aliases: r.aliases,
@@ -230,6 +254,7 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
             policy: pol,
             hash_key,
             upstream_model: r.upstream_model,
+            plugins: r.plugins,
         });
     }
 
@@ -391,7 +416,77 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
         body_limit,
         client_api_keys: raw.client_api_keys,
         upstream_tls,
+        plugins,
     })
+}
+
+/// `plugins:`: unique valid names, a `.wasm` or `.wat` path, limits in range.
+fn plugins(raw: Vec<crate::raw::RawPlugin>) -> Result<Vec<PluginConfig>> {
+    let mut out: Vec<PluginConfig> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let p = |f: &str| format!("plugins[{i}].{f}");
+        let name = r
+            .name
+            .ok_or_else(|| ConfigError::invalid(p("name"), "is required"))?;
+        check::backend_name(&name).map_err(|e| ConfigError::invalid(p("name"), e))?;
+        if out.iter().any(|x| x.name == name) {
+            return Err(ConfigError::invalid(
+                p("name"),
+                format!("plugin name '{name}' is used twice"),
+            ));
+        }
+        let path = r
+            .path
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| ConfigError::invalid(p("path"), "is required"))?;
+        if !(path.ends_with(".wasm") || path.ends_with(".wat")) {
+            return Err(ConfigError::invalid(
+                p("path"),
+                format!("'{path}' must be a WebAssembly module: a .wasm file (or .wat text)"),
+            ));
+        }
+        let configuration = match r.configuration {
+            None | Some(serde_yaml::Value::Null) => String::new(),
+            Some(serde_yaml::Value::String(s)) => s,
+            Some(v) => serde_json::to_string(&v).map_err(|e| {
+                ConfigError::invalid(
+                    p("configuration"),
+                    format!("cannot be written as JSON: {e}"),
+                )
+            })?,
+        };
+        let vm_id = match r.vm_id {
+            Some(v) => {
+                check::backend_name(&v).map_err(|e| ConfigError::invalid(p("vm_id"), e))?;
+                v
+            }
+            None => name.clone(),
+        };
+        let call_timeout = duration(
+            &p("call_timeout"),
+            r.call_timeout,
+            Duration::from_millis(100),
+            Duration::from_millis(1),
+        )?;
+        if call_timeout > Duration::from_secs(60) {
+            return Err(ConfigError::invalid(
+                p("call_timeout"),
+                "must be at most 60s",
+            ));
+        }
+        let max_memory_mib = count(&p("max_memory_mib"), r.max_memory_mib, 64, 1, 4096)?;
+        out.push(PluginConfig {
+            name,
+            path: path.into(),
+            configuration,
+            vm_id,
+            global: r.global.unwrap_or(true),
+            fail_open: r.fail_open.unwrap_or(false),
+            call_timeout,
+            max_memory_mib,
+        });
+    }
+    Ok(out)
 }
 
 /// Validate one backend definition: the YAML's `backends[i]` and the admin API's

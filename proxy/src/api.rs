@@ -57,6 +57,9 @@ pub fn status(shared: &Shared, snap: &Snapshot) -> Reply {
                 "model": r.model,
                 "policy": r.policy_name.as_str(),
                 "backends": r.group.iter().map(|b| b.name()).collect::<Vec<_>>(),
+                "plugins": snap.plugins.chain(&r.model).map_or_else(Vec::new, |c| {
+                    c.iter().map(|p| p.config.name.clone()).collect::<Vec<_>>()
+                }),
             })
         })
         .collect();
@@ -69,6 +72,7 @@ pub fn status(shared: &Shared, snap: &Snapshot) -> Reply {
             "uptime_seconds": shared.started.elapsed().as_secs(),
             "backends": backends,
             "routes": routes,
+            "filter_chain": snap.plugins.status(),
         }),
     )
 }
@@ -110,7 +114,11 @@ pub fn metrics(shared: &Shared, snap: &Snapshot) -> Reply {
     Reply {
         status: 200,
         content_type: "text/plain; version=0.0.4",
-        body: bytes::Bytes::from(shared.metrics.render(&snap.backends, snap.generation)),
+        body: {
+            let mut text = shared.metrics.render(&snap.backends, snap.generation);
+            snap.plugins.render_metrics(&mut text);
+            bytes::Bytes::from(text)
+        },
         headers: Vec::new(),
     }
 }

@@ -27,11 +27,21 @@ pub async fn reload(shared: &Shared) -> bool {
     let Some(path) = shared.config_path.clone() else {
         return false;
     };
-    let parsed = tokio::task::spawn_blocking(move || config::Config::from_file(&path)).await;
+    let previous = shared.load().plugins.clone();
+    let vms = shared.plugin_vms;
+    // compiling plugins is CPU work: off the async threads
+    let parsed = tokio::task::spawn_blocking(move || {
+        let cfg = config::Config::from_file(&path).map_err(|e| e.to_string())?;
+        let plugins = crate::plugins::Plugins::load(&cfg, &previous, vms)?;
+        Ok::<_, String>((cfg, plugins))
+    })
+    .await;
     match parsed {
-        Ok(Ok(cfg)) => {
+        Ok(Ok((cfg, plugins))) => {
             let reg = shared.registry.lock().await;
-            shared.rebuild(Arc::new(cfg), &reg).await;
+            shared
+                .rebuild_with(Arc::new(cfg), &reg, Arc::new(plugins))
+                .await;
             shared
                 .metrics
                 .config_reloads

@@ -77,8 +77,8 @@ impl Endpoint {
 pub enum Outcome {
     /// Answer locally with this reply.
     Reply(Reply),
-    /// Proxy it.
-    Proxy(Box<Routed>),
+    /// Proxy it, with its run through the plugin chain when its route has plugins.
+    Proxy(Box<Routed>, Option<Box<crate::plugins::Stream>>),
 }
 
 fn method_not_allowed(allowed: &str) -> Reply {
@@ -226,7 +226,7 @@ async fn read_and_route(
     snap: &Snapshot,
     session: &mut Session,
     endpoint: Endpoint,
-) -> Result<Box<Routed>, Reply> {
+) -> Result<(Box<Routed>, Option<Box<crate::plugins::Stream>>), Reply> {
     auth::authorize_client(snap, &session.req_header().headers).map_err(Reply::from)?;
     continue_if_expected(session).await;
     let body = match read_body(session, snap.config.body_limit).await {
@@ -238,6 +238,7 @@ async fn read_and_route(
     };
     let chat = endpoint == Endpoint::ChatCompletions;
     let completion = chat || endpoint == Endpoint::Completions;
+    let original = body.clone();
     let mut routed = route_request(
         &snap.routes,
         &session.req_header().headers,
@@ -246,6 +247,39 @@ async fn read_and_route(
         completion,
     )
     .map_err(Reply::from)?;
+    // The plugin chain sees the request as the client sent it, once it is valid and its
+    // route known; a body a filter changed is validated and routed again.
+    let mut filters = None;
+    if let Some(chain) = snap.plugins.chain(&routed.route.model) {
+        let downstream = session.server_addr().and_then(|a| a.as_inet()).copied();
+        let source = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let mut info = crate::plugins::stream_info(
+            session.req_header(),
+            source,
+            downstream,
+            endpoint.name(),
+            original.len(),
+        );
+        info.route = routed.route.model.clone();
+        info.model = routed.model.clone();
+        info.stream = routed.stream;
+        let mut stream = Box::new(crate::plugins::Stream::new(chain, info));
+        let mut body = original.clone();
+        stream
+            .on_request(session.req_header_mut(), &mut body)
+            .map_err(crate::plugins::Stop::reply)?;
+        if body != original {
+            routed = route_request(
+                &snap.routes,
+                &session.req_header().headers,
+                body,
+                chat,
+                completion,
+            )
+            .map_err(Reply::from)?;
+        }
+        filters = Some(stream);
+    }
     if endpoint == Endpoint::Responses {
         let (body, call) = responses::prepare(&shared.conversations, &routed.body)
             .await
@@ -266,7 +300,7 @@ async fn read_and_route(
         // the body as sent (a Responses conversation whole), which is what the backend caches
         (routed.prefix, routed.prompt_bytes) = crate::routing::prompt_blocks(&routed.body);
     }
-    Ok(Box::new(routed))
+    Ok((Box::new(routed), filters))
 }
 
 /// `GET`/`DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items`.
@@ -340,7 +374,7 @@ pub async fn handle(
             if is_post =>
         {
             return match read_and_route(shared, snap, session, endpoint).await {
-                Ok(r) => Outcome::Proxy(r),
+                Ok((r, filters)) => Outcome::Proxy(r, filters),
                 Err(reply) => Outcome::Reply(reply),
             };
         }

@@ -47,7 +47,7 @@ pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Bytes,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(std::borrow::Cow<'static, str>, String)>,
 }
 
 impl Reply {
@@ -70,7 +70,7 @@ impl Reply {
     }
 
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        self.headers.push((name, value.into()));
+        self.headers.push((name.into(), value.into()));
         self
     }
 }
@@ -88,7 +88,7 @@ pub async fn write_reply(session: &mut Session, reply: Reply) -> pingora::Result
     h.insert_header("content-length", reply.body.len().to_string())?;
     h.insert_header("cache-control", "no-store")?;
     for (k, v) in reply.headers {
-        h.insert_header(k, v)?;
+        h.insert_header(k.into_owned(), v)?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session

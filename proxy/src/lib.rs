@@ -5,7 +5,8 @@
 //! and policies), [`failover`] (the verdict of each attempt, backoff, the final error),
 //! [`health`] (active checks and outlier detection), [`admin`] (registration), [`auth`],
 //! [`headers`], [`stream`] and [`rewrite`] (bodies), [`responses`] (the Responses API's
-//! conversations), [`metrics`]. Every proxied request,
+//! conversations), [`plugins`] (the filter chain: the built-in harmony filter, then proxy-wasm
+//! plugins), [`metrics`]. Every proxied request,
 //! streamed or not, goes through Pingora's phases and one attempt loop. Shared state is an
 //! `ArcSwap` [`state::Snapshot`]; the [`control`] background service runs health checks and
 //! reloads.
@@ -23,6 +24,7 @@ pub mod headers;
 pub mod health;
 pub mod health_check;
 pub mod metrics;
+pub mod plugins;
 pub mod proxy;
 pub mod registry;
 pub mod responses;

@@ -107,6 +107,14 @@ fn main() -> anyhow::Result<()> {
         }
         None => config::Config::default(),
     };
+    // Plugins are compiled and configured before serving; one that cannot be is an error.
+    let vms = args.threads.max(1);
+    let plugins = gpt_oss_lb::plugins::Plugins::load(
+        &config,
+        &gpt_oss_lb::plugins::Plugins::default(),
+        if args.test { 1 } else { vms },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     if args.test {
         println!("config OK");
         return Ok(());
@@ -147,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         .map(|a| a.collect())
         .unwrap_or_default();
     let identity = SelfIdentity::new(listeners);
-    let snapshot = rt.block_on(build_snapshot(
+    let mut snapshot = rt.block_on(build_snapshot(
         config.clone(),
         &registry,
         &[],
@@ -155,6 +163,7 @@ fn main() -> anyhow::Result<()> {
         1,
         &identity,
     ));
+    snapshot.plugins = Arc::new(plugins);
     let responses_store = args
         .responses_store
         .clone()
@@ -183,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         started: Instant::now(),
         identity,
         conversations: Arc::new(gpt_oss_lb::responses::Conversations::new(responses_store)),
+        plugin_vms: vms,
     });
 
     // One health round before serving: backends that answer are routable from the first

@@ -54,6 +54,11 @@ struct RequestCtx {
     failure: Option<ApiError>,
     /// The backend's `Retry-After`, relayed with that error.
     retry_after: Option<String>,
+    /// The request's run through its route's plugins (none: the route has none).
+    filters: Option<Box<crate::plugins::Stream>>,
+    /// A plugin's local response given while proxying (on the response header, or on the body
+    /// while the header was held): written instead of the backend's answer.
+    local_reply: Option<Reply>,
 }
 
 /// One attempt at one backend.
@@ -172,6 +177,76 @@ fn outcome_of(e: &Error) -> Option<Outcome> {
 }
 
 impl Lb {
+    /// The built-in harmony filter on one response body chunk: checking and rewriting, and
+    /// ending a stream that closed without `[DONE]` with an error event. An answer that cannot
+    /// be delivered (not JSON, an SSE event over the limit) counts against the backend and
+    /// ends the response with the error.
+    fn harmony_body_filter(
+        &self,
+        body: &mut Option<Bytes>,
+        end: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(attempt) = ctx.attempt.as_mut() else {
+            return Ok(());
+        };
+        let backend = attempt.backend().clone();
+        let Some(r) = attempt.response.as_mut() else {
+            return Ok(());
+        };
+        match r.on_body(body, end) {
+            Err(err) => {
+                let why = err.body.error.message.clone();
+                ctx.request.failure = Some(err);
+                self.count_failure(ctx, &backend, &why);
+                let mut e = Error::explain(ErrorType::HTTPStatus(502), why);
+                e.esource = ErrorSource::Upstream;
+                e.set_retry(false);
+                return Err(e);
+            }
+            Ok(true) => {
+                self.shared
+                    .metrics
+                    .streams_broken
+                    .fetch_add(1, Ordering::Relaxed);
+                self.count_failure(ctx, &backend, "stream ended before [DONE]");
+            }
+            Ok(false) if end && r.status < 300 && !r.terminated => {
+                backend.health.on_request_success();
+            }
+            Ok(false) => {}
+        }
+        Ok(())
+    }
+
+    /// The error that ends a request a plugin stopped: its local response is written instead
+    /// of the backend's answer while no response byte went out (`header_sent` false); after
+    /// that, the stream ends with the plugin's error.
+    fn stop(&self, ctx: &mut Ctx, stop: crate::plugins::Stop, header_sent: bool) -> Box<Error> {
+        let status = match (&stop, header_sent) {
+            (crate::plugins::Stop::Local(reply), false) => reply.status,
+            (crate::plugins::Stop::Failed(err), _) => err.status,
+            (crate::plugins::Stop::Local(_), true) => 500,
+        };
+        match stop {
+            crate::plugins::Stop::Local(reply) if !header_sent => {
+                ctx.request.local_reply = Some(reply)
+            }
+            crate::plugins::Stop::Local(_) => {
+                ctx.request.failure = Some(ApiError::new(
+                    ErrorKind::Server,
+                    "a plugin answered locally after the response had started",
+                    None,
+                    Some("plugin_failed"),
+                ))
+            }
+            crate::plugins::Stop::Failed(err) => ctx.request.failure = Some(err),
+        }
+        let mut e = Error::explain(ErrorType::HTTPStatus(status), "stopped by a plugin");
+        e.set_retry(false);
+        e
+    }
+
     /// The facts of a verdict for the current attempt.
     fn facts(&self, session: &Session, ctx: &Ctx) -> Facts {
         let r = &ctx.request;
@@ -251,6 +326,8 @@ impl ProxyHttp for Lb {
                 tried: Vec::new(),
                 failure: None,
                 retry_after: None,
+                filters: None,
+                local_reply: None,
             },
             attempt: None,
         }
@@ -284,8 +361,9 @@ impl ProxyHttp for Lb {
                 write_reply(session, reply).await?;
                 Ok(true)
             }
-            Dispatch::Proxy(routed) => {
+            Dispatch::Proxy(routed, filters) => {
                 ctx.request.routed = Some(routed);
+                ctx.request.filters = filters;
                 Ok(false)
             }
         }
@@ -322,6 +400,11 @@ impl ProxyHttp for Lb {
         };
         r.attempts += 1;
         r.tried.push(backend.name().to_string());
+        if let Some(f) = r.filters.as_mut() {
+            let info = f.info_mut();
+            info.backend = Some(backend.name().to_string());
+            info.upstream = Some(backend.addr);
+        }
         let peer = peer_for(&backend, cfg, routed.stream);
         ctx.attempt = Some(Attempt {
             guard: backend.start_request(),
@@ -532,13 +615,37 @@ impl ProxyHttp for Lb {
         if let Some(a) = ctx.attempt.as_mut() {
             a.response = Some(ResponseState::new(status, sse, rewriter));
         }
+        // The plugins, after the built-in harmony filter set up the body's rewriting.
+        if let Some(f) = ctx.request.filters.as_mut() {
+            if let Err(stop) = f.on_response_headers(resp, false) {
+                return Err(self.stop(ctx, stop, false));
+            }
+        }
         Ok(())
     }
 
-    /// Runs for each response body chunk before it goes to the client: checking and
-    /// rewriting, and ending a stream that closed without `[DONE]` with an error event. An
-    /// answer that cannot be delivered (not JSON, an SSE event over the limit) counts against
-    /// the backend and ends the response with the error.
+    /// Pingora patch (`proxy/vendor/pingora-proxy/PATCHED.md`): a plugin that paused the
+    /// response header gets it held back until a body callback continues.
+    fn hold_response_header(
+        &self,
+        header: Box<ResponseHeader>,
+        ctx: &mut Ctx,
+    ) -> Option<Box<ResponseHeader>> {
+        match ctx.request.filters.as_mut() {
+            Some(f) if f.holding() => {
+                f.hold(header);
+                None
+            }
+            _ => Some(header),
+        }
+    }
+
+    fn release_response_header(&self, ctx: &mut Ctx) -> Option<Option<Box<ResponseHeader>>> {
+        ctx.request.filters.as_mut()?.release()
+    }
+
+    /// Runs for each response body chunk before it goes to the client: the built-in harmony
+    /// filter (`harmony_body_filter`), then the plugins.
     fn response_body_filter(
         &self,
         _session: &mut Session,
@@ -546,34 +653,13 @@ impl ProxyHttp for Lb {
         end: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        let Some(attempt) = ctx.attempt.as_mut() else {
-            return Ok(None);
-        };
-        let backend = attempt.backend().clone();
-        let Some(r) = attempt.response.as_mut() else {
-            return Ok(None);
-        };
-        match r.on_body(body, end) {
-            Err(err) => {
-                let why = err.body.error.message.clone();
-                ctx.request.failure = Some(err);
-                self.count_failure(ctx, &backend, &why);
-                let mut e = Error::explain(ErrorType::HTTPStatus(502), why);
-                e.esource = ErrorSource::Upstream;
-                e.set_retry(false);
-                return Err(e);
+        // the built-in harmony filter first, then the plugins
+        self.harmony_body_filter(body, end, ctx)?;
+        if let Some(f) = ctx.request.filters.as_mut() {
+            let header_sent = !f.holding();
+            if let Err(stop) = f.on_response_body(body, end) {
+                return Err(self.stop(ctx, stop, header_sent));
             }
-            Ok(true) => {
-                self.shared
-                    .metrics
-                    .streams_broken
-                    .fetch_add(1, Ordering::Relaxed);
-                self.count_failure(ctx, &backend, "stream ended before [DONE]");
-            }
-            Ok(false) if end && r.status < 300 && !r.terminated => {
-                backend.health.on_request_success();
-            }
-            Ok(false) => {}
         }
         Ok(None)
     }
@@ -621,6 +707,18 @@ impl ProxyHttp for Lb {
     /// Runs when the request failed for good. Before the response started: an OpenAI error
     /// JSON with the right status. After a stream started: an error event and `[DONE]`.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let Some(reply) = ctx.request.local_reply.take() {
+            if !response_started(session) {
+                let status = reply.status;
+                if let Err(we) = write_reply(session, reply).await {
+                    tracing::debug!(error = %we, "could not send a plugin's local response");
+                }
+                return FailToProxy {
+                    error_code: status,
+                    can_reuse_downstream: false,
+                };
+            }
+        }
         let backend = ctx.attempt.as_ref().map(|a| a.backend().name().to_string());
         let err = ctx.request.failure.take().unwrap_or_else(|| {
             let who = backend.as_deref().unwrap_or("?");
@@ -690,6 +788,9 @@ impl ProxyHttp for Lb {
     /// Runs last, once per request: metrics and the access log line (no secrets, no bodies).
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |h| h.status.as_u16());
+        if let Some(f) = ctx.request.filters.as_mut() {
+            f.on_log(status);
+        }
         let r = &ctx.request;
         let proxied = r.routed.is_some();
         let secs = proxied.then(|| r.started.elapsed().as_secs_f64());

@@ -28,6 +28,8 @@ pub struct Snapshot {
     /// Model names and aliases to routes.
     pub routes: RouteTable,
     pub generation: u64,
+    /// The proxy-wasm plugins of `config` (kept across rebuilds that do not change them).
+    pub plugins: Arc<crate::plugins::Plugins>,
 }
 
 impl Snapshot {
@@ -71,6 +73,8 @@ pub struct Shared {
     pub identity: SelfIdentity,
     /// The Responses API's conversations (`responses_store`).
     pub conversations: Arc<crate::responses::Conversations>,
+    /// Instances of each proxy-wasm plugin (the LB's worker threads).
+    pub plugin_vms: usize,
 }
 
 /// Resolve `host:port` to the first address.
@@ -99,8 +103,19 @@ impl Shared {
     /// Build a new snapshot from `config` and `registry`, reusing backend objects whose
     /// definition did not change, and publish it. Call with the registry lock held.
     pub async fn rebuild(&self, config: Arc<Config>, registry: &Registry) {
+        let plugins = self.load().plugins.clone();
+        self.rebuild_with(config, registry, plugins).await
+    }
+
+    /// [`Shared::rebuild`] with the plugins `config` declares, loaded (a reload).
+    pub async fn rebuild_with(
+        &self,
+        config: Arc<Config>,
+        registry: &Registry,
+        plugins: Arc<crate::plugins::Plugins>,
+    ) {
         let old = self.load();
-        let snapshot = build_snapshot(
+        let mut snapshot = build_snapshot(
             config,
             registry,
             &old.backends,
@@ -109,6 +124,7 @@ impl Shared {
             &self.identity,
         )
         .await;
+        snapshot.plugins = plugins;
         let n = snapshot.backends.len();
         let generation = snapshot.generation;
         self.snapshot.store(Arc::new(snapshot));
@@ -199,6 +215,7 @@ pub async fn build_snapshot(
         backends,
         routes,
         generation,
+        plugins: Arc::default(),
     }
 }
 
@@ -372,6 +389,7 @@ impl Shared {
             config,
             backends,
             generation: old.generation + 1,
+            plugins: old.plugins.clone(),
         };
         let generation = snapshot.generation;
         let n = snapshot.backends.len();
@@ -409,6 +427,7 @@ mod tests {
             policy: Policy::RoundRobin,
             hash_key: HashKey::User,
             upstream_model: None,
+            plugins: Vec::new(),
         });
         c.routes.push(RouteConfig {
             model: "pinned".into(),
@@ -417,6 +436,7 @@ mod tests {
             policy: Policy::LeastOutstanding,
             hash_key: HashKey::User,
             upstream_model: None,
+            plugins: Vec::new(),
         });
         Arc::new(c)
     }

@@ -425,6 +425,23 @@ where
                     return Err(e);
                 }
             }
+            // gpt-oss-lb patch: a response header the proxy holds back until its body has
+            // been seen (`hold_response_header`, `release_response_header`).
+            let task = match task {
+                HttpTask::Header(header, false) => match self.inner.hold_response_header(header, ctx) {
+                    Some(header) => HttpTask::Header(header, false),
+                    None => continue,
+                },
+                HttpTask::Body(data, end) => match self.inner.release_response_header(ctx) {
+                    None => HttpTask::Body(data, end),
+                    Some(Some(header)) => {
+                        filtered_tasks.push(HttpTask::Header(header, false));
+                        HttpTask::Body(data, end)
+                    }
+                    Some(None) => continue,
+                },
+                other => other,
+            };
             filtered_tasks.push(task);
         }
 

@@ -468,6 +468,28 @@ pub trait ProxyHttp {
         Ok(())
     }
 
+    /// gpt-oss-lb patch: called with each response header (not ending the response) after
+    /// [Self::response_filter()], before it is written downstream. Returning `None` holds
+    /// it back: the proxy keeps it, and body chunks are not written until
+    /// [Self::release_response_header()] gives it back. The default sends it at once.
+    fn hold_response_header(
+        &self,
+        header: Box<ResponseHeader>,
+        _ctx: &mut Self::CTX,
+    ) -> Option<Box<ResponseHeader>> {
+        Some(header)
+    }
+
+    /// gpt-oss-lb patch: called after [Self::response_body_filter()] for each body chunk
+    /// while a header is held. `Ok(Some(header))` writes the header before the chunk;
+    /// `Ok(None)` keeps holding (the chunk, which must then be empty, is not written).
+    fn release_response_header(
+        &self,
+        _ctx: &mut Self::CTX,
+    ) -> Option<Option<Box<ResponseHeader>>> {
+        None
+    }
+
     /// Similar to [Self::response_filter()] but for response body chunks
     fn response_body_filter(
         &self,
