@@ -203,3 +203,57 @@ fn the_example_files_parse() {
     assert_eq!(minimal.backends.len(), 1);
     assert_eq!(minimal.default_policy, Policy::CacheAware);
 }
+
+#[test]
+fn plugins_are_validated_with_field_paths() {
+    let c = Config::from_yaml(
+        "plugins:\n  - {name: auth, path: a.wasm, configuration: {keys: [k1]}}\n  - {name: pii, path: p.wat, global: false, fail_open: true, call_timeout: 20ms, max_memory_mib: 8}\nroutes:\n  - {model: m, plugins: [pii]}\n",
+    )
+    .expect("valid plugins");
+    assert_eq!(c.plugins.len(), 2);
+    assert_eq!(c.plugins[0].configuration, r#"{"keys":["k1"]}"#);
+    assert_eq!(c.plugins[0].vm_id, "auth");
+    assert!(c.plugins[0].global && !c.plugins[0].fail_open);
+    assert_eq!(c.plugins[0].call_timeout, Duration::from_millis(100));
+    assert_eq!(c.plugins[0].max_memory_mib, 64);
+    assert!(!c.plugins[1].global && c.plugins[1].fail_open);
+    assert_eq!(c.plugins[1].call_timeout, Duration::from_millis(20));
+    assert_eq!(c.routes[0].plugins, vec!["pii".to_string()]);
+
+    let e = err("plugins:\n  - {path: a.wasm}\n");
+    assert!(e.starts_with("plugins[0].name: is required"), "got {e}");
+    let e = err("plugins:\n  - {name: a, path: a.so}\n");
+    assert!(e.starts_with("plugins[0].path:"), "got {e}");
+    let e = err("plugins:\n  - {name: a, path: a.wasm}\n  - {name: a, path: b.wasm}\n");
+    assert!(e.starts_with("plugins[1].name:"), "got {e}");
+    let e = err("plugins:\n  - {name: a, path: a.wasm, max_memory_mib: 0}\n");
+    assert!(e.starts_with("plugins[0].max_memory_mib:"), "got {e}");
+    let e = err("plugins:\n  - {name: a, path: a.wasm, call_timeout: 0ms}\n");
+    assert!(e.starts_with("plugins[0].call_timeout:"), "got {e}");
+    let e = err("plugins:\n  - {name: a, path: a.wasm, color: red}\n");
+    assert!(e.contains("unknown field `color`"), "got {e}");
+    let e = err("routes:\n  - {model: m, plugins: [nope]}\n");
+    assert!(
+        e.starts_with("routes[0].plugins[0]: no plugin named 'nope'"),
+        "got {e}"
+    );
+    let e = err("plugins:\n  - {name: a, path: a.wasm}\nroutes:\n  - {model: m, plugins: [a]}\n");
+    assert!(
+        e.starts_with("routes[0].plugins[0]: plugin 'a' is global"),
+        "got {e}"
+    );
+}
+
+#[test]
+fn relative_plugin_paths_are_taken_from_the_config_file_folder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("lb.yaml");
+    std::fs::write(
+        &file,
+        "plugins:\n  - {name: a, path: plugins/a.wasm}\n  - {name: b, path: /abs/b.wasm}\n",
+    )
+    .expect("write");
+    let c = Config::from_file(&file).expect("valid");
+    assert_eq!(c.plugins[0].path, dir.path().join("plugins/a.wasm"));
+    assert_eq!(c.plugins[1].path, std::path::PathBuf::from("/abs/b.wasm"));
+}

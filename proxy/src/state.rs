@@ -474,6 +474,7 @@ mod tests {
             started: Instant::now(),
             identity: SelfIdentity::new(Vec::new()),
             conversations: Arc::new(crate::responses::Conversations::new(":memory:".into())),
+            plugin_vms: 1,
         };
         let models: [&[&str]; 5] = [&["m1"], &["m2"], &["m3"], &["m1", "m3"], &["m2", "m4"]];
         // Registrations, replacements (other models, other port) and removals in an order
