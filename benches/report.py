@@ -110,7 +110,8 @@ def cpu_cell(x):
 
 
 SHORT = {"direct": "(a) direct", "lb": "(b) gpt-oss-lb", "nginx": "(c) nginx proxy",
-         "lb-rewrite": "(d) gpt-oss-lb + rewrite"}
+         "lb-rewrite": "(d) gpt-oss-lb + rewrite", "lb-wasm-headers": "(e) gpt-oss-lb + wasm headers",
+         "lb-wasm-body": "(f) gpt-oss-lb + wasm body"}
 
 
 def proxy_md(r):
@@ -156,6 +157,13 @@ def proxy_md(r):
                 ", ".join(f"**{x['rps_rewrite_over_passthrough']:.2f}x** req/s "
                           f"({x['cpu_rewrite_over_passthrough']}x CPU per request) at {x['connections']} connections"
                           for x in r["rewrite"]) + "."]
+    if r.get("plugins"):
+        out += ["", "proxy-wasm plugins, (e) and (f) against pass-through (b), same body and connections, "
+                "saturated (a no-op filter: the cost of the host's calls):", "",
+                "| path | body | conns | req/s ratio | CPU per request ratio |", "|---|---|---:|---:|---:|"]
+        for x in r["plugins"]:
+            out.append(f"| {SHORT[x['path']]} | {x['body']} | {x['connections']} | **{x['rps_over_lb']:.2f}x** | "
+                       f"{x['cpu_over_lb']}x |")
     paced = [x for x in runs if x.get("mode") == "paced"]
     if paced:
         out += ["", f"### Paced: latency against offered load ({s.get('paced_connections', 64)} connections, "

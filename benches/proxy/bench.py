@@ -11,6 +11,10 @@ stream carrying raw harmony text. Paths measured against it:
   lb          (b) wrk -> gpt-oss-lb (backends of model_type openai: pass-through) -> upstream
   nginx       (c) wrk -> nginx reverse proxy with upstream keepalive -> upstream
   lb-rewrite  (d) wrk -> gpt-oss-lb (backend of model_type gpt-oss: edge harmony rewriting) -> upstream
+  lb-wasm-headers (e) as (b), with a no-op proxy-wasm filter on request and response headers
+  lb-wasm-body    (f) as (b), with a no-op proxy-wasm filter on request and response bodies
+                  (each body chunk goes through the filter); (e) and (f) are measured saturated
+                  only, against (b) in the same run (targets: 0.9x and 0.8x of its requests/s)
 
 Two kinds of runs per path and body:
   saturated  16, 64, 256 connections, each sending its next request as soon as the last is
@@ -63,12 +67,18 @@ CASES = {
     "lb": ["json", "sse"],
     "nginx": ["json", "sse"],
     "lb-rewrite": ["harmony"],
+    "lb-wasm-headers": ["json", "sse"],
+    "lb-wasm-body": ["json", "sse"],
 }
+# proxy-wasm paths -> the filter (benches/proxy/plugins/, WebAssembly text the LB compiles)
+PLUGIN = {"lb-wasm-headers": "noop_headers.wat", "lb-wasm-body": "noop_body.wat"}
 PATH_TITLE = {
     "direct": "(a) direct to nginx upstream",
     "lb": "(b) gpt-oss-lb pass-through",
     "nginx": "(c) nginx reverse proxy, keepalive",
     "lb-rewrite": "(d) gpt-oss-lb, harmony rewriting",
+    "lb-wasm-headers": "(e) gpt-oss-lb pass-through, no-op proxy-wasm filter on headers",
+    "lb-wasm-body": "(f) gpt-oss-lb pass-through, no-op proxy-wasm filter on bodies",
 }
 
 
@@ -366,8 +376,12 @@ def lb_binary(args):
     return path
 
 
-def lb_config(ports, listen_port):
-    return f"""# gpt-oss-lb config of the proxy benchmark (written by benches/proxy/bench.py)
+def lb_config(ports, listen_port, plugin=None):
+    plugins = "" if plugin is None else f"""plugins:
+  - name: noop
+    path: {os.path.join(HERE, "plugins", plugin)}
+"""
+    return plugins + f"""# gpt-oss-lb config of the proxy benchmark (written by benches/proxy/bench.py)
 listen: "127.0.0.1:{listen_port}"
 backends:
   - name: up-json
@@ -389,11 +403,11 @@ health_check:
 """
 
 
-def start_lb(args, run, ports, listen_port, pin):
+def start_lb(args, run, ports, listen_port, pin, plugin=None):
     exe = lb_binary(args)
     cfg = os.path.join(run, "lb.yaml")
     with open(cfg, "w", encoding="utf-8") as f:
-        f.write(lb_config(ports, listen_port))
+        f.write(lb_config(ports, listen_port, plugin))
     help_text = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=30).stdout
     extra = ["--threads", str(args.workers)] if "--threads" in help_text else []
     threads_flag = bool(extra)
@@ -470,6 +484,18 @@ def summarize(rows, conns_list, rates, goal_rate, paced_conns):
                                 round(d["proxy_cpu_s_per_1k"] / b["proxy_cpu_s_per_1k"], 3)
                                 if d["proxy_cpu_s_per_1k"] and b["proxy_cpu_s_per_1k"] else None)})
 
+    # proxy-wasm filters against the same LB without them, same body and connections
+    plugins = []
+    for path in PLUGIN:
+        for body in ("json", "sse"):
+            for c in conns_list:
+                w, b = sat.get((path, body, c)), sat.get(("lb", body, c))
+                if w and b:
+                    plugins.append({"path": path, "body": body, "connections": c,
+                                    "rps_over_lb": round(w["rps"] / b["rps"], 3),
+                                    "cpu_over_lb": (round(w["proxy_cpu_s_per_1k"] / b["proxy_cpu_s_per_1k"], 3)
+                                                    if w["proxy_cpu_s_per_1k"] and b["proxy_cpu_s_per_1k"] else None)})
+
     # Goal 1: gpt-oss-lb at or above nginx's requests/s (every body and concurrency).
     g1 = [r["rps_lb_over_nginx"] for r in ratios]
     goals.append({"goal": "gpt-oss-lb requests/s >= nginx (saturated, every body, every concurrency)",
@@ -486,7 +512,15 @@ def summarize(rows, conns_list, rates, goal_rate, paced_conns):
     g3 = [r["rps_rewrite_over_passthrough"] for r in rewrite]
     goals.append({"goal": "harmony rewriting >= 0.8x of pass-through requests/s (saturated, every concurrency)",
                   "met": min(g3) >= 0.8 if g3 else None, "figure": f"min {min(g3):.2f}x" if g3 else "not measured"})
-    return ratios, added, rewrite, goals
+    # Goals 4 and 5 (issue 20): a no-op proxy-wasm filter costs at most 10% (headers) and 20%
+    # (bodies) of the requests/s without plugins.
+    for path, floor, what in (("lb-wasm-headers", 0.9, "headers"), ("lb-wasm-body", 0.8, "bodies")):
+        g = [p["rps_over_lb"] for p in plugins if p["path"] == path]
+        goals.append({"goal": f"no-op proxy-wasm filter on {what} >= {floor}x of pass-through requests/s "
+                              "(saturated, json and sse, every concurrency)",
+                      "met": min(g) >= floor if g else None,
+                      "figure": f"min {min(g):.2f}x, max {max(g):.2f}x" if g else "not measured"})
+    return ratios, added, rewrite, plugins, goals
 
 
 # ---------------------------------------------------------------- main
@@ -554,7 +588,7 @@ def main():
                         PROXY_SSE=proxy_ports["sse"])), run, args.proxy_cpu, pin)
                     port_of = proxy_ports
                 else:
-                    proc, lb_threads_flag = start_lb(args, run, ports, lb_port, pin)
+                    proc, lb_threads_flag = start_lb(args, run, ports, lb_port, pin, PLUGIN.get(path))
                     port_of = {b: lb_port for b in BODY}
                 for body in CASES[path]:
                     wait_ready(path, body, port_of[body], proc, 30)
@@ -564,7 +598,7 @@ def main():
                             raise BenchError(f"{path}: {proc.name} died during the run:\n{proc.tail()}")
                         pid = proc.pid if proc is not None else upstream.pid
                         rows.append(measure(args, path, body, port_of[body], pid, upstream.pid, c, pin))
-                    for rate in rates:
+                    for rate in ([] if path in PLUGIN else rates):
                         pid = proc.pid if proc is not None else upstream.pid
                         rows.append(measure(args, path, body, port_of[body], pid, upstream.pid,
                                             args.paced_connections, pin, rate))
@@ -581,7 +615,8 @@ def main():
         if row["path"] == "direct":
             for k in ("proxy_cpu_s_per_1k", "proxy_user_s_per_1k", "proxy_sys_s_per_1k"):
                 row[k] = None  # no proxy; the upstream's CPU is its own column
-    ratios, added, rewrite, goals = summarize(rows, conns_list, rates, args.goal_rate, args.paced_connections)
+    ratios, added, rewrite, plugins, goals = summarize(rows, conns_list, rates, args.goal_rate,
+                                                       args.paced_connections)
     result = {
         "recorded": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": machine(),
@@ -603,6 +638,7 @@ def main():
         "ratios": ratios,
         "added": added,
         "rewrite": rewrite,
+        "plugins": plugins,
         "goals": goals,
         "missing": missing,
     }

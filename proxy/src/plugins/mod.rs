@@ -241,15 +241,10 @@ pub struct Usage {
     pub reasoning_tokens: Option<u64>,
 }
 
-/// What a filter can read of a request with `proxy_get_property`.
+/// What a filter can read of a request with `proxy_get_property`, besides its headers.
 #[derive(Debug, Clone, Default)]
 pub struct StreamInfo {
-    pub request_id: String,
-    pub method: String,
-    /// Path with query.
-    pub path: String,
-    pub host: String,
-    pub protocol: String,
+    pub version: http::Version,
     pub source: Option<SocketAddr>,
     pub destination: Option<SocketAddr>,
     pub started: Option<Instant>,
@@ -265,125 +260,139 @@ pub struct StreamInfo {
     pub upstream: Option<SocketAddr>,
     pub response_code: Option<u16>,
     pub response_size: u64,
-    pub usage: Option<Usage>,
+    /// The LB's number for this request (`request.id` when the client sent no
+    /// `x-request-id`).
+    pub seq: u64,
 }
 
 fn int(v: u64) -> Vec<u8> {
     (v as i64).to_le_bytes().to_vec()
 }
 
-impl StreamInfo {
-    /// A property's value: Envoy's attribute names and encodings (strings as bytes, integers
-    /// as 8-byte little-endian, booleans as one byte), plus ours under `gpt_oss.`: `route`,
-    /// `model`, `backend`, `endpoint`, `stream`, and once the response has ended
-    /// `usage.{prompt_tokens, completion_tokens, total_tokens, cached_tokens,
-    /// reasoning_tokens}`. Source: Envoy's "Attributes" reference
-    /// (envoyproxy.io/docs/envoy/latest/intro/arch_overview/advanced/attributes).
-    pub fn property(&self, path: &str, http: &HttpData) -> Option<Vec<u8>> {
-        let header = |pairs: &Pairs, name: &str| {
-            pairs
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
-        let s = |v: &str| Some(v.as_bytes().to_vec());
-        match path {
-            "request.path" => s(&self.path),
-            "request.url_path" => s(self.path.split('?').next().unwrap_or("")),
-            "request.query" => s(self.path.split_once('?').map_or("", |(_, q)| q)),
-            "request.host" => s(&self.host),
-            "request.scheme" => s("http"),
-            "request.method" => s(&self.method),
-            "request.protocol" => s(&self.protocol),
-            "request.id" => s(&self.request_id),
-            "request.referer" => header(&http.request_headers, "referer"),
-            "request.useragent" => header(&http.request_headers, "user-agent"),
-            "request.time" => Some(int(self.start_unix_ns)),
-            "request.duration" => self.started.map(|t| int(t.elapsed().as_nanos() as u64)),
-            "request.size" | "request.total_size" => Some(int(self.request_size)),
-            "response.code" => self.response_code.map(|c| int(c.into())),
-            "response.size" | "response.total_size" => Some(int(self.response_size)),
-            "source.address" => self.source.map(|a| a.to_string().into_bytes()),
-            "source.port" => self.source.map(|a| int(a.port().into())),
-            "destination.address" => self.destination.map(|a| a.to_string().into_bytes()),
-            "destination.port" => self.destination.map(|a| int(a.port().into())),
-            "upstream.address" => self.upstream.map(|a| a.to_string().into_bytes()),
-            "upstream.port" => self.upstream.map(|a| int(a.port().into())),
-            "route_name" | "gpt_oss.route" => s(&self.route),
-            "cluster_name" | "gpt_oss.backend" => self.backend.as_deref().and_then(s),
-            "gpt_oss.model" => s(&self.model),
-            "gpt_oss.endpoint" => s(self.endpoint),
-            "gpt_oss.stream" => Some(vec![u8::from(self.stream)]),
-            "gpt_oss.usage.prompt_tokens" => self.usage.map(|u| int(u.prompt_tokens)),
-            "gpt_oss.usage.completion_tokens" => self.usage.map(|u| int(u.completion_tokens)),
-            "gpt_oss.usage.total_tokens" => self.usage.map(|u| int(u.total_tokens)),
-            "gpt_oss.usage.cached_tokens" => self.usage.and_then(|u| u.cached_tokens).map(int),
-            "gpt_oss.usage.reasoning_tokens" => {
-                self.usage.and_then(|u| u.reasoning_tokens).map(int)
-            }
+/// A property's value: Envoy's attribute names and encodings (strings as bytes, integers as
+/// 8-byte little-endian, booleans as one byte), plus ours under `gpt_oss.`: `route`, `model`,
+/// `backend`, `endpoint`, `stream`, and once the response has ended
+/// `usage.{prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens}`
+/// (read from the answer's `usage` when first asked for). Source: Envoy's "Attributes"
+/// reference (envoyproxy.io/docs/envoy/latest/intro/arch_overview/advanced/attributes).
+pub fn property(http: &mut HttpData, path: &str) -> Option<Vec<u8>> {
+    if let Some(field) = path.strip_prefix("gpt_oss.usage.") {
+        let u = http.usage()?;
+        return match field {
+            "prompt_tokens" => Some(int(u.prompt_tokens)),
+            "completion_tokens" => Some(int(u.completion_tokens)),
+            "total_tokens" => Some(int(u.total_tokens)),
+            "cached_tokens" => u.cached_tokens.map(int),
+            "reasoning_tokens" => u.reasoning_tokens.map(int),
             _ => None,
+        };
+    }
+    let header = |name: &str| {
+        http.request_headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let info = &http.info;
+    let s = |v: &str| Some(v.as_bytes().to_vec());
+    let path_of = || header(":path").unwrap_or_default();
+    match path {
+        "request.path" => Some(path_of()),
+        "request.url_path" => {
+            let p = path_of();
+            Some(p.split(|b| *b == b'?').next().unwrap_or(&[]).to_vec())
         }
+        "request.query" => {
+            let p = path_of();
+            Some(p.splitn(2, |b| *b == b'?').nth(1).unwrap_or(&[]).to_vec())
+        }
+        "request.host" => header(":authority"),
+        "request.scheme" => s("http"),
+        "request.method" => header(":method"),
+        "request.protocol" => s(match info.version {
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2",
+            _ => "HTTP/1.1",
+        }),
+        "request.id" => header("x-request-id")
+            .or_else(|| Some(format!("gpt-oss-lb-{:x}", info.seq).into_bytes())),
+        "request.referer" => header("referer"),
+        "request.useragent" => header("user-agent"),
+        "request.time" => Some(int(info.start_unix_ns)),
+        "request.duration" => info.started.map(|t| int(t.elapsed().as_nanos() as u64)),
+        "request.size" | "request.total_size" => Some(int(info.request_size)),
+        "response.code" => info.response_code.map(|c| int(c.into())),
+        "response.size" | "response.total_size" => Some(int(info.response_size)),
+        "source.address" => info.source.map(|a| a.to_string().into_bytes()),
+        "source.port" => info.source.map(|a| int(a.port().into())),
+        "destination.address" => info.destination.map(|a| a.to_string().into_bytes()),
+        "destination.port" => info.destination.map(|a| int(a.port().into())),
+        "upstream.address" => info.upstream.map(|a| a.to_string().into_bytes()),
+        "upstream.port" => info.upstream.map(|a| int(a.port().into())),
+        "route_name" | "gpt_oss.route" => s(&info.route),
+        "cluster_name" | "gpt_oss.backend" => info.backend.as_deref().and_then(s),
+        "gpt_oss.model" => s(&info.model),
+        "gpt_oss.endpoint" => s(info.endpoint),
+        "gpt_oss.stream" => Some(vec![u8::from(info.stream)]),
+        _ => None,
     }
 }
 
-/// Finds the answer's `usage` as it passes: the last SSE event that carries one, or the whole
-/// JSON body (kept as the chunks already received, not copied, until the end).
+/// Keeps what is needed to read the answer's `usage` when a filter asks: the chunks of a JSON
+/// answer (references, not copies; up to 32 MiB), or the last MiB of a stream (the usage is in
+/// its last events: the final chunk of chat, `response.completed` of Responses).
 #[derive(Default)]
-struct UsageTracker {
-    /// An SSE line not ended yet.
-    partial: Vec<u8>,
-    last_usage_line: Option<Vec<u8>>,
-    json: Vec<Bytes>,
-    json_bytes: usize,
+pub struct UsageTracker {
+    sse: bool,
+    chunks: std::collections::VecDeque<Bytes>,
+    bytes: usize,
+    /// The JSON answer was larger than kept: no usage.
+    truncated: bool,
 }
 
 /// The most of a JSON answer kept to read its usage.
 const MAX_USAGE_BODY: usize = 32 << 20;
+/// The tail of a stream kept to read its usage.
+const MAX_USAGE_TAIL: usize = 1 << 20;
 
 impl UsageTracker {
-    fn feed(&mut self, sse: bool, chunk: &Bytes) {
-        if !sse {
-            if self.json_bytes + chunk.len() <= MAX_USAGE_BODY {
-                self.json_bytes += chunk.len();
-                self.json.push(chunk.clone());
-            }
+    fn feed(&mut self, chunk: &Bytes) {
+        if chunk.is_empty() || self.truncated {
             return;
         }
-        let finder = memchr::memmem::Finder::new(b"\"usage\"");
-        let mut rest: &[u8] = chunk;
-        while let Some(nl) = memchr::memchr(b'\n', rest) {
-            let line = &rest[..nl];
-            rest = &rest[nl + 1..];
-            if self.partial.is_empty() {
-                if finder.find(line).is_some() {
-                    self.last_usage_line = Some(line.to_vec());
-                }
-            } else {
-                self.partial.extend_from_slice(line);
-                let whole = std::mem::take(&mut self.partial);
-                if finder.find(&whole).is_some() {
-                    self.last_usage_line = Some(whole);
+        self.bytes += chunk.len();
+        self.chunks.push_back(chunk.clone());
+        if self.sse {
+            while self.chunks.len() > 1
+                && self.bytes - self.chunks.front().map_or(0, Bytes::len) >= MAX_USAGE_TAIL
+            {
+                if let Some(c) = self.chunks.pop_front() {
+                    self.bytes -= c.len();
                 }
             }
-        }
-        if !rest.is_empty() && self.partial.len() + rest.len() <= MAX_USAGE_BODY {
-            self.partial.extend_from_slice(rest);
+        } else if self.bytes > MAX_USAGE_BODY {
+            self.truncated = true;
+            self.chunks.clear();
         }
     }
 
-    fn finish(&mut self, sse: bool) -> Option<Usage> {
-        let body: Vec<u8> = if sse {
-            let line = self.last_usage_line.take()?;
+    fn usage(&self) -> Option<Usage> {
+        if self.truncated {
+            return None;
+        }
+        let mut body = Vec::with_capacity(self.bytes);
+        for c in &self.chunks {
+            body.extend_from_slice(c);
+        }
+        if !self.sse {
+            return usage_of(&body);
+        }
+        // the last `data:` line that carries a usage
+        body.split(|b| *b == b'\n').rev().find_map(|line| {
             let data = line.strip_prefix(b"data:")?;
-            data.to_vec()
-        } else {
-            let mut b = Vec::with_capacity(self.json_bytes);
-            for c in self.json.drain(..) {
-                b.extend_from_slice(&c);
-            }
-            b
-        };
-        usage_of(&body)
+            memchr::memmem::find(data, b"\"usage\"")?;
+            usage_of(data)
+        })
     }
 }
 
@@ -560,11 +569,13 @@ pub struct Stream {
     data: HttpData,
     /// Response body each filter is holding (it paused), not passed on yet.
     pending: Vec<BytesMut>,
-    sse: bool,
-    usage: UsageTracker,
     /// A filter paused the response header: it is held back until a body callback continues.
     holding: bool,
     held: Option<Box<ResponseHeader>>,
+    /// The response header carries a `content-length`.
+    has_length: bool,
+    /// A filter changed the length of the response body.
+    length_changed: bool,
     logged: bool,
 }
 
@@ -582,10 +593,10 @@ impl Stream {
                 ..HttpData::default()
             },
             pending: (0..n).map(|_| BytesMut::new()).collect(),
-            sse: false,
-            usage: UsageTracker::default(),
             holding: false,
             held: None,
+            has_length: false,
+            length_changed: false,
             logged: false,
         }
     }
@@ -645,14 +656,6 @@ impl Stream {
         Ok(())
     }
 
-    /// Whether a filter may change the response body (its `Content-Length` must then go).
-    pub fn may_change_response_body(&self) -> bool {
-        self.chain
-            .iter()
-            .zip(&self.active)
-            .any(|(p, a)| *a && p.exports.response_body)
-    }
-
     /// The response header callbacks; changes are applied to `resp`. Afterwards
     /// [`Stream::holding`] tells whether a filter paused it (hold it back).
     pub fn on_response_headers(
@@ -660,7 +663,7 @@ impl Stream {
         resp: &mut ResponseHeader,
         end: bool,
     ) -> Result<(), Stop> {
-        self.sse = resp
+        self.data.usage_tracker.sse = resp
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -679,9 +682,9 @@ impl Stream {
             apply_response(resp, &self.data.response_headers);
             self.data.response_headers_changed = false;
         }
-        if self.may_change_response_body() {
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-        }
+        // A filter that changes the body removes `content-length` here, as Envoy requires
+        // (the proxy-wasm SDKs' body examples do); a held header is fixed when released.
+        self.has_length = resp.headers.contains_key(http::header::CONTENT_LENGTH);
         self.holding = hold && !end;
         Ok(())
     }
@@ -708,19 +711,20 @@ impl Stream {
             apply_response(&mut header, &self.data.response_headers);
             self.data.response_headers_changed = false;
         }
+        if self.length_changed {
+            header.remove_header(&http::header::CONTENT_LENGTH);
+        }
         Some(Some(header))
     }
 
     /// A response body chunk through the filters. A filter that pauses keeps what it has
     /// (later filters see nothing until it continues, then all of it at once); at the end
-    /// every filter continues. The answer's usage is read before the last callbacks.
+    /// every filter continues. The answer's usage can be read from the last callbacks on.
     pub fn on_response_body(&mut self, body: &mut Option<Bytes>, end: bool) -> Result<(), Stop> {
         let chunk = body.take().unwrap_or_default();
-        self.usage.feed(self.sse, &chunk);
+        self.data.usage_tracker.feed(&chunk);
         self.data.info.response_size += chunk.len() as u64;
-        if end {
-            self.data.info.usage = self.usage.finish(self.sse);
-        }
+        self.data.response_complete = end;
         let mut cur = Some(chunk);
         for i in 0..self.chain.len() {
             let p = self.chain[i].clone();
@@ -738,9 +742,16 @@ impl Stream {
                 cur = Some(buf);
                 continue;
             }
+            let before = buf.len();
             self.data.response_body = buf;
             let r = p.on_response_body(&mut self.handles[i], &mut self.data, end);
             let out = std::mem::take(&mut self.data.response_body);
+            if out.len() != before && !self.length_changed {
+                self.length_changed = true;
+                if self.has_length && self.held.is_none() && !self.holding {
+                    tracing::warn!(plugin = %p.config.name, "a plugin changed the length of a response body whose content-length was already sent; it must remove content-length in proxy_on_response_headers");
+                }
+            }
             let cont = self.settle(i, r)?;
             if cont || end {
                 cur = Some(out);
@@ -783,36 +794,19 @@ pub fn stream_info(
     endpoint: &'static str,
     body_len: usize,
 ) -> StreamInfo {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let start_unix_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let request_id = req
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     StreamInfo {
-        request_id,
-        method: req.method.as_str().to_string(),
-        path: req
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string(),
-        host: req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string(),
-        protocol: format!("{:?}", req.version),
+        version: req.version,
         source,
         destination,
         started: Some(Instant::now()),
         start_unix_ns,
         request_size: body_len as u64,
         endpoint,
+        seq: SEQ.fetch_add(1, Ordering::Relaxed),
         ..StreamInfo::default()
     }
 }
@@ -837,25 +831,21 @@ mod tests {
             (3, 4, Some(2))
         );
 
-        // an SSE stream cut anywhere: the last event with a usage wins
+        // a stream: the last event with a usage wins, however it was cut into chunks
         let stream = b"data: {\"choices\":[],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":1,\"total_tokens\":10}}\n\ndata: [DONE]\n\n";
         for cut in 1..stream.len() {
-            let mut t = UsageTracker::default();
-            t.feed(true, &Bytes::copy_from_slice(&stream[..cut]));
-            t.feed(true, &Bytes::copy_from_slice(&stream[cut..]));
-            assert_eq!(
-                t.finish(true).map(|u| u.total_tokens),
-                Some(10),
-                "cut at {cut}"
-            );
+            let mut t = UsageTracker {
+                sse: true,
+                ..UsageTracker::default()
+            };
+            t.feed(&Bytes::copy_from_slice(&stream[..cut]));
+            t.feed(&Bytes::copy_from_slice(&stream[cut..]));
+            assert_eq!(t.usage().map(|u| u.total_tokens), Some(10), "cut at {cut}");
         }
         let mut t = UsageTracker::default();
-        t.feed(false, &Bytes::from_static(b"{\"usage\":{\"prompt_"));
-        t.feed(
-            false,
-            &Bytes::from_static(b"tokens\":1,\"completion_tokens\":2}}"),
-        );
-        assert_eq!(t.finish(false).map(|u| u.total_tokens), Some(3));
+        t.feed(&Bytes::from_static(b"{\"usage\":{\"prompt_"));
+        t.feed(&Bytes::from_static(b"tokens\":1,\"completion_tokens\":2}}"));
+        assert_eq!(t.usage().map(|u| u.total_tokens), Some(3));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use wasmtime::{
 };
 
 use super::abi::{self, buffer, errno, map, status, Pairs};
-use super::{LocalResponse, StreamInfo};
+use super::{LocalResponse, StreamInfo, Usage, UsageTracker};
 
 /// How often the epoch advances: the resolution of `call_timeout`.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
@@ -124,6 +124,20 @@ pub struct HttpData {
     pub filter_state: HashMap<String, Vec<u8>>,
     /// `proxy_send_local_response` (or `proxy_close_stream`) during the last callback.
     pub local: Option<LocalResponse>,
+    /// The response body as it passed, to read its `usage` from once it has ended.
+    pub usage_tracker: UsageTracker,
+    pub response_complete: bool,
+    pub(super) usage: Option<Option<Usage>>,
+}
+
+impl HttpData {
+    /// The answer's token counts, once the response has ended (read on first use).
+    pub fn usage(&mut self) -> Option<Usage> {
+        if !self.response_complete {
+            return None;
+        }
+        *self.usage.get_or_insert_with(|| self.usage_tracker.usage())
+    }
 }
 
 /// The store's data: limits, the plugin, the guest's memory and allocator, and the request
@@ -398,7 +412,7 @@ impl WasmPlugin {
         h: &mut Handle,
         data: &mut HttpData,
         what: &str,
-        f: impl FnOnce(&mut Vm, i32) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<HostState>, &Callbacks, i32) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
         let Some(slot) = self.slots.get(h.vm) else {
             return Err(self.failure(what, "no VM".into()));
@@ -425,7 +439,7 @@ impl WasmPlugin {
             vm.next_ctx = vm.next_ctx.checked_add(1).unwrap_or(ROOT_ID + 1);
             h.ctx = ctx;
             h.generation = generation;
-            if let Some(cc) = vm.cb.context_create.clone() {
+            if let Some(cc) = &vm.cb.context_create {
                 vm.store.set_epoch_deadline(ticks);
                 if let Err(e) = cc.call(&mut vm.store, (ctx, ROOT_ID)) {
                     result = Err(e);
@@ -435,9 +449,9 @@ impl WasmPlugin {
         if result.is_ok() {
             std::mem::swap(&mut vm.store.data_mut().http, data);
             vm.store.set_epoch_deadline(ticks);
-            result = f(vm, h.ctx).map(Some);
+            let Vm { store, cb, .. } = vm;
+            result = f(store, cb, h.ctx).map(Some);
             std::mem::swap(&mut vm.store.data_mut().http, data);
-            vm.store.data_mut().http = HttpData::default();
         }
         let period = vm.store.data().tick_period_ms;
         match result {
@@ -475,8 +489,8 @@ impl WasmPlugin {
         data: &mut HttpData,
     ) -> Result<bool, PluginFailure> {
         let n = data.request_headers.len() as i32;
-        self.action(h, data, "proxy_on_request_headers", |cb| {
-            cb.request_headers.clone().map(|f| (f, (n, 0)))
+        self.action(h, data, "proxy_on_request_headers", (n, 0), |cb| {
+            cb.request_headers.as_ref()
         })
     }
 
@@ -487,8 +501,8 @@ impl WasmPlugin {
         data: &mut HttpData,
     ) -> Result<bool, PluginFailure> {
         let n = data.request_body.len() as i32;
-        self.action(h, data, "proxy_on_request_body", |cb| {
-            cb.request_body.clone().map(|f| (f, (n, 1)))
+        self.action(h, data, "proxy_on_request_body", (n, 1), |cb| {
+            cb.request_body.as_ref()
         })
     }
 
@@ -500,11 +514,13 @@ impl WasmPlugin {
         end: bool,
     ) -> Result<bool, PluginFailure> {
         let n = data.response_headers.len() as i32;
-        self.action(h, data, "proxy_on_response_headers", |cb| {
-            cb.response_headers
-                .clone()
-                .map(|f| (f, (n, i32::from(end))))
-        })
+        self.action(
+            h,
+            data,
+            "proxy_on_response_headers",
+            (n, i32::from(end)),
+            |cb| cb.response_headers.as_ref(),
+        )
     }
 
     /// `proxy_on_response_body` with `data.response_body` (all that this filter holds).
@@ -515,9 +531,13 @@ impl WasmPlugin {
         end: bool,
     ) -> Result<bool, PluginFailure> {
         let n = data.response_body.len() as i32;
-        self.action(h, data, "proxy_on_response_body", |cb| {
-            cb.response_body.clone().map(|f| (f, (n, i32::from(end))))
-        })
+        self.action(
+            h,
+            data,
+            "proxy_on_response_body",
+            (n, i32::from(end)),
+            |cb| cb.response_body.as_ref(),
+        )
     }
 
     fn action(
@@ -525,10 +545,11 @@ impl WasmPlugin {
         h: &mut Handle,
         data: &mut HttpData,
         what: &str,
-        pick: impl FnOnce(&Callbacks) -> Option<(TypedFunc<(i32, i32, i32), i32>, (i32, i32))>,
+        (a, b): (i32, i32),
+        pick: impl FnOnce(&Callbacks) -> Option<&TypedFunc<(i32, i32, i32), i32>>,
     ) -> Result<bool, PluginFailure> {
-        self.call(h, data, what, |vm, ctx| match pick(&vm.cb) {
-            Some((f, (a, b))) => Ok(f.call(&mut vm.store, (ctx, a, b))? == abi::ACTION_CONTINUE),
+        self.call(h, data, what, |store, cb, ctx| match pick(cb) {
+            Some(f) => Ok(f.call(store, (ctx, a, b))? == abi::ACTION_CONTINUE),
             None => Ok(true),
         })
     }
@@ -547,15 +568,15 @@ impl WasmPlugin {
             // its VM was rebuilt: the context is gone with it
             return Ok(());
         }
-        self.call(h, data, "proxy_on_log", |vm, ctx| {
-            if let Some(f) = vm.cb.done.clone() {
-                f.call(&mut vm.store, ctx)?;
+        self.call(h, data, "proxy_on_log", |store, cb, ctx| {
+            if let Some(f) = &cb.done {
+                f.call(&mut *store, ctx)?;
             }
-            if let Some(f) = vm.cb.log.clone() {
-                f.call(&mut vm.store, ctx)?;
+            if let Some(f) = &cb.log {
+                f.call(&mut *store, ctx)?;
             }
-            if let Some(f) = vm.cb.delete.clone() {
-                f.call(&mut vm.store, ctx)?;
+            if let Some(f) = &cb.delete {
+                f.call(&mut *store, ctx)?;
             }
             Ok(())
         })
@@ -576,9 +597,9 @@ impl WasmPlugin {
                 };
                 h.generation = slot.lock().generation;
                 let mut data = HttpData::default();
-                let _ = self.call(&mut h, &mut data, "proxy_on_tick", |vm, _| {
-                    if let Some(f) = vm.cb.tick.clone() {
-                        f.call(&mut vm.store, ROOT_ID)?;
+                let _ = self.call(&mut h, &mut data, "proxy_on_tick", |store, cb, _| {
+                    if let Some(f) = &cb.tick {
+                        f.call(store, ROOT_ID)?;
                     }
                     Ok(())
                 });
@@ -1104,13 +1125,12 @@ fn linker(engine: &Engine, module: &Module) -> wasmtime::Result<Linker<HostState
         };
         let path = property_path(&path);
         let value = {
-            let st = c.data();
-            st.http
-                .filter_state
-                .get(&path)
-                .cloned()
-                .or_else(|| plugin_property(&st.plugin, &path))
-                .or_else(|| st.http.info.property(&path, &st.http))
+            let st = c.data_mut();
+            match st.http.filter_state.get(&path) {
+                Some(v) => Some(v.clone()),
+                None => plugin_property(&st.plugin, &path)
+                    .or_else(|| super::property(&mut st.http, &path)),
+            }
         };
         match value {
             Some(v) => give(&mut c, &v, rp, rl),
