@@ -199,6 +199,10 @@ fn the_example_files_parse() {
     assert_eq!(full.default_policy, Policy::CacheAware);
     assert_eq!(full.cache_aware, CacheAwareConfig::default());
     assert!(full.backends.len() >= 3 && full.routes.len() >= 3);
+    assert_eq!(full.plugins.len(), 1);
+    assert!(full.plugins[0]
+        .path
+        .ends_with("proxy/plugins/examples/trap.wat"));
     let minimal = Config::from_file(&dir.join("minimal.yaml")).expect("minimal.yaml is valid");
     assert_eq!(minimal.backends.len(), 1);
     assert_eq!(minimal.default_policy, Policy::CacheAware);

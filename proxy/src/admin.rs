@@ -29,7 +29,17 @@ fn string_field(v: &Value, name: &str) -> Result<Option<String>, ApiError> {
 ///
 /// Errors: 400 naming the field: not a JSON object, a field of the wrong JSON type, an
 /// unknown field, or what `config::validate_backend` refuses.
-pub fn parse_registration(body: &[u8]) -> Result<(config::BackendConfig, bool), ApiError> {
+/// A registration: the backend, whether it may replace one of the same name, and its lease.
+#[derive(Debug)]
+pub struct Registration {
+    pub def: config::BackendConfig,
+    pub replace: bool,
+    /// `lease_seconds` (1 to 3,600): the registration is dropped unless renewed
+    /// (`PUT /backends/{name}/lease`) within that time. None: it stays until deleted.
+    pub lease: Option<std::time::Duration>,
+}
+
+pub fn parse_registration(body: &[u8]) -> Result<Registration, ApiError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             ErrorKind::InvalidRequest,
@@ -54,6 +64,7 @@ pub fn parse_registration(body: &[u8]) -> Result<(config::BackendConfig, bool), 
         "weight",
         "api_key",
         "replace",
+        "lease_seconds",
     ];
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError::invalid(
@@ -108,7 +119,23 @@ pub fn parse_registration(body: &[u8]) -> Result<(config::BackendConfig, bool), 
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(ApiError::invalid("`replace` must be a boolean", "replace")),
     };
-    Ok((def, replace))
+    let lease = match v.get("lease_seconds") {
+        None | Some(Value::Null) => None,
+        Some(n) => match n.as_u64() {
+            Some(secs @ 1..=3600) => Some(std::time::Duration::from_secs(secs)),
+            _ => {
+                return Err(ApiError::invalid(
+                    "`lease_seconds` must be an integer from 1 to 3600",
+                    "lease_seconds",
+                ))
+            }
+        },
+    };
+    Ok(Registration {
+        def,
+        replace,
+        lease,
+    })
 }
 
 fn backend_json(d: &config::BackendConfig, health: &str) -> Value {
@@ -153,7 +180,11 @@ async fn persist(write: Option<Persist>) -> Result<(), ApiError> {
 
 /// `POST /backends/register`.
 pub async fn register(shared: &Shared, body: &[u8]) -> Result<Reply, ApiError> {
-    let (def, replace) = parse_registration(body)?;
+    let Registration {
+        def,
+        replace,
+        lease,
+    } = parse_registration(body)?;
     let url = config::check::backend_url(&def.url).map_err(|e| ApiError::invalid(e, "url"))?;
     let snap = shared.load();
     let addrs = resolve(&url)
@@ -206,7 +237,8 @@ pub async fn register(shared: &Shared, body: &[u8]) -> Result<Reply, ApiError> {
             Some("backend_exists"),
         ));
     }
-    let (previous, write) = reg.insert(def.clone());
+    let (previous, write) = reg.insert(def.clone(), lease);
+    let replaced = previous.0.is_some();
     if let Err(e) = persist(write).await {
         // Roll back so memory matches the files.
         reg.undo(&def.name, previous);
@@ -221,12 +253,14 @@ pub async fn register(shared: &Shared, body: &[u8]) -> Result<Reply, ApiError> {
         .map(|b| serde_json::to_value(b.health.status()).unwrap_or_default())
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_else(|| "pending".into());
-    tracing::info!(backend = %def.name, url = %def.url, replaced = previous.is_some(), "backend registered");
+    tracing::info!(backend = %def.name, url = %def.url, replaced, lease_seconds = lease.map(|l| l.as_secs()), "backend registered");
+    let mut backend = backend_json(&def, &health);
+    backend["lease_seconds"] = json!(lease.map(|l| l.as_secs()));
     Ok(Reply::json(
-        if previous.is_some() { 200 } else { 201 },
+        if replaced { 200 } else { 201 },
         &json!({
-            "status": if previous.is_some() { "replaced" } else { "registered" },
-            "backend": backend_json(&def, &health),
+            "status": if replaced { "replaced" } else { "registered" },
+            "backend": backend,
         }),
     ))
 }
@@ -244,16 +278,16 @@ pub async fn unregister(shared: &Shared, name: &str) -> Result<Reply, ApiError> 
         ));
     }
     let (removed, write) = reg.remove(name);
-    let Some(removed) = removed else {
+    if removed.0.is_none() {
         return Err(ApiError::new(
             ErrorKind::NotFound,
             format!("no registered backend named '{name}'"),
             Some("name"),
             Some("backend_not_found"),
         ));
-    };
+    }
     if let Err(e) = persist(write).await {
-        reg.undo(name, Some(removed));
+        reg.undo(name, removed);
         return Err(e);
     }
     shared.update_registered(&reg, name).await;
@@ -262,6 +296,49 @@ pub async fn unregister(shared: &Shared, name: &str) -> Result<Reply, ApiError> 
         200,
         &json!({"status": "unregistered", "name": name}),
     ))
+}
+
+/// `PUT /backends/{name}/lease`: renew a leased registration for its whole length. 404
+/// `backend_not_found` when it is not registered (its lease ran out, or the LB restarted
+/// without it: register again); 409 `no_lease` for a registration without a lease.
+pub async fn renew_lease(shared: &Shared, name: &str) -> Result<Reply, ApiError> {
+    let mut reg = shared.registry.lock().await;
+    if reg.get(name).is_none() {
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!("no registered backend named '{name}'; register it again"),
+            Some("name"),
+            Some("backend_not_found"),
+        ));
+    }
+    let Some(lease) = reg.renew(name) else {
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            format!("backend '{name}' was registered without a lease: it stays until deleted"),
+            Some("name"),
+            Some("no_lease"),
+        ));
+    };
+    Ok(Reply::json(
+        200,
+        &json!({"status": "renewed", "name": name, "lease_seconds": lease.ttl.as_secs()}),
+    ))
+}
+
+/// Drop the registrations whose lease ran out (the servers that held them stopped renewing:
+/// killed, or cut off). Run by the control plane every 250 ms.
+pub async fn expire_leases(shared: &Shared) {
+    let mut reg = shared.registry.lock().await;
+    for name in reg.expired(std::time::Instant::now()) {
+        let (removed, write) = reg.remove(&name);
+        if let Err(e) = persist(write).await {
+            tracing::error!(backend = %name, error = ?e.body.error.message, "cannot persist an expired lease; retrying");
+            reg.undo(&name, removed);
+            continue;
+        }
+        shared.update_registered(&reg, &name).await;
+        tracing::warn!(backend = %name, "lease expired: backend unregistered");
+    }
 }
 
 #[cfg(test)]
@@ -309,11 +386,19 @@ mod tests {
             e(r#"{"name":"a","url":"http://a","models":["m"],"replace":"yes"}"#).as_deref(),
             Some("replace")
         );
-        let (d, replace) = parse_registration(br#"{"name":"a","url":"http://a:1","models":["m"],"weight":3,"api_key":"k","replace":true}"#)
+        assert_eq!(
+            e(r#"{"name":"a","url":"http://a","models":["m"],"lease_seconds":0}"#).as_deref(),
+            Some("lease_seconds")
+        );
+        assert_eq!(
+            e(r#"{"name":"a","url":"http://a","models":["m"],"lease_seconds":"15s"}"#).as_deref(),
+            Some("lease_seconds")
+        );
+        let r = parse_registration(br#"{"name":"a","url":"http://a:1","models":["m"],"weight":3,"api_key":"k","replace":true,"lease_seconds":15}"#)
             .expect("valid");
         assert_eq!(
-            (d.weight, replace, d.api_key.as_deref()),
-            (3, true, Some("k"))
+            (r.def.weight, r.replace, r.def.api_key.as_deref(), r.lease),
+            (3, true, Some("k"), Some(std::time::Duration::from_secs(15)))
         );
     }
 

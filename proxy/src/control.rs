@@ -1,5 +1,5 @@
 //! The control plane, run as a Pingora background service: active health checks, config
-//! hot reload (file mtime poll and SIGHUP).
+//! hot reload (file mtime poll and SIGHUP), and the expiry of registration leases.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -143,6 +143,18 @@ async fn health_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
     }
 }
 
+/// Drops registrations whose lease ran out (`admin::expire_leases`), every 250 ms.
+async fn lease_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                crate::admin::expire_leases(&shared).await;
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 async fn reload_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
     let Some(path) = shared.config_path.clone() else {
         return;
@@ -188,7 +200,8 @@ impl BackgroundService for ControlPlane {
     async fn start(&self, shutdown: ShutdownWatch) {
         let h = tokio::spawn(health_loop(self.shared.clone(), shutdown.clone()));
         let r = tokio::spawn(reload_loop(self.shared.clone(), shutdown.clone()));
-        for (name, j) in [("health", h), ("reload", r)] {
+        let l = tokio::spawn(lease_loop(self.shared.clone(), shutdown.clone()));
+        for (name, j) in [("health", h), ("reload", r), ("leases", l)] {
             if let Err(e) = j.await {
                 tracing::error!(task = name, error = %e, "control task ended abnormally");
             }

@@ -31,6 +31,8 @@ pub enum Endpoint {
     /// `model` is routed by it and passed through untouched.
     OtherV1,
     Register,
+    /// `PUT /backends/{name}/lease`: a leased registration's renewal.
+    Lease,
     Unregister,
     Unknown,
 }
@@ -50,6 +52,7 @@ impl Endpoint {
             p if p.starts_with("/v1/responses/") => Endpoint::Response,
             p if p.starts_with("/v1/") => Endpoint::OtherV1,
             "/backends/register" => Endpoint::Register,
+            p if p.starts_with("/backends/") && p.ends_with("/lease") => Endpoint::Lease,
             p if p.starts_with("/backends/") => Endpoint::Unregister,
             _ => Endpoint::Unknown,
         }
@@ -68,6 +71,7 @@ impl Endpoint {
             Endpoint::Responses | Endpoint::Response => "responses",
             Endpoint::OtherV1 => "other_v1",
             Endpoint::Register => "register",
+            Endpoint::Lease => "lease",
             Endpoint::Unregister => "unregister",
             Endpoint::Unknown => "other",
         }
@@ -415,6 +419,17 @@ pub async fn handle(
             }
         }
         Endpoint::Unregister => method_not_allowed("DELETE"),
+        Endpoint::Lease if method == http::Method::PUT => {
+            if let Err(e) = auth::authorize_admin(snap, &session.req_header().headers, client_ip) {
+                return Outcome::Reply(e.into());
+            }
+            let name = &path["/backends/".len()..path.len() - "/lease".len()];
+            match admin::renew_lease(shared, name).await {
+                Ok(r) => r,
+                Err(e) => e.into(),
+            }
+        }
+        Endpoint::Lease => method_not_allowed("PUT"),
         Endpoint::OtherV1 | Endpoint::Unknown => ApiError::new(
             ErrorKind::NotFound,
             format!("Unknown endpoint {method} {path}"),

@@ -10,10 +10,17 @@
 //! `fsync` of the directory; a crash at any moment leaves the old or the new file. A journal
 //! line torn by a crash was never acknowledged and is skipped at load. Both files hold backend
 //! API keys, so they are created with mode 0600.
+//!
+//! A registration may carry a lease (`lease_seconds`, as servers started with
+//! `--register-with` send): it is dropped unless renewed within that time. The lease's length
+//! is persisted with the registration, its renewals are not: after a restart every leased
+//! registration starts a whole new lease, and a server that is gone by then is dropped when it
+//! runs out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,14 +30,39 @@ use config::BackendConfig;
 struct StateFile {
     version: u32,
     backends: Vec<BackendConfig>,
+    /// Leased registrations: name → the lease's length in seconds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    leases: BTreeMap<String, u64>,
 }
 
 /// One journal line.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum JournalLine {
-    Put { backend: BackendConfig },
-    Delete { name: String },
+    Put {
+        backend: BackendConfig,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease_seconds: Option<u64>,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+/// A registration's lease: its length, and when it runs out unless renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub ttl: Duration,
+    pub expires: Instant,
+}
+
+impl Lease {
+    fn new(ttl: Duration) -> Lease {
+        Lease {
+            ttl,
+            expires: Instant::now() + ttl,
+        }
+    }
 }
 
 /// The registered backends (not the config file's), by name.
@@ -38,11 +70,16 @@ enum JournalLine {
 pub struct Registry {
     path: Option<PathBuf>,
     entries: BTreeMap<String, BackendConfig>,
+    /// The leased registrations among `entries`.
+    leases: HashMap<String, Lease>,
     /// Lines in the journal since the last compaction.
     journal_lines: usize,
     /// The last write failed: the next one compacts (rewrites everything).
     dirty: bool,
 }
+
+/// What a change replaced: the definition and its lease.
+pub type Previous = (Option<BackendConfig>, Option<Lease>);
 
 /// A write that makes one change durable: run it off the async executor.
 #[derive(Debug)]
@@ -126,6 +163,12 @@ impl Registry {
                     for d in state.backends {
                         reg.entries.insert(d.name.clone(), d);
                     }
+                    for (name, secs) in state.leases {
+                        if reg.entries.contains_key(&name) {
+                            reg.leases
+                                .insert(name, Lease::new(Duration::from_secs(secs)));
+                        }
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => anyhow::bail!("cannot read state file {}: {e}", p.display()),
@@ -150,11 +193,21 @@ impl Registry {
             .collect();
         for (i, line) in lines.iter().enumerate() {
             match serde_json::from_slice::<JournalLine>(line) {
-                Ok(JournalLine::Put { backend }) => {
+                Ok(JournalLine::Put {
+                    backend,
+                    lease_seconds,
+                }) => {
+                    match lease_seconds {
+                        Some(secs) => self
+                            .leases
+                            .insert(backend.name.clone(), Lease::new(Duration::from_secs(secs))),
+                        None => self.leases.remove(&backend.name),
+                    };
                     self.entries.insert(backend.name.clone(), backend);
                 }
                 Ok(JournalLine::Delete { name }) => {
                     self.entries.remove(&name);
+                    self.leases.remove(&name);
                 }
                 Err(_) if i + 1 == lines.len() && !complete => {
                     tracing::warn!(journal = %journal.display(), "skipping a torn last journal line (never acknowledged)");
@@ -178,29 +231,68 @@ impl Registry {
         self.entries.values()
     }
 
-    /// Insert or replace; returns the previous definition and the write that makes the change
-    /// durable (none without a state file).
-    pub fn insert(&mut self, d: BackendConfig) -> (Option<BackendConfig>, Option<Persist>) {
-        let line = JournalLine::Put { backend: d.clone() };
-        let previous = self.entries.insert(d.name.clone(), d);
-        (previous, self.persist(&line))
+    /// Insert or replace, with a lease of `lease` (none: it stays until removed); returns
+    /// what it replaced (for [`Registry::undo`]) and the write that makes the change durable
+    /// (none without a state file).
+    pub fn insert(
+        &mut self,
+        d: BackendConfig,
+        lease: Option<Duration>,
+    ) -> (Previous, Option<Persist>) {
+        let line = JournalLine::Put {
+            backend: d.clone(),
+            lease_seconds: lease.map(|t| t.as_secs()),
+        };
+        let name = d.name.clone();
+        let previous_lease = match lease {
+            Some(ttl) => self.leases.insert(name.clone(), Lease::new(ttl)),
+            None => self.leases.remove(&name),
+        };
+        let previous = self.entries.insert(name, d);
+        ((previous, previous_lease), self.persist(&line))
     }
 
-    /// Remove; returns the removed definition and the write that makes it durable.
-    pub fn remove(&mut self, name: &str) -> (Option<BackendConfig>, Option<Persist>) {
+    /// The lease of `name`, if it is registered with one.
+    pub fn lease(&self, name: &str) -> Option<Lease> {
+        self.leases.get(name).copied()
+    }
+
+    /// Renew the lease of `name` for its whole length; `None` when it has none.
+    pub fn renew(&mut self, name: &str) -> Option<Lease> {
+        let lease = self.leases.get_mut(name)?;
+        *lease = Lease::new(lease.ttl);
+        Some(*lease)
+    }
+
+    /// The leased registrations whose lease ran out by `now`.
+    pub fn expired(&self, now: Instant) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.expires <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Remove; returns what it removed (for [`Registry::undo`]) and the write that makes it
+    /// durable.
+    pub fn remove(&mut self, name: &str) -> (Previous, Option<Persist>) {
+        let lease = self.leases.remove(name);
         let removed = self.entries.remove(name);
         let persist = removed.as_ref().and_then(|_| {
             self.persist(&JournalLine::Delete {
                 name: name.to_string(),
             })
         });
-        (removed, persist)
+        ((removed, lease), persist)
     }
 
     /// Undo a change whose write failed (the registry must match what is on disk); the next
     /// write then rewrites everything.
-    pub fn undo(&mut self, name: &str, previous: Option<BackendConfig>) {
-        match previous {
+    pub fn undo(&mut self, name: &str, previous: Previous) {
+        match previous.0 {
             Some(p) => {
                 self.entries.insert(name.to_string(), p);
             }
@@ -208,6 +300,10 @@ impl Registry {
                 self.entries.remove(name);
             }
         }
+        match previous.1 {
+            Some(l) => self.leases.insert(name.to_string(), l),
+            None => self.leases.remove(name),
+        };
         self.dirty = true;
     }
 
@@ -220,6 +316,11 @@ impl Registry {
             let state = StateFile {
                 version: 1,
                 backends: self.entries.values().cloned().collect(),
+                leases: self
+                    .leases
+                    .iter()
+                    .map(|(n, l)| (n.clone(), l.ttl.as_secs()))
+                    .collect(),
             };
             let bytes = serde_json::to_vec_pretty(&state).ok()?;
             self.journal_lines = 0;
@@ -346,19 +447,60 @@ mod tests {
     }
 
     #[test]
+    fn leases_expire_renew_and_survive_a_restart_as_whole_leases() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("reg.json");
+        let mut r = Registry::load(Some(path.clone())).expect("empty");
+        let ttl = Duration::from_secs(15);
+        let (_, p) = r.insert(def("leased"), Some(ttl));
+        p.expect("a write").run().expect("write");
+        let (_, p) = r.insert(def("by-hand"), None);
+        p.expect("a write").run().expect("write");
+        let now = Instant::now();
+        assert!(r.expired(now).is_empty());
+        assert_eq!(
+            r.expired(now + Duration::from_secs(16)),
+            vec!["leased".to_string()]
+        );
+        assert!(r.renew("by-hand").is_none(), "no lease to renew");
+        let renewed = r.renew("leased").expect("leased");
+        assert!(renewed.expires >= now + ttl);
+        // the journal keeps the lease's length: after a restart, a whole new lease
+        let r2 = Registry::load(Some(path.clone())).expect("load");
+        assert_eq!(r2.lease("leased").map(|l| l.ttl), Some(ttl));
+        assert!(r2.lease("by-hand").is_none());
+        // and so does a compacted state file
+        let mut r3 = r2;
+        for i in 0..70 {
+            let (_, p) = r3.insert(def(&format!("x{i}")), None);
+            p.expect("a write").run().expect("write");
+        }
+        let r4 = Registry::load(Some(path)).expect("load");
+        assert_eq!(r4.lease("leased").map(|l| l.ttl), Some(ttl));
+        // a registration replaced without a lease loses it; removal drops it
+        let mut r5 = r4;
+        let (prev, _) = r5.insert(def("leased"), None);
+        assert!(prev.1.is_some() && r5.lease("leased").is_none());
+        r5.undo("leased", prev);
+        assert!(r5.lease("leased").is_some(), "undo restores the lease");
+        let _ = r5.remove("leased");
+        assert!(r5.lease("leased").is_none() && r5.expired(now + ttl * 2).is_empty());
+    }
+
+    #[test]
     fn state_round_trips_through_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("reg.json");
         let mut r = Registry::load(Some(path.clone())).expect("missing file is empty");
         for i in 0..200 {
-            let (_, p) = r.insert(def(&format!("b{i}")));
+            let (_, p) = r.insert(def(&format!("b{i}")), None);
             p.expect("a write").run().expect("write");
         }
         for i in 0..50 {
             let (_, p) = r.remove(&format!("b{i}"));
             p.expect("a write").run().expect("write");
         }
-        let (_, p) = r.insert(def("a"));
+        let (_, p) = r.insert(def("a"), None);
         p.expect("a write").run().expect("write");
         let r2 = Registry::load(Some(path.clone())).expect("load");
         assert_eq!(r2.definitions().count(), 151);
@@ -383,7 +525,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("reg.json");
         let mut r = Registry::load(Some(path.clone())).expect("empty");
-        let (_, p) = r.insert(def("a"));
+        let (_, p) = r.insert(def("a"), None);
         p.expect("write").run().expect("write");
         let mut f = std::fs::OpenOptions::new()
             .append(true)

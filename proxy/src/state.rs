@@ -490,7 +490,7 @@ mod tests {
                 reg.remove(&name);
             } else {
                 let port = 10 + (x % 3) as u16;
-                reg.insert(def(&name, models[(x >> 8) as usize % 5], port));
+                reg.insert(def(&name, models[(x >> 8) as usize % 5], port), None);
             }
             shared.update_registered(&reg, &name).await;
             let incremental = shared.load();

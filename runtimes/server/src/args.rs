@@ -93,6 +93,30 @@ pub struct Args {
     /// `--responses-store :memory:`, a key that lives as long as the process).
     #[arg(long, env = "GPT_OSS_REASONING_KEY_FILE")]
     pub reasoning_key_file: Option<PathBuf>,
+
+    /// Register with this gpt-oss-lb (`http://lb:8080`) once the model is loaded, with a
+    /// lease renewed every third of `--lease-seconds`; on SIGTERM, unregister first, then
+    /// drain. A server killed outright is dropped by the LB when its lease runs out.
+    #[arg(long, value_name = "LB_URL")]
+    pub register_with: Option<String>,
+
+    /// The URL the LB reaches this server at. Default: `http://ADDRESS:PORT` of the bound
+    /// socket (required when `--host` is a wildcard such as 0.0.0.0).
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
+
+    /// The backend name to register (default: `gpt-oss-server-HOST-PORT` of the advertised
+    /// URL, with `.` and `:` as `-`).
+    #[arg(long)]
+    pub register_name: Option<String>,
+
+    /// How long the registration lasts without a renewal, in seconds (1 to 3600).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_seconds: u64,
+
+    /// The LB's admin token, sent as `Authorization: Bearer` with registrations.
+    #[arg(long, env = "GPT_OSS_LB_ADMIN_TOKEN", hide_env_values = true)]
+    pub lb_admin_token: Option<String>,
 }
 
 impl Args {

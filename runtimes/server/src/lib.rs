@@ -25,6 +25,7 @@ pub mod loader;
 pub mod logprobs;
 pub mod metrics;
 pub mod queue;
+pub mod registration;
 pub mod responses;
 pub mod server;
 pub mod sse;

@@ -139,7 +139,22 @@ async fn run(args: Args, folder: PathBuf, device: DeviceMap) -> anyhow::Result<(
     tracing::info!(address = %local, model = %args.model_name, "gpt-oss-server listening");
     // Tests and scripts read this line to find the port when --port 0 is used.
     println!("listening on http://{local}");
-    serve(listener, state, shutdown_signal(), args.shutdown_timeout()).await?;
+    let registrar = match gpt_oss_server::registration::RegisterConfig::from_args(&args, local) {
+        Ok(Some(cfg)) => Some(gpt_oss_server::registration::Registrar::spawn(
+            state.clone(),
+            cfg,
+        )),
+        Ok(None) => None,
+        Err(e) => anyhow::bail!("{e}"),
+    };
+    // On SIGTERM a registered server leaves the load balancer first, then drains.
+    let shutdown = async move {
+        shutdown_signal().await;
+        if let Some(r) = &registrar {
+            r.unregister().await;
+        }
+    };
+    serve(listener, state, shutdown, args.shutdown_timeout()).await?;
     tracing::info!("gpt-oss-server stopped");
     Ok(())
 }
