@@ -566,7 +566,7 @@ pub struct Stream {
     handles: Vec<Handle>,
     /// `false` for a `fail_open` plugin that failed on this request: skipped from then on.
     active: Vec<bool>,
-    data: HttpData,
+    data: Box<HttpData>,
     /// Response body each filter is holding (it paused), not passed on yet.
     pending: Vec<BytesMut>,
     /// A filter paused the response header: it is held back until a body callback continues.
@@ -588,10 +588,10 @@ impl Stream {
             chain,
             handles,
             active: vec![true; n],
-            data: HttpData {
+            data: Box::new(HttpData {
                 info,
                 ..HttpData::default()
-            },
+            }),
             pending: (0..n).map(|_| BytesMut::new()).collect(),
             holding: false,
             held: None,
@@ -663,11 +663,14 @@ impl Stream {
         resp: &mut ResponseHeader,
         end: bool,
     ) -> Result<(), Stop> {
-        self.data.usage_tracker.sse = resp
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.to_ascii_lowercase().starts_with("text/event-stream"));
+        self.data.usage_tracker.sse =
+            resp.headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| {
+                    v.as_bytes()
+                        .get(..17)
+                        .is_some_and(|c| c.eq_ignore_ascii_case(b"text/event-stream"))
+                });
         self.data.info.response_code = Some(resp.status.as_u16());
         self.data.response_headers = response_pairs(resp);
         let mut hold = false;

@@ -147,7 +147,8 @@ pub struct HostState {
     plugin: Arc<PluginShared>,
     memory: Option<Memory>,
     alloc: Option<TypedFunc<i32, i32>>,
-    http: HttpData,
+    /// Boxed: it moves in and out of the store for every callback.
+    http: Box<HttpData>,
     tick_period_ms: u32,
 }
 
@@ -320,7 +321,7 @@ impl WasmPlugin {
                 plugin: self.shared.clone(),
                 memory: None,
                 alloc: None,
-                http: HttpData::default(),
+                http: Box::default(),
                 tick_period_ms: 0,
             },
         );
@@ -410,7 +411,7 @@ impl WasmPlugin {
     fn call<R>(
         &self,
         h: &mut Handle,
-        data: &mut HttpData,
+        data: &mut Box<HttpData>,
         what: &str,
         f: impl FnOnce(&mut Store<HostState>, &Callbacks, i32) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
@@ -486,7 +487,7 @@ impl WasmPlugin {
     pub fn on_request_headers(
         &self,
         h: &mut Handle,
-        data: &mut HttpData,
+        data: &mut Box<HttpData>,
     ) -> Result<bool, PluginFailure> {
         let n = data.request_headers.len() as i32;
         self.action(h, data, "proxy_on_request_headers", (n, 0), |cb| {
@@ -498,7 +499,7 @@ impl WasmPlugin {
     pub fn on_request_body(
         &self,
         h: &mut Handle,
-        data: &mut HttpData,
+        data: &mut Box<HttpData>,
     ) -> Result<bool, PluginFailure> {
         let n = data.request_body.len() as i32;
         self.action(h, data, "proxy_on_request_body", (n, 1), |cb| {
@@ -510,7 +511,7 @@ impl WasmPlugin {
     pub fn on_response_headers(
         &self,
         h: &mut Handle,
-        data: &mut HttpData,
+        data: &mut Box<HttpData>,
         end: bool,
     ) -> Result<bool, PluginFailure> {
         let n = data.response_headers.len() as i32;
@@ -527,7 +528,7 @@ impl WasmPlugin {
     pub fn on_response_body(
         &self,
         h: &mut Handle,
-        data: &mut HttpData,
+        data: &mut Box<HttpData>,
         end: bool,
     ) -> Result<bool, PluginFailure> {
         let n = data.response_body.len() as i32;
@@ -543,7 +544,7 @@ impl WasmPlugin {
     fn action(
         &self,
         h: &mut Handle,
-        data: &mut HttpData,
+        data: &mut Box<HttpData>,
         what: &str,
         (a, b): (i32, i32),
         pick: impl FnOnce(&Callbacks) -> Option<&TypedFunc<(i32, i32, i32), i32>>,
@@ -556,7 +557,7 @@ impl WasmPlugin {
 
     /// The end of a request: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`. Nothing is
     /// called for a request whose context was never created.
-    pub fn on_log(&self, h: &mut Handle, data: &mut HttpData) -> Result<(), PluginFailure> {
+    pub fn on_log(&self, h: &mut Handle, data: &mut Box<HttpData>) -> Result<(), PluginFailure> {
         if h.ctx == 0 {
             return Ok(());
         }
@@ -596,7 +597,7 @@ impl WasmPlugin {
                     ctx: ROOT_ID,
                 };
                 h.generation = slot.lock().generation;
-                let mut data = HttpData::default();
+                let mut data = Box::<HttpData>::default();
                 let _ = self.call(&mut h, &mut data, "proxy_on_tick", |store, cb, _| {
                     if let Some(f) = &cb.tick {
                         f.call(store, ROOT_ID)?;
