@@ -54,6 +54,8 @@ def config(order=("api-key", "as"), as_conf="as-ok", trap_fail_open=False):
   - name: memory
     path: {ROOT / 'tests' / 'plugins' / 'memory_hog.wat'}
     max_memory_mib: 4
+  - name: tick
+    path: {ROOT / 'tests' / 'plugins' / 'tick_shared.wat'}
   - name: redact
     path: {PLUGINS / 'redact_email.wasm'}
     global: false
@@ -121,10 +123,10 @@ def test_status_lists_the_chain_with_the_builtin_harmony_filter_first(door):
     st = lb.status()
     chain = st["filter_chain"]
     assert chain[0]["name"] == "harmony" and chain[0]["kind"] == "builtin"
-    assert [p["name"] for p in chain[1:]] == ["api-key", "as", "trap", "loop", "memory", "redact", "tokens"]
+    assert [p["name"] for p in chain[1:]] == ["api-key", "as", "trap", "loop", "memory", "tick", "redact", "tokens"]
     routes = {r["name"]: r["plugins"] for r in st["routes"]}
-    assert routes[MODEL] == ["api-key", "as", "trap", "loop", "memory", "tokens"]
-    assert routes["nano-private"] == ["api-key", "as", "trap", "loop", "memory", "redact", "tokens"]
+    assert routes[MODEL] == ["api-key", "as", "trap", "loop", "memory", "tick", "tokens"]
+    assert routes["nano-private"] == ["api-key", "as", "trap", "loop", "memory", "tick", "redact", "tokens"]
 
 
 def test_api_key_filter_answers_401_locally(door):
@@ -182,6 +184,17 @@ def test_token_accounting_adds_usage_headers_and_counts_streams(door):
     while metric(lb, "token_accounting_completion_tokens_total", '{plugin="tokens"}') < before + usage["completion_tokens"]:
         assert time.time() < deadline
         time.sleep(0.05)
+
+
+def test_ticks_shared_data_and_properties_reach_filters(door):
+    """proxy_on_tick runs on the period the filter set; what it stores with
+    proxy_set_shared_data is read back in a request's callback, with the chosen backend from
+    proxy_get_property (`gpt_oss.backend`)."""
+    _, lb = door
+    raw = client(lb).chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    assert raw.headers["x-ticked"] == "1"
+    assert raw.headers["x-backend-seen"] == "a"
 
 
 def test_sdk_filter_runs_unchanged(door):
@@ -288,6 +301,6 @@ def test_a_config_with_a_bad_plugin_is_refused_with_its_field_path(door, tmp_pat
     while metric(lb, "gpt_oss_lb_config_reload_failures_total") <= before:
         assert time.time() < deadline
         time.sleep(0.05)
-    assert "plugins[7] (not-a-filter)" in lb.log_path.read_text()
+    assert "plugins[8] (not-a-filter)" in lb.log_path.read_text()
     assert "not-a-filter" not in [p["name"] for p in lb.status()["filter_chain"]]
     reload(lb, config())
