@@ -710,12 +710,25 @@ impl Stream {
             return Some(None);
         }
         let mut header = self.held.take()?;
+        // Pingora framed the header (`transfer-encoding: chunked` where it has no length)
+        // after the filters first saw it: their view lacks that, which is not a removal.
+        let te = header.headers.get(http::header::TRANSFER_ENCODING).cloned();
         if self.data.response_headers_changed {
             apply_response(&mut header, &self.data.response_headers);
             self.data.response_headers_changed = false;
         }
         if self.length_changed {
             header.remove_header(&http::header::CONTENT_LENGTH);
+        }
+        let framed = |h: &ResponseHeader| {
+            h.headers.contains_key(http::header::CONTENT_LENGTH)
+                || h.headers.contains_key(http::header::TRANSFER_ENCODING)
+        };
+        if !framed(&header) {
+            let te = te.unwrap_or_else(|| http::HeaderValue::from_static("chunked"));
+            if let Err(e) = header.insert_header(http::header::TRANSFER_ENCODING, te) {
+                tracing::warn!(error = %e, "could not frame a held response header");
+            }
         }
         Some(Some(header))
     }

@@ -235,8 +235,17 @@ impl WasmPlugin {
     /// `proxy_on_configure` refusing the configuration, a trap while starting).
     pub fn load(cfg: &config::PluginConfig, vms: usize) -> Result<Arc<WasmPlugin>, String> {
         let engine = engine();
-        let module = Module::from_file(engine, &cfg.path)
-            .map_err(|e| format!("cannot load {}: {e:#}", cfg.path.display()))?;
+        let bytes = std::fs::read(&cfg.path)
+            .map_err(|e| format!("cannot read {}: {e}", cfg.path.display()))?;
+        let is_text = cfg.path.extension().is_some_and(|x| x == "wat");
+        if !is_text && !bytes.starts_with(b"\0asm") {
+            return Err(format!(
+                "{} is not a WebAssembly binary (it does not start with \\0asm); WebAssembly text goes in a .wat file",
+                cfg.path.display()
+            ));
+        }
+        let module = Module::new(engine, &bytes)
+            .map_err(|e| format!("cannot compile {}: {e:#}", cfg.path.display()))?;
         let abi_ok = module.exports().any(|e| {
             matches!(
                 e.name(),
