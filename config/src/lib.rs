@@ -24,12 +24,18 @@ pub struct Config {
     /// Address to listen on, `host:port`. The CLI's `--host`/`--port` override it.
     pub listen: Option<String>,
     pub admin: AdminConfig,
-    /// Where the registry of runtime-registered backends is persisted.
+    /// The SQLite database where runtime-registered backends are persisted (`state_file`; a
+    /// JSON state file of an earlier version found there is migrated into it at start).
+    /// `None`: they are kept in memory only. Not with `state_store`.
     pub state_file: Option<String>,
     /// The SQLite file where the Responses API's conversations are kept (`responses_store`;
     /// `:memory:` keeps them for the life of the process). `None`: the default,
     /// `$XDG_DATA_HOME/gpt-oss-lb/responses.sqlite`.
     pub responses_store: Option<String>,
+    /// A PostgreSQL database shared by LB replicas (`state_store:`): registered backends, their
+    /// leases and the Responses API's conversations are kept there instead of in
+    /// `state_file`/`responses_store`. Read at start; a reload does not change it.
+    pub state_store: Option<StateStoreConfig>,
     /// Backends declared in the file (not persisted in the state file).
     pub backends: Vec<BackendConfig>,
     pub routes: Vec<RouteConfig>,
@@ -83,6 +89,29 @@ pub struct PluginConfig {
     pub call_timeout: Duration,
     /// Most linear memory one instance of the plugin may grow to, MiB (default 64, 1 to 4096).
     pub max_memory_mib: u32,
+}
+
+/// `state_store:`: the PostgreSQL database that LB replicas share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateStoreConfig {
+    /// `postgres://` or `postgresql://` URL in libpq's form
+    /// (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`). A password may also come from
+    /// `PGPASSWORD`. Never logged whole.
+    pub url: String,
+    /// Connections each replica keeps open at most (1 to 256, default 8).
+    pub pool_size: u32,
+    /// How long opening a connection may take (default 5 s).
+    pub connect_timeout: Duration,
+    /// How long an admin write waits for a connection before it is answered 503 (default 3 s).
+    pub acquire_timeout: Duration,
+    /// Every replica reloads the whole registry this often (default 5 s), a safety net for a
+    /// change notification lost while its listening connection was down.
+    pub resync_interval: Duration,
+    /// libpq's `sslmode`: `disable`, `prefer` (default), `require`, `verify-ca` or
+    /// `verify-full`.
+    pub ssl_mode: String,
+    /// PEM file of the CA that signs the server's certificate (libpq's `sslrootcert`).
+    pub ssl_root_cert: Option<String>,
 }
 
 /// TLS to `https://` backends (health checks included).

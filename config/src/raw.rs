@@ -28,6 +28,7 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub state_file: Option<String>,
     pub responses_store: Option<String>,
+    pub state_store: Option<RawStateStore>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub backends: Vec<RawBackend>,
     #[serde(default, deserialize_with = "null_as_empty")]
@@ -60,6 +61,19 @@ pub struct RawPlugin {
     pub fail_open: Option<bool>,
     pub call_timeout: Option<Scalar>,
     pub max_memory_mib: Option<i64>,
+}
+
+/// `state_store:`: a PostgreSQL database that LB replicas share.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStateStore {
+    pub url: Option<String>,
+    pub pool_size: Option<i64>,
+    pub connect_timeout: Option<Scalar>,
+    pub acquire_timeout: Option<Scalar>,
+    pub resync_interval: Option<Scalar>,
+    pub ssl_mode: Option<String>,
+    pub ssl_root_cert: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -96,6 +96,60 @@ fn cache_aware(raw: crate::raw::RawCacheAware) -> Result<crate::CacheAwareConfig
     })
 }
 
+/// `state_store:`: `url` (postgres:// or postgresql://, required), `pool_size` 1 to 256,
+/// timeouts of at least 100 ms, `ssl_mode` one of libpq's.
+fn state_store(raw: crate::raw::RawStateStore) -> Result<crate::StateStoreConfig> {
+    let url = raw
+        .url
+        .ok_or_else(|| ConfigError::invalid("state_store.url", "is required"))?;
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    if !matches!(scheme, Some("postgres" | "postgresql")) {
+        return Err(ConfigError::invalid(
+            "state_store.url",
+            "must be a postgres:// or postgresql:// URL (for SQLite, set state_file)",
+        ));
+    }
+    let ms = Duration::from_millis;
+    let ssl_mode = raw.ssl_mode.unwrap_or_else(|| "prefer".into());
+    const MODES: [&str; 5] = ["disable", "prefer", "require", "verify-ca", "verify-full"];
+    if !MODES.contains(&ssl_mode.as_str()) {
+        return Err(ConfigError::invalid(
+            "state_store.ssl_mode",
+            format!("must be one of {}, got '{ssl_mode}'", MODES.join(", ")),
+        ));
+    }
+    if raw.ssl_root_cert.as_deref().is_some_and(str::is_empty) {
+        return Err(ConfigError::invalid(
+            "state_store.ssl_root_cert",
+            "must not be empty",
+        ));
+    }
+    Ok(crate::StateStoreConfig {
+        url,
+        pool_size: count("state_store.pool_size", raw.pool_size, 8, 1, 256)?,
+        connect_timeout: duration(
+            "state_store.connect_timeout",
+            raw.connect_timeout,
+            ms(5000),
+            ms(100),
+        )?,
+        acquire_timeout: duration(
+            "state_store.acquire_timeout",
+            raw.acquire_timeout,
+            ms(3000),
+            ms(100),
+        )?,
+        resync_interval: duration(
+            "state_store.resync_interval",
+            raw.resync_interval,
+            ms(5000),
+            ms(100),
+        )?,
+        ssl_mode,
+        ssl_root_cert: raw.ssl_root_cert,
+    })
+}
+
 fn policy(path: &str, v: Option<&str>) -> Result<Option<Policy>> {
     match v {
         None => Ok(None),
@@ -150,6 +204,20 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
     }
     if raw.responses_store.as_deref().is_some_and(str::is_empty) {
         return Err(ConfigError::invalid("responses_store", "must not be empty"));
+    }
+    let state_store = raw.state_store.map(state_store).transpose()?;
+    if state_store.is_some() {
+        for (key, set) in [
+            ("state_file", raw.state_file.is_some()),
+            ("responses_store", raw.responses_store.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::invalid(
+                    key,
+                    "cannot be used with state_store (PostgreSQL keeps the registry and the conversations)",
+                ));
+            }
+        }
     }
 
     let mut names = HashSet::new();
@@ -404,6 +472,7 @@ pub fn validate(raw: RawConfig) -> Result<Config> {
         admin,
         state_file: raw.state_file,
         responses_store: raw.responses_store,
+        state_store,
         backends,
         routes,
         default_policy,

@@ -8,8 +8,9 @@ use serde_json::{json, Value};
 use crate::address::check_backend_addr;
 use crate::backend::Source;
 use crate::error::{ApiError, Reply};
-use crate::registry::Persist;
+use crate::registry::Registered;
 use crate::state::{resolve, Shared};
+use crate::store::{PutOutcome, Renewal, StoreError};
 
 /// A field of the registration body that must be a string (or absent).
 fn string_field(v: &Value, name: &str) -> Result<Option<String>, ApiError> {
@@ -149,36 +150,33 @@ fn backend_json(d: &config::BackendConfig, health: &str) -> Value {
     })
 }
 
-/// Make one registry change durable, off the async executor.
-async fn persist(write: Option<Persist>) -> Result<(), ApiError> {
-    let Some(write) = write else {
-        return Ok(());
-    };
-    let res = tokio::task::spawn_blocking(move || write.run()).await;
-    match res {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot write the state file");
-            Err(ApiError::new(
-                ErrorKind::Server,
-                "could not persist the registry",
+/// The answer to a state store failure: 503 `state_store_unavailable` when it cannot be
+/// reached (nothing changed; try again), 500 `state_write_failed` otherwise.
+pub fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Unavailable(why) => {
+            tracing::error!(error = %why, "the state store is unavailable");
+            ApiError::new(
+                ErrorKind::Unavailable,
+                "the state store is unavailable; nothing was changed, try again later",
                 None,
-                Some("state_write_failed"),
-            ))
+                Some("state_store_unavailable"),
+            )
         }
-        Err(e) => {
-            tracing::error!(error = %e, "state writer task failed");
-            Err(ApiError::new(
+        StoreError::Failed(why) => {
+            tracing::error!(error = %why, "cannot write the state store");
+            ApiError::new(
                 ErrorKind::Server,
                 "could not persist the registry",
                 None,
                 Some("state_write_failed"),
-            ))
+            )
         }
     }
 }
 
-/// `POST /backends/register`.
+/// `POST /backends/register`: validated, written to the state store (acknowledged once
+/// durable, and announced to replicas), then routed here.
 pub async fn register(shared: &Shared, body: &[u8]) -> Result<Reply, ApiError> {
     let Registration {
         def,
@@ -214,8 +212,7 @@ pub async fn register(shared: &Shared, body: &[u8]) -> Result<Reply, ApiError> {
             Some("backend_in_config"),
         ));
     }
-    let is_new = reg.get(&def.name).is_none();
-    if is_new && snap.backends.len() >= snap.config.admin.max_backends {
+    if reg.get(&def.name).is_none() && snap.backends.len() >= snap.config.admin.max_backends {
         return Err(ApiError::new(
             ErrorKind::Conflict,
             format!(
@@ -226,24 +223,31 @@ pub async fn register(shared: &Shared, body: &[u8]) -> Result<Reply, ApiError> {
             Some("too_many_backends"),
         ));
     }
-    if !is_new && !replace {
-        return Err(ApiError::new(
-            ErrorKind::Conflict,
-            format!(
-                "backend '{}' is already registered; send \"replace\": true to replace it",
-                def.name
-            ),
-            Some("name"),
-            Some("backend_exists"),
-        ));
-    }
-    let (previous, write) = reg.insert(def.clone(), lease);
-    let replaced = previous.0.is_some();
-    if let Err(e) = persist(write).await {
-        // Roll back so memory matches the files.
-        reg.undo(&def.name, previous);
-        return Err(e);
-    }
+    let entry = Registered {
+        def: def.clone(),
+        lease,
+    };
+    let replaced = match shared
+        .store
+        .put(&entry, replace)
+        .await
+        .map_err(store_error)?
+    {
+        PutOutcome::Inserted => false,
+        PutOutcome::Replaced => true,
+        PutOutcome::Exists => {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "backend '{}' is already registered; send \"replace\": true to replace it",
+                    def.name
+                ),
+                Some("name"),
+                Some("backend_exists"),
+            ))
+        }
+    };
+    reg.insert(entry);
     shared.update_registered(&reg, &def.name).await;
     drop(reg);
     let health = shared
@@ -265,7 +269,8 @@ pub async fn register(shared: &Shared, body: &[u8]) -> Result<Reply, ApiError> {
     ))
 }
 
-/// `DELETE /backends/{name}`.
+/// `DELETE /backends/{name}`: removed from the state store (announced to replicas), then
+/// from routing here.
 pub async fn unregister(shared: &Shared, name: &str) -> Result<Reply, ApiError> {
     let mut reg = shared.registry.lock().await;
     let snap = shared.load();
@@ -277,8 +282,7 @@ pub async fn unregister(shared: &Shared, name: &str) -> Result<Reply, ApiError> 
             Some("backend_in_config"),
         ));
     }
-    let (removed, write) = reg.remove(name);
-    if removed.0.is_none() {
+    if !shared.store.delete(name).await.map_err(store_error)? {
         return Err(ApiError::new(
             ErrorKind::NotFound,
             format!("no registered backend named '{name}'"),
@@ -286,10 +290,7 @@ pub async fn unregister(shared: &Shared, name: &str) -> Result<Reply, ApiError> 
             Some("backend_not_found"),
         ));
     }
-    if let Err(e) = persist(write).await {
-        reg.undo(name, removed);
-        return Err(e);
-    }
+    reg.remove(name);
     shared.update_registered(&reg, name).await;
     tracing::info!(backend = %name, "backend unregistered");
     Ok(Reply::json(
@@ -298,47 +299,110 @@ pub async fn unregister(shared: &Shared, name: &str) -> Result<Reply, ApiError> 
     ))
 }
 
-/// `PUT /backends/{name}/lease`: renew a leased registration for its whole length. 404
-/// `backend_not_found` when it is not registered (its lease ran out, or the LB restarted
-/// without it: register again); 409 `no_lease` for a registration without a lease.
+/// `PUT /backends/{name}/lease`: renew a leased registration for its whole length (in the
+/// state store, so through any replica). 404 `backend_not_found` when it is not registered
+/// (its lease ran out: register again); 409 `no_lease` for a registration without a lease;
+/// 503 `state_store_unavailable` when the store cannot be reached.
 pub async fn renew_lease(shared: &Shared, name: &str) -> Result<Reply, ApiError> {
-    let mut reg = shared.registry.lock().await;
-    if reg.get(name).is_none() {
-        return Err(ApiError::new(
+    match shared.store.renew(name).await.map_err(store_error)? {
+        Renewal::Renewed(ttl) => Ok(Reply::json(
+            200,
+            &json!({"status": "renewed", "name": name, "lease_seconds": ttl.as_secs()}),
+        )),
+        Renewal::NotFound => Err(ApiError::new(
             ErrorKind::NotFound,
             format!("no registered backend named '{name}'; register it again"),
             Some("name"),
             Some("backend_not_found"),
-        ));
-    }
-    let Some(lease) = reg.renew(name) else {
-        return Err(ApiError::new(
+        )),
+        Renewal::NoLease => Err(ApiError::new(
             ErrorKind::Conflict,
             format!("backend '{name}' was registered without a lease: it stays until deleted"),
             Some("name"),
             Some("no_lease"),
-        ));
-    };
-    Ok(Reply::json(
-        200,
-        &json!({"status": "renewed", "name": name, "lease_seconds": lease.ttl.as_secs()}),
-    ))
+        )),
+    }
 }
 
 /// Drop the registrations whose lease ran out (the servers that held them stopped renewing:
-/// killed, or cut off). Run by the control plane every 250 ms.
-pub async fn expire_leases(shared: &Shared) {
+/// killed, or cut off), in the store and here. Run by the control plane every 250 ms.
+///
+/// Errors: the store's; nothing changed here then.
+pub async fn expire_leases(shared: &Shared) -> Result<(), StoreError> {
+    let gone = shared.store.expire().await?;
+    if gone.is_empty() {
+        return Ok(());
+    }
     let mut reg = shared.registry.lock().await;
-    for name in reg.expired(std::time::Instant::now()) {
-        let (removed, write) = reg.remove(&name);
-        if let Err(e) = persist(write).await {
-            tracing::error!(backend = %name, error = ?e.body.error.message, "cannot persist an expired lease; retrying");
-            reg.undo(&name, removed);
-            continue;
+    for name in gone {
+        if reg.remove(&name).is_some() {
+            shared.update_registered(&reg, &name).await;
         }
-        shared.update_registered(&reg, &name).await;
         tracing::warn!(backend = %name, "lease expired: backend unregistered");
     }
+    Ok(())
+}
+
+/// Apply a change another replica made to `name` (a notification): read it from the store
+/// and route it as it stands there. The read and the change happen under the registry lock,
+/// so a local change cannot be overwritten by an older read.
+///
+/// Errors: the store's; nothing changed here then.
+pub async fn apply_change(shared: &Shared, name: &str) -> Result<(), StoreError> {
+    let mut reg = shared.registry.lock().await;
+    let now = shared.store.get(name).await?;
+    if reg.entry(name) == now.as_ref() {
+        return Ok(());
+    }
+    match now {
+        Some(r) => {
+            tracing::info!(backend = %name, url = %r.def.url, "backend registered through another replica");
+            reg.insert(r);
+        }
+        None => {
+            tracing::info!(backend = %name, "backend unregistered through another replica");
+            reg.remove(name);
+        }
+    }
+    shared.update_registered(&reg, name).await;
+    Ok(())
+}
+
+/// Reload every registration from the store and route what changed (the replicas' safety
+/// net, and the catch-up after the store was out of reach). Returns how many changed.
+///
+/// Errors: the store's; nothing changed here then.
+pub async fn resync(shared: &Shared) -> Result<usize, StoreError> {
+    let mut reg = shared.registry.lock().await;
+    let stored = shared.store.load().await?;
+    let mut changed: Vec<String> = Vec::new();
+    let stored_names: std::collections::HashSet<&str> =
+        stored.iter().map(|r| r.def.name.as_str()).collect();
+    let gone: Vec<String> = reg
+        .names()
+        .filter(|n| !stored_names.contains(n))
+        .map(str::to_string)
+        .collect();
+    for name in gone {
+        reg.remove(&name);
+        changed.push(name);
+    }
+    for r in stored {
+        if reg.entry(&r.def.name) != Some(&r) {
+            changed.push(r.def.name.clone());
+            reg.insert(r);
+        }
+    }
+    for name in &changed {
+        shared.update_registered(&reg, name).await;
+    }
+    if !changed.is_empty() {
+        tracing::info!(
+            changed = changed.len(),
+            "registry resynced from the state store"
+        );
+    }
+    Ok(changed.len())
 }
 
 #[cfg(test)]

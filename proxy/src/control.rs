@@ -1,5 +1,6 @@
 //! The control plane, run as a Pingora background service: active health checks, config
-//! hot reload (file mtime poll and SIGHUP), and the expiry of registration leases.
+//! hot reload (file mtime poll and SIGHUP), the expiry of registration leases, and, for
+//! replicas sharing a PostgreSQL state store, the changes other replicas make.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -143,16 +144,124 @@ async fn health_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
     }
 }
 
-/// Drops registrations whose lease ran out (`admin::expire_leases`), every 250 ms.
+/// Drops registrations whose lease ran out (`admin::expire_leases`), every 250 ms. After the
+/// state store was out of reach, every lease is first renewed whole (`StateStore::renew_all`):
+/// the servers could not renew meanwhile, and are not dropped for it.
 async fn lease_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
+    let mut store_down = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                crate::admin::expire_leases(&shared).await;
+                if store_down {
+                    match shared.store.renew_all().await {
+                        Ok(()) => {
+                            store_down = false;
+                            tracing::info!("state store reachable again: every lease renewed");
+                        }
+                        Err(_) => continue,
+                    }
+                }
+                if let Err(e) = crate::admin::expire_leases(&shared).await {
+                    store_down = true;
+                    tracing::error!(error = %e, "cannot expire leases");
+                }
             }
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// What the change feed's task reports.
+enum Change {
+    /// A backend changed (the name from a notification).
+    Backend(String),
+    /// Notifications may have been missed (the feed was down, or just (re)started): resync.
+    Gap,
+}
+
+/// Follows the state store's change feed on a task of its own (so that the resync timer
+/// never cancels a read of it), reconnecting with backoff (250 ms doubling to 5 s).
+async fn feed_task(shared: Arc<Shared>, tx: tokio::sync::mpsc::Sender<Change>) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let mut feed = match shared.store.subscribe().await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for state store changes; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        // changes made before LISTEN took effect are not in the feed
+        if tx.send(Change::Gap).await.is_err() {
+            return;
+        }
+        backoff = Duration::from_millis(250);
+        loop {
+            let change = match feed.next().await {
+                Ok(Some(name)) => Change::Backend(name),
+                Ok(None) => Change::Gap,
+                Err(e) => {
+                    tracing::error!(error = %e, "lost the state store's change feed; reconnecting");
+                    break;
+                }
+            };
+            if tx.send(change).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Applies other replicas' changes as they are announced, and reloads the whole registry
+/// after a gap in the announcements and every `state_store.resync_interval` (a safety net).
+/// Only for a store that others share (PostgreSQL).
+async fn replica_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
+    let Some(interval) = shared
+        .load()
+        .config
+        .state_store
+        .as_ref()
+        .map(|s| s.resync_interval)
+    else {
+        return;
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let feed = tokio::spawn(feed_task(shared.clone(), tx));
+    let mut resync_due = tokio::time::Instant::now() + interval;
+    let mut behind = false;
+    loop {
+        tokio::select! {
+            change = rx.recv() => match change {
+                Some(Change::Backend(name)) => {
+                    if let Err(e) = crate::admin::apply_change(&shared, &name).await {
+                        tracing::error!(backend = %name, error = %e, "cannot read a changed backend; will resync");
+                        behind = true;
+                    }
+                }
+                Some(Change::Gap) => behind = true,
+                None => break,
+            },
+            _ = tokio::time::sleep_until(resync_due) => behind = true,
+            _ = shutdown.changed() => break,
+        }
+        if behind {
+            match crate::admin::resync(&shared).await {
+                Ok(_) => {
+                    behind = false;
+                    resync_due = tokio::time::Instant::now() + interval;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot resync from the state store; routing from the last snapshot");
+                    resync_due = tokio::time::Instant::now() + Duration::from_millis(500);
+                }
+            }
+        }
+    }
+    feed.abort();
 }
 
 async fn reload_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
@@ -201,7 +310,8 @@ impl BackgroundService for ControlPlane {
         let h = tokio::spawn(health_loop(self.shared.clone(), shutdown.clone()));
         let r = tokio::spawn(reload_loop(self.shared.clone(), shutdown.clone()));
         let l = tokio::spawn(lease_loop(self.shared.clone(), shutdown.clone()));
-        for (name, j) in [("health", h), ("reload", r), ("leases", l)] {
+        let s = tokio::spawn(replica_loop(self.shared.clone(), shutdown.clone()));
+        for (name, j) in [("health", h), ("reload", r), ("leases", l), ("replicas", s)] {
             if let Err(e) = j.await {
                 tracing::error!(task = name, error = %e, "control task ended abnormally");
             }

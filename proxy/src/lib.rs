@@ -31,4 +31,5 @@ pub mod responses;
 pub mod rewrite;
 pub mod routing;
 pub mod state;
+pub mod store;
 pub mod stream;

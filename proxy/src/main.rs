@@ -52,7 +52,8 @@ struct Args {
     /// YAML config file; re-read when it changes or on SIGHUP.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// State file for registered backends (overrides the config's `state_file`).
+    /// SQLite database for registered backends (overrides the config's `state_file`; a JSON
+    /// state file of an earlier version there is migrated). Not with a `state_store`.
     #[arg(long)]
     state_file: Option<PathBuf>,
     /// SQLite file where the Responses API's conversations are kept (overrides the config's
@@ -140,7 +141,16 @@ fn main() -> anyhow::Result<()> {
         .state_file
         .clone()
         .or_else(|| config.state_file.as_ref().map(PathBuf::from));
-    let registry = Registry::load(state_file.clone()).context("loading the registry")?;
+    if config.state_store.is_some() {
+        for (flag, set) in [
+            ("--state-file", args.state_file.is_some()),
+            ("--responses-store", args.responses_store.is_some()),
+        ] {
+            if set {
+                anyhow::bail!("{flag} cannot be used with state_store (PostgreSQL keeps the registry and the conversations)");
+            }
+        }
+    }
     let admin_token_override = std::env::var(ADMIN_TOKEN_ENV)
         .ok()
         .filter(|t| !t.is_empty());
@@ -155,6 +165,14 @@ fn main() -> anyhow::Result<()> {
         .map(|a| a.collect())
         .unwrap_or_default();
     let identity = SelfIdentity::new(listeners);
+    // The state store, and the registrations it holds.
+    let store = rt
+        .block_on(gpt_oss_lb::store::open(&config, state_file.as_deref()))
+        .context("opening the state store")?;
+    let registry = Registry::from_entries(
+        rt.block_on(store.load())
+            .context("loading the registered backends")?,
+    );
     let mut snapshot = rt.block_on(build_snapshot(
         config.clone(),
         &registry,
@@ -164,20 +182,29 @@ fn main() -> anyhow::Result<()> {
         &identity,
     ));
     snapshot.plugins = Arc::new(plugins);
-    let responses_store = args
-        .responses_store
-        .clone()
-        .or_else(|| config.responses_store.as_ref().map(PathBuf::from))
-        .unwrap_or_else(gpt_oss_lb::responses::Conversations::default_path);
-    // A store that cannot be opened stops the LB now, not at the first request.
-    rt.block_on(responses_store::ResponseStore::open(&responses_store))
-        .with_context(|| format!("opening the responses store {}", responses_store.display()))?;
+    let conversations = match store.responses() {
+        Some(shared_store) => {
+            gpt_oss_lb::responses::Conversations::in_store(shared_store, store.describe())
+        }
+        None => {
+            let path = args
+                .responses_store
+                .clone()
+                .or_else(|| config.responses_store.as_ref().map(PathBuf::from))
+                .unwrap_or_else(gpt_oss_lb::responses::Conversations::default_path);
+            // A store that cannot be opened stops the LB now, not at the first request.
+            rt.block_on(responses_store::ResponseStore::open(&path))
+                .with_context(|| format!("opening the responses store {}", path.display()))?;
+            gpt_oss_lb::responses::Conversations::new(path)
+        }
+    };
     tracing::info!(
         listen = %listen,
         backends = snapshot.backends.len(),
         routes = snapshot.routes.len(),
-        state_file = ?state_file,
-        responses_store = %responses_store.display(),
+        state_store = %store.describe(),
+        registered = registry.len(),
+        responses_store = %conversations.path().display(),
         admin_auth = if snapshot.admin_token.is_some() { "token" } else { "loopback-only" },
         "starting gpt-oss-lb"
     );
@@ -185,13 +212,14 @@ fn main() -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
         registry: tokio::sync::Mutex::new(registry),
+        store,
         metrics: Metrics::default(),
         health_wake: tokio::sync::Notify::new(),
         config_path: args.config.clone(),
         admin_token_override,
         started: Instant::now(),
         identity,
-        conversations: Arc::new(gpt_oss_lb::responses::Conversations::new(responses_store)),
+        conversations: Arc::new(conversations),
         plugin_vms: vms,
     });
 

@@ -45,7 +45,7 @@ pub type StoredResponse = Stored<Value, Value>;
 
 /// The LB's conversation store, opened on first use in the proxy's runtime.
 pub struct Conversations {
-    /// The SQLite file, or `:memory:`.
+    /// The SQLite file, or `:memory:` (or, for a store given whole, its description).
     path: PathBuf,
     store: tokio::sync::OnceCell<ResponseStore>,
     /// Responses whose row is still being written by a task (see [`Conversations::keep`]): a
@@ -69,6 +69,16 @@ impl Conversations {
         Conversations {
             path,
             store: tokio::sync::OnceCell::new(),
+            pending: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Conversations kept in `store` (the PostgreSQL state store that replicas share);
+    /// `describe` names it in logs.
+    pub fn in_store(store: ResponseStore, describe: String) -> Conversations {
+        Conversations {
+            path: PathBuf::from(describe),
+            store: tokio::sync::OnceCell::new_with(Some(store)),
             pending: parking_lot::Mutex::new(HashMap::new()),
         }
     }

@@ -60,8 +60,10 @@ impl Snapshot {
 /// Everything the proxy phases and the control plane share.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
-    /// Serializes registry changes and rebuilds.
+    /// Serializes registry changes and rebuilds: the registered backends as routed here.
     pub registry: tokio::sync::Mutex<Registry>,
+    /// Where registrations are kept durably (`crate::store`): written first, then `registry`.
+    pub store: Arc<dyn crate::store::StateStore>,
     pub metrics: Metrics,
     /// Wakes the health checker (a backend was added).
     pub health_wake: Notify,
@@ -462,11 +464,16 @@ mod tests {
     async fn an_incremental_update_gives_the_snapshot_a_full_rebuild_gives() {
         let identity = SelfIdentity::new(Vec::new());
         let config = config();
-        let registry = Registry::load(None).expect("in-memory registry");
+        let registry = Registry::default();
         let first = build_snapshot(config.clone(), &registry, &[], None, 1, &identity).await;
         let shared = Shared {
             snapshot: ArcSwap::from_pointee(first),
             registry: tokio::sync::Mutex::new(registry),
+            store: Arc::new(
+                crate::store::SqliteStore::open(None)
+                    .await
+                    .expect("an in-memory store"),
+            ),
             metrics: Metrics::default(),
             health_wake: Notify::new(),
             config_path: None,
@@ -490,7 +497,10 @@ mod tests {
                 reg.remove(&name);
             } else {
                 let port = 10 + (x % 3) as u16;
-                reg.insert(def(&name, models[(x >> 8) as usize % 5], port), None);
+                reg.insert(crate::registry::Registered {
+                    def: def(&name, models[(x >> 8) as usize % 5], port),
+                    lease: None,
+                });
             }
             shared.update_registered(&reg, &name).await;
             let incremental = shared.load();

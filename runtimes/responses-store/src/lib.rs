@@ -2,6 +2,8 @@
 //! which stored responses survive restarts, so that `previous_response_id` can continue from
 //! them. Both front doors keep one: `gpt-oss-server` for what it generates, `gpt-oss-lb` for
 //! every conversation that passes through it (so a conversation continues on any backend).
+//! LB replicas that share a PostgreSQL database keep it there instead
+//! ([`ResponseStore::postgres`]), so that any replica continues what another stored.
 //!
 //! One row per response: the response object as returned, the input items of its request,
 //! and the whole conversation the model saw followed by its output (what a request that
@@ -15,7 +17,10 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::Row;
 
 /// A store failure: the database or a row could not be read or written.
@@ -44,8 +49,24 @@ pub struct Stored<R, I> {
 /// The response store. Cheap to clone (a connection pool).
 #[derive(Clone)]
 pub struct ResponseStore {
-    pool: SqlitePool,
+    pool: Pool,
 }
+
+/// Where the rows are.
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The table, in both dialects (`created_at`: Unix seconds).
+const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY,
+    created_at BIGINT NOT NULL,
+    response TEXT NOT NULL,
+    input_items TEXT NOT NULL,
+    conversation TEXT NOT NULL
+)";
 
 impl ResponseStore {
     /// Opens (creating if needed) the database at `path`; `:memory:` keeps responses in memory
@@ -67,6 +88,7 @@ impl ResponseStore {
                 .filename(path)
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(5))
         };
         // Two processes that open a new file at once (two servers started together with the
@@ -76,7 +98,11 @@ impl ResponseStore {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             match Self::connect(options.clone(), memory).await {
-                Ok(pool) => return Ok(ResponseStore { pool }),
+                Ok(pool) => {
+                    return Ok(ResponseStore {
+                        pool: Pool::Sqlite(pool),
+                    })
+                }
                 Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(500));
@@ -99,18 +125,30 @@ impl ResponseStore {
             .max_lifetime((!memory).then(|| Duration::from_secs(3600)))
             .connect_with(options)
             .await?;
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS responses (
-                id TEXT PRIMARY KEY,
-                created_at INTEGER NOT NULL,
-                response TEXT NOT NULL,
-                input_items TEXT NOT NULL,
-                conversation TEXT NOT NULL
-            )",
-        )
-        .execute(&pool)
-        .await?;
+        sqlx::query(CREATE_TABLE).execute(&pool).await?;
         Ok(pool)
+    }
+
+    /// The store in a PostgreSQL database that LB replicas share (table `responses`, created
+    /// if missing). A row is acknowledged once committed.
+    ///
+    /// Errors: the table cannot be created (the database is unreachable, or the role may not
+    /// create tables).
+    pub async fn postgres(pool: PgPool) -> Result<ResponseStore, StoreError> {
+        // replicas that start together: one creates the table, the others wait for it
+        let mut tx = pool.begin().await.map_err(StoreError::of)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(7521419766434263906)")
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::of)?;
+        sqlx::query(CREATE_TABLE)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::of)?;
+        tx.commit().await.map_err(StoreError::of)?;
+        Ok(ResponseStore {
+            pool: Pool::Postgres(pool),
+        })
     }
 
     /// The default file of application `app` (`gpt-oss-server`, `gpt-oss-lb`):
@@ -142,19 +180,35 @@ impl ResponseStore {
         let response = serde_json::to_string(&stored.response).map_err(StoreError::of)?;
         let input = serde_json::to_string(&stored.input_items).map_err(StoreError::of)?;
         let conversation = serde_json::to_string(&stored.conversation).map_err(StoreError::of)?;
-        sqlx::query(
-            "INSERT OR REPLACE INTO responses (id, created_at, response, input_items, conversation)
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(i64::try_from(created_at).unwrap_or(i64::MAX))
-        .bind(response)
-        .bind(input)
-        .bind(conversation)
-        .execute(&self.pool)
-        .await
-        .map_err(StoreError::of)?;
-        Ok(())
+        // `$n` parameters and `ON CONFLICT` read the same in SQLite (3.24+) and PostgreSQL.
+        const PUT: &str =
+            "INSERT INTO responses (id, created_at, response, input_items, conversation)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at,
+                 response = excluded.response, input_items = excluded.input_items,
+                 conversation = excluded.conversation";
+        let created_at = i64::try_from(created_at).unwrap_or(i64::MAX);
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlx::query(PUT)
+                .bind(id)
+                .bind(created_at)
+                .bind(response)
+                .bind(input)
+                .bind(conversation)
+                .execute(pool)
+                .await
+                .map(drop),
+            Pool::Postgres(pool) => sqlx::query(PUT)
+                .bind(id)
+                .bind(created_at)
+                .bind(response)
+                .bind(input)
+                .bind(conversation)
+                .execute(pool)
+                .await
+                .map(drop),
+        }
+        .map_err(StoreError::of)
     }
 
     /// The stored response `id`, or `None`.
@@ -162,31 +216,53 @@ impl ResponseStore {
         &self,
         id: &str,
     ) -> Result<Option<Stored<R, I>>, StoreError> {
-        let row =
-            sqlx::query("SELECT response, input_items, conversation FROM responses WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(StoreError::of)?;
-        let Some(row) = row else {
+        const GET: &str = "SELECT response, input_items, conversation FROM responses WHERE id = $1";
+        let texts: Option<[String; 3]> = match &self.pool {
+            Pool::Sqlite(pool) => {
+                let row = sqlx::query(GET).bind(id).fetch_optional(pool).await;
+                match row.map_err(StoreError::of)? {
+                    None => None,
+                    Some(r) => Some(transpose3(
+                        [0, 1, 2].map(|i| r.try_get::<String, _>(i).map_err(StoreError::of)),
+                    )?),
+                }
+            }
+            Pool::Postgres(pool) => {
+                let row = sqlx::query(GET).bind(id).fetch_optional(pool).await;
+                match row.map_err(StoreError::of)? {
+                    None => None,
+                    Some(r) => Some(transpose3(
+                        [0, 1, 2].map(|i| r.try_get::<String, _>(i).map_err(StoreError::of)),
+                    )?),
+                }
+            }
+        };
+        let Some([response, input_items, conversation]) = texts else {
             return Ok(None);
         };
-        let text = |i: usize| row.try_get::<String, _>(i).map_err(StoreError::of);
         Ok(Some(Stored {
-            response: serde_json::from_str(&text(0)?).map_err(StoreError::of)?,
-            input_items: serde_json::from_str(&text(1)?).map_err(StoreError::of)?,
-            conversation: serde_json::from_str(&text(2)?).map_err(StoreError::of)?,
+            response: serde_json::from_str(&response).map_err(StoreError::of)?,
+            input_items: serde_json::from_str(&input_items).map_err(StoreError::of)?,
+            conversation: serde_json::from_str(&conversation).map_err(StoreError::of)?,
         }))
     }
 
     /// Removes the response `id`; false when there was none.
     pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM responses WHERE id = ?")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::of)?;
-        Ok(done.rows_affected() > 0)
+        const DELETE: &str = "DELETE FROM responses WHERE id = $1";
+        let deleted = match &self.pool {
+            Pool::Sqlite(pool) => sqlx::query(DELETE)
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(|d| d.rows_affected()),
+            Pool::Postgres(pool) => sqlx::query(DELETE)
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(|d| d.rows_affected()),
+        };
+        Ok(deleted.map_err(StoreError::of)? > 0)
     }
 }
 
@@ -381,6 +457,12 @@ mod tests {
 }
 
 /// SQLITE_BUSY (5) or SQLITE_LOCKED (6): another connection holds the lock.
+/// Three results, or the first error.
+fn transpose3(r: [Result<String, StoreError>; 3]) -> Result<[String; 3], StoreError> {
+    let [a, b, c] = r;
+    Ok([a?, b?, c?])
+}
+
 fn is_busy(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(d) => {
