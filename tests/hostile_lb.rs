@@ -386,7 +386,7 @@ async fn registry_scale_registration_cost_does_not_grow_with_the_registry() {
     let cfg = format!(
         "admin: {{max_backends: {}}}\nstate_file: {}\nhealth_check: {{interval: 5s, timeout: 2s}}\n",
         n + 10,
-        dir.path().join("state.json").display()
+        dir.path().join("state.sqlite").display()
     );
     let lb = Lb::start("lb", &cfg, dir.path(), &[]);
     let http = fault_load::client(Duration::from_secs(30));

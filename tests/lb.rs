@@ -279,7 +279,7 @@ async fn without_a_token_the_admin_api_accepts_only_loopback_clients() {
         .arg(&config)
         .args(["--host", "0.0.0.0", "--port", &port.to_string()])
         .arg("--state-file")
-        .arg(dir.path().join("state.json"))
+        .arg(dir.path().join("state.sqlite"))
         .arg("--upgrade-sock")
         .arg(dir.path().join("up.sock"))
         .arg("--pid-file")

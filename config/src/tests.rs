@@ -261,3 +261,52 @@ fn relative_plugin_paths_are_taken_from_the_config_file_folder() {
     assert_eq!(c.plugins[0].path, dir.path().join("plugins/a.wasm"));
     assert_eq!(c.plugins[1].path, std::path::PathBuf::from("/abs/b.wasm"));
 }
+
+#[test]
+fn the_state_store_is_checked_with_field_paths() {
+    let c = Config::from_yaml(
+        "state_store:\n  url: postgres://lb@127.0.0.1:5432/gpt_oss_lb\n  pool_size: 4\n  resync_interval: 2s\n  ssl_mode: require\n",
+    )
+    .expect("valid");
+    let s = c.state_store.expect("state_store");
+    assert_eq!(
+        (s.pool_size, s.resync_interval, s.ssl_mode.as_str()),
+        (4, Duration::from_secs(2), "require")
+    );
+    assert_eq!(
+        (s.connect_timeout, s.acquire_timeout),
+        (Duration::from_secs(5), Duration::from_secs(3))
+    );
+    assert!(Config::from_yaml("{}").expect("empty").state_store.is_none());
+    for (yaml, path) in [
+        ("state_store: {pool_size: 2}\n", "state_store.url: is required"),
+        (
+            "state_store: {url: \"sqlite:///x\"}\n",
+            "state_store.url: must be a postgres://",
+        ),
+        (
+            "state_store: {url: \"postgres://h/d\", pool_size: 0}\n",
+            "state_store.pool_size:",
+        ),
+        (
+            "state_store: {url: \"postgres://h/d\", ssl_mode: maybe}\n",
+            "state_store.ssl_mode: must be one of",
+        ),
+        (
+            "state_store: {url: \"postgres://h/d\", acquire_timeout: 1ms}\n",
+            "state_store.acquire_timeout:",
+        ),
+        (
+            "state_store: {url: \"postgres://h/d\"}\nstate_file: /x.sqlite\n",
+            "state_file: cannot be used with state_store",
+        ),
+        (
+            "state_store: {url: \"postgres://h/d\"}\nresponses_store: /x.sqlite\n",
+            "responses_store: cannot be used with state_store",
+        ),
+        ("state_store: {url: \"postgres://h/d\", port: 5}\n", "port"),
+    ] {
+        let e = err(yaml);
+        assert!(e.contains(path), "{yaml}: got {e}");
+    }
+}

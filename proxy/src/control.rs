@@ -39,6 +39,9 @@ pub async fn reload(shared: &Shared) -> bool {
     .await;
     match parsed {
         Ok(Ok((cfg, plugins))) => {
+            if cfg.state_store != shared.load().config.state_store {
+                tracing::warn!("state_store changed in the config file: it takes effect at the next start");
+            }
             let reg = shared.registry.lock().await;
             shared
                 .rebuild_with(Arc::new(cfg), &reg, Arc::new(plugins))
@@ -162,8 +165,11 @@ async fn lease_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
                     }
                 }
                 if let Err(e) = crate::admin::expire_leases(&shared).await {
+                    // once per outage, not every 250 ms
+                    if !store_down {
+                        tracing::error!(error = %e, "cannot expire leases until the state store is back");
+                    }
                     store_down = true;
-                    tracing::error!(error = %e, "cannot expire leases");
                 }
             }
             _ = shutdown.changed() => return,
@@ -233,6 +239,7 @@ async fn replica_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
     let feed = tokio::spawn(feed_task(shared.clone(), tx));
     let mut resync_due = tokio::time::Instant::now() + interval;
     let mut behind = false;
+    let mut failing = false;
     loop {
         tokio::select! {
             change = rx.recv() => match change {
@@ -251,11 +258,19 @@ async fn replica_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
         if behind {
             match crate::admin::resync(&shared).await {
                 Ok(_) => {
+                    if failing {
+                        tracing::info!("resynced from the state store");
+                    }
                     behind = false;
+                    failing = false;
                     resync_due = tokio::time::Instant::now() + interval;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot resync from the state store; routing from the last snapshot");
+                    // once per outage, then retried every 500 ms quietly
+                    if !failing {
+                        tracing::error!(error = %e, "cannot resync from the state store; routing from the last snapshot");
+                    }
+                    failing = true;
                     resync_due = tokio::time::Instant::now() + Duration::from_millis(500);
                 }
             }

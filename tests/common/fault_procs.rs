@@ -364,7 +364,7 @@ impl Lb {
         let config = dir.join(format!("{name}.yaml"));
         std::fs::write(&config, config_yaml).expect("write LB config");
         let port = free_port();
-        let state_file = dir.join(format!("{name}-state.json"));
+        let state_file = dir.join(format!("{name}-state.sqlite"));
         let upgrade_sock = dir.join(format!("{name}-upgrade.sock"));
         Self::start_at(
             name,

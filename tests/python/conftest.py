@@ -162,10 +162,12 @@ class Lb:
     """A real `gpt-oss-lb` on a free loopback port, with `config_yaml` as its config file.
     With no admin token configured, loopback clients may use its admin API."""
 
-    def __init__(self, config_yaml, log_dir):
+    def __init__(self, config_yaml, log_dir, state_file=True):
         assert LB.is_file(), f"{LB} is missing: run `cargo build --release --bins` first"
         d = Path(log_dir)
         self.dir = d
+        # a replica whose config names a PostgreSQL `state_store` keeps no state file
+        self.state_file = state_file
         (d / "lb.yaml").write_text(config_yaml)
         self.port = free_port()
         self.log_path = d / "lb.log"
@@ -179,10 +181,10 @@ class Lb:
         d = self.dir
         self._log = open(self.log_path, "a")
         env = dict(os.environ, XDG_DATA_HOME=str(d / "data"))
+        state = ["--state-file", str(d / "state.sqlite")] if self.state_file else []
         self.proc = subprocess.Popen(
             [str(LB), "--config", str(d / "lb.yaml"), "--host", "127.0.0.1", "--port", str(self.port),
-             "--state-file", str(d / "state.json"), "--upgrade-sock", str(d / "up.sock"),
-             "--pid-file", str(d / "lb.pid")],
+             *state, "--upgrade-sock", str(d / "up.sock"), "--pid-file", str(d / "lb.pid")],
             stdout=subprocess.DEVNULL, stderr=self._log, stdin=subprocess.DEVNULL, env=env,
         )
 
@@ -233,6 +235,58 @@ class Lb:
         self.proc.kill()
         self.proc.wait()
         self._log.close()
+
+
+class Postgres:
+    """A real PostgreSQL server from Debian's `postgresql` package (scripts/setup installs it):
+    a temporary data directory, a loopback port, and a database `gpt_oss_lb`. PostgreSQL
+    refuses to run as root, so when the tests run as root it runs as the `postgres` user the
+    package creates. `stop` and `start` take it down and bring it back on the same port."""
+
+    def __init__(self):
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        assert bins, "PostgreSQL is not installed: run scripts/setup"
+        self.bin = Path(bins[-1]).parent
+        import tempfile
+        # not under pytest's folder, which only root may enter
+        self.dir = Path(tempfile.mkdtemp(prefix="gpt-oss-pg-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            subprocess.run(["chown", "-R", "postgres:postgres", str(self.dir)], check=True)
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
+                  "-E", "UTF8")
+        self.start()
+        self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q",
+                  "-c", "CREATE DATABASE gpt_oss_lb")
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}/gpt_oss_lb"
+
+    def _run(self, tool, *args):
+        exe = str(self.bin / tool) if (self.bin / tool).exists() else tool
+        cmd = ["runuser", "-u", "postgres", "--", exe, *args] if self.as_root else [exe, *args]
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=self.dir)
+        assert r.returncode == 0, f"{tool} failed: {r.stdout}{r.stderr}"
+        return r.stdout
+
+    def start(self):
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "pg.log"), "-w", "-o",
+                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1", "start")
+
+    def stop(self):
+        """A fast shutdown: sessions are cut, as when the database goes away."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def sql(self, query):
+        return self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d",
+                         "gpt_oss_lb", "-At", "-c", query)
+
+    def close(self):
+        try:
+            self.stop()
+        except AssertionError:
+            pass
+        subprocess.run(["rm", "-rf", str(self.dir)])
 
 
 def post_raw(url, path, data):
