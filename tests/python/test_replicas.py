@@ -298,3 +298,43 @@ def test_self_registered_servers_leave_every_replica(replicas, cache, tmp_path):
     failures = [r for r in results if r is not True]
     assert len(results) > 5 and not failures, failures[:3]
     kept.stop()
+
+
+def test_the_kubernetes_manifests_hold_together(tmp_path):
+    """Kubernetes cannot run here: the example manifests are checked as far as they can be
+    without it. Every document parses; Services select the pods of a workload; every Secret
+    key referenced exists; the LB's ConfigMap is a config `gpt-oss-lb -t` accepts and names a
+    PostgreSQL state store; the servers' flags are ones `gpt-oss-server` knows."""
+    import subprocess
+
+    import yaml
+    from conftest import BINARY, LB, ROOT
+
+    docs = []
+    for f in sorted((ROOT / "config" / "examples" / "kubernetes").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
+    kinds = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    secrets = {n: set(d["stringData"]) for (k, n), d in kinds.items() if k == "Secret"}
+    workloads = [d for (k, _), d in kinds.items() if k in ("Deployment", "StatefulSet")]
+    labels = [w["spec"]["template"]["metadata"]["labels"] for w in workloads]
+    for (k, n), d in kinds.items():
+        if k == "Service":
+            sel = d["spec"]["selector"]
+            assert any(sel.items() <= l.items() for l in labels), f"Service {n} selects no pods"
+    for w in workloads:
+        assert w["spec"]["selector"]["matchLabels"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+        for c in w["spec"]["template"]["spec"]["containers"]:
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in secrets.get(ref["name"], set()), f"{ref} is not in a Secret"
+    lb_yaml = tmp_path / "lb.yaml"
+    lb_yaml.write_text(kinds[("ConfigMap", "gpt-oss-lb-config")]["data"]["lb.yaml"])
+    r = subprocess.run([str(LB), "--config", str(lb_yaml), "-t"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "postgres://" in lb_yaml.read_text()
+    server = kinds[("Deployment", "gpt-oss-server")]["spec"]["template"]["spec"]["containers"][0]
+    help_text = subprocess.run([str(BINARY), "--help"], capture_output=True, text=True).stdout
+    for flag in server["command"][1:]:
+        assert flag.split("=")[0] in help_text, f"gpt-oss-server does not know {flag}"
+    assert "--register-with=http://gpt-oss-lb:8080" in server["command"]
