@@ -373,8 +373,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 /// Registry scale: `400 × FAULT_SCALE` registrations, at least 2,000 (10,000 with
-/// `tests/soak/run 25`), one after the other, each acknowledged only once durable (state file
-/// journal). Reports the time per registration of the first 100 and of the last 100, the
+/// `tests/soak/run 25`), one after the other, each acknowledged only once durable (committed to
+/// the SQLite state store). Reports the time per registration of the first 100 and of the last 100, the
 /// `/status` time and the idle CPU with every backend health-checked (over 5 s × FAULT_SCALE,
 /// at most 30 s); checks that the cost of a registration does not grow with the registry: the
 /// last 100 cost at most 3 times the first 100.

@@ -238,6 +238,36 @@ async fn admin_api_requires_the_token_validates_and_persists_across_restart() {
         vec!["a"],
         "an unregistration must survive a restart"
     );
+    drop(lb);
+
+    // Upgrading from a version with a JSON state file and its journal: pointed at them, the
+    // LB migrates them into SQLite at that path (a torn last journal line was never
+    // acknowledged) and keeps the JSON beside it.
+    let json_state = dir.path().join("old-state.json");
+    let def = |name: &str| json!({"name": name, "url": "http://127.0.0.1:9", "model_type": "openai", "models": [MODEL], "weight": 2});
+    std::fs::write(
+        &json_state,
+        json!({"version": 1, "backends": [def("old-a"), def("old-b")], "leases": {}}).to_string(),
+    )
+    .expect("write the JSON state file");
+    std::fs::write(
+        dir.path().join("old-state.json.journal"),
+        format!(
+            "{}\n{}\n{{\"op\":\"put\",\"backend\":{{\"na",
+            json!({"op": "put", "backend": def("old-c")}),
+            json!({"op": "delete", "name": "old-a"})
+        ),
+    )
+    .expect("write the journal");
+    let lb = Lb::start_at("lb4", &config, port, &json_state, &sock, dir.path(), &[], false);
+    let mut names = backend_names(&lb.status());
+    names.sort();
+    assert_eq!(names, vec!["old-b", "old-c"], "the JSON registry is migrated");
+    assert_eq!(lb.backend_status("old-b")["weight"], 2);
+    assert!(dir.path().join("old-state.json.json-migrated").exists());
+    assert!(std::fs::read(&json_state)
+        .expect("state")
+        .starts_with(b"SQLite format 3"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
