@@ -259,10 +259,23 @@ async fn admin_api_requires_the_token_validates_and_persists_across_restart() {
         ),
     )
     .expect("write the journal");
-    let lb = Lb::start_at("lb4", &config, port, &json_state, &sock, dir.path(), &[], false);
+    let lb = Lb::start_at(
+        "lb4",
+        &config,
+        port,
+        &json_state,
+        &sock,
+        dir.path(),
+        &[],
+        false,
+    );
     let mut names = backend_names(&lb.status());
     names.sort();
-    assert_eq!(names, vec!["old-b", "old-c"], "the JSON registry is migrated");
+    assert_eq!(
+        names,
+        vec!["old-b", "old-c"],
+        "the JSON registry is migrated"
+    );
     assert_eq!(lb.backend_status("old-b")["weight"], 2);
     assert!(dir.path().join("old-state.json.json-migrated").exists());
     assert!(std::fs::read(&json_state)

@@ -277,9 +277,15 @@ fn the_state_store_is_checked_with_field_paths() {
         (s.connect_timeout, s.acquire_timeout),
         (Duration::from_secs(5), Duration::from_secs(3))
     );
-    assert!(Config::from_yaml("{}").expect("empty").state_store.is_none());
+    assert!(Config::from_yaml("{}")
+        .expect("empty")
+        .state_store
+        .is_none());
     for (yaml, path) in [
-        ("state_store: {pool_size: 2}\n", "state_store.url: is required"),
+        (
+            "state_store: {pool_size: 2}\n",
+            "state_store.url: is required",
+        ),
         (
             "state_store: {url: \"sqlite:///x\"}\n",
             "state_store.url: must be a postgres://",

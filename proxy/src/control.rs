@@ -40,7 +40,9 @@ pub async fn reload(shared: &Shared) -> bool {
     match parsed {
         Ok(Ok((cfg, plugins))) => {
             if cfg.state_store != shared.load().config.state_store {
-                tracing::warn!("state_store changed in the config file: it takes effect at the next start");
+                tracing::warn!(
+                    "state_store changed in the config file: it takes effect at the next start"
+                );
             }
             let reg = shared.registry.lock().await;
             shared

@@ -62,6 +62,20 @@ fn store_error(e: impl std::fmt::Display) -> ApiError {
     )
 }
 
+/// A failed read or write of the store: 503 `response_store_unavailable` when its database
+/// cannot be reached (a PostgreSQL state store that is down), else 500 `response_store_error`.
+fn db_error(e: responses_store::StoreError) -> ApiError {
+    if e.is_unavailable() {
+        return ApiError::new(
+            ErrorKind::Unavailable,
+            format!("the response store is unavailable; try again later ({e})"),
+            None,
+            Some("response_store_unavailable"),
+        );
+    }
+    store_error(e)
+}
+
 impl Conversations {
     /// Conversations kept in the SQLite file `path` (`:memory:`: for the life of the process).
     /// Nothing is opened yet.
@@ -105,12 +119,13 @@ impl Conversations {
 
     /// The stored response `id`, or `None`.
     ///
-    /// Errors: 500 `response_store_error` when the database cannot be read.
+    /// Errors: 500 `response_store_error` when the database cannot be read (503
+    /// `response_store_unavailable` when it cannot be reached).
     pub async fn get(&self, id: &str) -> Result<Option<Arc<StoredResponse>>, ApiError> {
         if let Some(s) = self.pending.lock().get(id) {
             return Ok(Some(s.clone()));
         }
-        let stored = self.store().await?.get(id).await.map_err(store_error)?;
+        let stored = self.store().await?.get(id).await.map_err(db_error)?;
         Ok(stored.map(Arc::new))
     }
 
@@ -127,10 +142,7 @@ impl Conversations {
             let (id, stored) = (id.clone(), stored.clone());
             async move {
                 let res = match me.store().await {
-                    Ok(store) => store
-                        .put(&id, created_at, &*stored)
-                        .await
-                        .map_err(store_error),
+                    Ok(store) => store.put(&id, created_at, &*stored).await.map_err(db_error),
                     Err(e) => Err(e),
                 };
                 if let Err(e) = res {
@@ -153,10 +165,11 @@ impl Conversations {
 
     /// Removes the response `id`; false when there was none.
     ///
-    /// Errors: 500 `response_store_error` when the database cannot be written.
+    /// Errors: 500 `response_store_error` when the database cannot be written (503
+    /// `response_store_unavailable` when it cannot be reached).
     pub async fn delete(&self, id: &str) -> Result<bool, ApiError> {
         let was_pending = self.pending.lock().remove(id).is_some();
-        let deleted = self.store().await?.delete(id).await.map_err(store_error)?;
+        let deleted = self.store().await?.delete(id).await.map_err(db_error)?;
         Ok(deleted || was_pending)
     }
 }

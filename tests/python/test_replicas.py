@@ -193,6 +193,10 @@ def test_postgres_down_under_load_fails_no_request_and_admin_writes_are_503(pg, 
         status, body = admin(b, "DELETE", "/backends/nano-1")
         assert status == 503 and body["error"]["code"] == "state_store_unavailable", body
         assert "during-outage" not in names(a) and names(b).keys() == before.keys()
+        # a stored conversation cannot be read meanwhile: a clear 503, not a 404
+        with pytest.raises(openai.APIStatusError) as e:
+            client(a).responses.retrieve("resp_0123456789abcdef0123456789abcdef")
+        assert e.value.status_code == 503 and e.value.code == "response_store_unavailable", e.value
         time.sleep(3)
         pg.start()
         # back: writes work and reach the other replica again, without a restart

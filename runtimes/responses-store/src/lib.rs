@@ -26,11 +26,32 @@ use sqlx::Row;
 /// A store failure: the database or a row could not be read or written.
 #[derive(Debug, thiserror::Error)]
 #[error("the response store failed: {0}")]
-pub struct StoreError(String);
+pub struct StoreError(String, bool);
 
 impl StoreError {
     fn of(e: impl std::fmt::Display) -> StoreError {
-        StoreError(e.to_string())
+        StoreError(e.to_string(), false)
+    }
+
+    /// From a database error, noting whether the database could not be reached.
+    fn db(e: sqlx::Error) -> StoreError {
+        let unreachable = matches!(
+            e,
+            sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+        ) || matches!(&e, sqlx::Error::Database(d) if d.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }));
+        StoreError(e.to_string(), unreachable)
+    }
+
+    /// The database could not be reached (a PostgreSQL store that is down): nothing was read
+    /// or written, and trying again later may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        self.1
     }
 }
 
@@ -82,7 +103,7 @@ impl ResponseStore {
         } else {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
+                    .map_err(|e| StoreError(format!("{}: {e}", dir.display()), false))?;
             }
             SqliteConnectOptions::new()
                 .filename(path)
@@ -107,7 +128,7 @@ impl ResponseStore {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(500));
                 }
-                Err(e) => return Err(StoreError(format!("{}: {e}", path.display()))),
+                Err(e) => return Err(StoreError(format!("{}: {e}", path.display()), false)),
             }
         }
     }
@@ -208,7 +229,7 @@ impl ResponseStore {
                 .await
                 .map(drop),
         }
-        .map_err(StoreError::of)
+        .map_err(StoreError::db)
     }
 
     /// The stored response `id`, or `None`.
@@ -220,7 +241,7 @@ impl ResponseStore {
         let texts: Option<[String; 3]> = match &self.pool {
             Pool::Sqlite(pool) => {
                 let row = sqlx::query(GET).bind(id).fetch_optional(pool).await;
-                match row.map_err(StoreError::of)? {
+                match row.map_err(StoreError::db)? {
                     None => None,
                     Some(r) => Some(transpose3(
                         [0, 1, 2].map(|i| r.try_get::<String, _>(i).map_err(StoreError::of)),
@@ -229,7 +250,7 @@ impl ResponseStore {
             }
             Pool::Postgres(pool) => {
                 let row = sqlx::query(GET).bind(id).fetch_optional(pool).await;
-                match row.map_err(StoreError::of)? {
+                match row.map_err(StoreError::db)? {
                     None => None,
                     Some(r) => Some(transpose3(
                         [0, 1, 2].map(|i| r.try_get::<String, _>(i).map_err(StoreError::of)),
@@ -262,7 +283,7 @@ impl ResponseStore {
                 .await
                 .map(|d| d.rows_affected()),
         };
-        Ok(deleted.map_err(StoreError::of)? > 0)
+        Ok(deleted.map_err(StoreError::db)? > 0)
     }
 }
 
