@@ -32,21 +32,7 @@ pub struct PgStore {
 
 /// Sort a PostgreSQL error: the database out of reach (503) or any other failure (500).
 fn pg_error(e: sqlx::Error) -> StoreError {
-    let unreachable = match &e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        // class 08: connection exceptions; 57P01-57P03: the server is shutting down or
-        // starting; 53300: too many connections
-        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
-            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
-        }),
-        _ => false,
-    };
-    if unreachable {
+    if responses_store::is_unreachable(&e) || matches!(e, sqlx::Error::Protocol(_)) {
         StoreError::Unavailable(e.to_string())
     } else {
         StoreError::Failed(e.to_string())

@@ -35,16 +35,7 @@ impl StoreError {
 
     /// From a database error, noting whether the database could not be reached.
     fn db(e: sqlx::Error) -> StoreError {
-        let unreachable = matches!(
-            e,
-            sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed
-        ) || matches!(&e, sqlx::Error::Database(d) if d.code().is_some_and(|c| {
-            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
-        }));
+        let unreachable = is_unreachable(&e);
         StoreError(e.to_string(), unreachable)
     }
 
@@ -377,6 +368,40 @@ pub fn page<I>(
     })
 }
 
+/// Whether `e` says the database could not be reached (and nothing was done): no connection
+/// (I/O, TLS, none free within the pool's acquire timeout, a closed pool), or PostgreSQL's
+/// SQLSTATE class 08 (connection exception), 57P01-57P03 (shutting down, crashed, starting)
+/// or 53300 (too many connections). Such a failure is a 503: try again later.
+pub fn is_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// Three results, or the first error.
+fn transpose3(r: [Result<String, StoreError>; 3]) -> Result<[String; 3], StoreError> {
+    let [a, b, c] = r;
+    Ok([a?, b?, c?])
+}
+
+/// SQLITE_BUSY (5) or SQLITE_LOCKED (6): another connection holds the lock.
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            matches!(d.code().as_deref(), Some("5") | Some("6") | Some("517"))
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,21 +499,5 @@ mod tests {
                 param
             );
         }
-    }
-}
-
-/// SQLITE_BUSY (5) or SQLITE_LOCKED (6): another connection holds the lock.
-/// Three results, or the first error.
-fn transpose3(r: [Result<String, StoreError>; 3]) -> Result<[String; 3], StoreError> {
-    let [a, b, c] = r;
-    Ok([a?, b?, c?])
-}
-
-fn is_busy(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(d) => {
-            matches!(d.code().as_deref(), Some("5") | Some("6") | Some("517"))
-        }
-        _ => false,
     }
 }
