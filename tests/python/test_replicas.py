@@ -109,6 +109,24 @@ def ask(lb):
     return raw.headers.get("x-gpt-oss-lb-backend")
 
 
+def load_through(lbs, backends):
+    """Two client threads per LB asking in a loop until `stop` is set; each result is True
+    (answered by one of `backends`) or the failure. Returns (results, stop, threads)."""
+    results, stop = [], threading.Event()
+
+    def load(lb):
+        while not stop.is_set():
+            try:
+                results.append(ask(lb) in backends)
+            except Exception as e:  # noqa: BLE001 - every failure is counted
+                results.append(repr(e))
+
+    threads = [threading.Thread(target=load, args=(lb,)) for lb in lbs * 2]
+    for t in threads:
+        t.start()
+    return results, stop, threads
+
+
 def until(cond, timeout, what):
     start = time.monotonic()
     while not cond():
@@ -169,18 +187,7 @@ def test_a_conversation_alternates_between_replicas(pg, replicas, server):
 def test_postgres_down_under_load_fails_no_request_and_admin_writes_are_503(pg, replicas, server):
     a, b = replicas
     until(lambda: healthy_on(a, "nano-1") and healthy_on(b, "nano-1"), 5, "nano-1 registered")
-    results, stop = [], threading.Event()
-
-    def load(lb):
-        while not stop.is_set():
-            try:
-                results.append(ask(lb) == "nano-1")
-            except Exception as e:  # noqa: BLE001 - every failure is counted
-                results.append(repr(e))
-
-    threads = [threading.Thread(target=load, args=(lb,)) for lb in (a, b, a, b)]
-    for t in threads:
-        t.start()
+    results, stop, threads = load_through([a, b], {"nano-1"})
     try:
         time.sleep(1)
         pg.stop()
@@ -277,18 +284,7 @@ def test_self_registered_servers_leave_every_replica(replicas, cache, tmp_path):
 
     kept, kept_name = start()
     term, term_name = start()
-    results, stop = [], threading.Event()
-
-    def load(lb):
-        while not stop.is_set():
-            try:
-                results.append(ask(lb) in (kept_name, term_name, "nano-1"))
-            except Exception as e:  # noqa: BLE001 - every failure is counted
-                results.append(repr(e))
-
-    threads = [threading.Thread(target=load, args=(lb,)) for lb in (a, b, a, b)]
-    for t in threads:
-        t.start()
+    results, stop, threads = load_through([a, b], {kept_name, term_name, "nano-1"})
     try:
         time.sleep(2)
         term.proc.send_signal(signal.SIGTERM)

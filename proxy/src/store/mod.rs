@@ -109,6 +109,14 @@ pub trait ChangeFeed: Send {
     async fn next(&mut self) -> Result<Option<String>, StoreError>;
 }
 
+/// Why a renewal updated nothing: `name` is registered without a lease, or not at all.
+async fn no_lease_or_not_found(store: &dyn StateStore, name: &str) -> Result<Renewal, StoreError> {
+    Ok(match store.get(name).await? {
+        Some(_) => Renewal::NoLease,
+        None => Renewal::NotFound,
+    })
+}
+
 /// Opens the store the configuration names: PostgreSQL for `state_store`, else SQLite at
 /// `state_file` (in memory without one; a JSON state file there is migrated first).
 ///

@@ -94,6 +94,21 @@ impl PgStore {
     }
 }
 
+/// `NOTIFY gpt_oss_lb_backends, name` in `tx`: delivered to every listening replica when the
+/// transaction commits, not before (PostgreSQL's NOTIFY).
+async fn notify(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    name: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(name)
+        .execute(&mut **tx)
+        .await
+        .map_err(pg_error)?;
+    Ok(())
+}
+
 fn registered(row: &sqlx::postgres::PgRow) -> Result<Registered, StoreError> {
     let def: String = row.try_get(0).map_err(pg_error)?;
     let lease: Option<i64> = row.try_get(1).map_err(pg_error)?;
@@ -157,13 +172,7 @@ impl StateStore for PgStore {
                 PutOutcome::Replaced
             }
         };
-        // delivered to every listening replica when the transaction commits
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(&r.def.name)
-            .execute(&mut *tx)
-            .await
-            .map_err(pg_error)?;
+        notify(&mut tx, &r.def.name).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(outcome)
     }
@@ -180,12 +189,7 @@ impl StateStore for PgStore {
         if !deleted {
             return Ok(false);
         }
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(pg_error)?;
+        notify(&mut tx, name).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(true)
     }
@@ -203,10 +207,7 @@ impl StateStore for PgStore {
             let secs: i64 = row.try_get(0).map_err(pg_error)?;
             return Ok(Renewal::Renewed(Duration::from_secs(secs.max(0) as u64)));
         }
-        Ok(match self.get(name).await? {
-            Some(_) => Renewal::NoLease,
-            None => Renewal::NotFound,
-        })
+        super::no_lease_or_not_found(self, name).await
     }
 
     async fn renew_all(&self) -> Result<(), StoreError> {
@@ -239,12 +240,7 @@ impl StateStore for PgStore {
         .await
         .map_err(pg_error)?;
         for name in &gone {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(name)
-                .execute(&mut *tx)
-                .await
-                .map_err(pg_error)?;
+            notify(&mut tx, name).await?;
         }
         tx.commit().await.map_err(pg_error)?;
         Ok(gone)

@@ -236,10 +236,7 @@ impl StateStore for SqliteStore {
             let secs: i64 = row.try_get(0).map_err(failed)?;
             return Ok(Renewal::Renewed(Duration::from_secs(secs.max(0) as u64)));
         }
-        Ok(match self.get(name).await? {
-            Some(_) => Renewal::NoLease,
-            None => Renewal::NotFound,
-        })
+        super::no_lease_or_not_found(self, name).await
     }
 
     async fn renew_all(&self) -> Result<(), StoreError> {
