@@ -365,6 +365,10 @@ pub async fn apply_change(shared: &Shared, name: &str) -> Result<(), StoreError>
         }
     }
     shared.update_registered(&reg, name).await;
+    shared
+        .metrics
+        .replica_changes
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 

@@ -157,21 +157,30 @@ async fn lease_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                let m = &shared.metrics;
                 if store_down {
                     match shared.store.renew_all().await {
                         Ok(()) => {
                             store_down = false;
                             tracing::info!("state store reachable again: every lease renewed");
                         }
-                        Err(_) => continue,
+                        Err(_) => {
+                            m.state_store_failures.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
                     }
                 }
-                if let Err(e) = crate::admin::expire_leases(&shared).await {
-                    // once per outage, not every 250 ms
-                    if !store_down {
-                        tracing::error!(error = %e, "cannot expire leases until the state store is back");
+                match crate::admin::expire_leases(&shared).await {
+                    Ok(()) => m.state_store_up.store(1, Ordering::Relaxed),
+                    Err(e) => {
+                        m.state_store_failures.fetch_add(1, Ordering::Relaxed);
+                        m.state_store_up.store(0, Ordering::Relaxed);
+                        // once per outage, not every 250 ms
+                        if !store_down {
+                            tracing::error!(error = %e, "cannot expire leases until the state store is back");
+                        }
+                        store_down = true;
                     }
-                    store_down = true;
                 }
             }
             _ = shutdown.changed() => return,
@@ -247,6 +256,7 @@ async fn replica_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
             change = rx.recv() => match change {
                 Some(Change::Backend(name)) => {
                     if let Err(e) = crate::admin::apply_change(&shared, &name).await {
+                        shared.metrics.state_store_failures.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(backend = %name, error = %e, "cannot read a changed backend; will resync");
                         behind = true;
                     }
@@ -260,6 +270,10 @@ async fn replica_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
         if behind {
             match crate::admin::resync(&shared).await {
                 Ok(_) => {
+                    shared
+                        .metrics
+                        .state_store_resyncs
+                        .fetch_add(1, Ordering::Relaxed);
                     if failing {
                         tracing::info!("resynced from the state store");
                     }
@@ -268,6 +282,10 @@ async fn replica_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
                     resync_due = tokio::time::Instant::now() + interval;
                 }
                 Err(e) => {
+                    shared
+                        .metrics
+                        .state_store_failures
+                        .fetch_add(1, Ordering::Relaxed);
                     // once per outage, then retried every 500 ms quietly
                     if !failing {
                         tracing::error!(error = %e, "cannot resync from the state store; routing from the last snapshot");

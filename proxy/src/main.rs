@@ -209,11 +209,16 @@ fn main() -> anyhow::Result<()> {
         "starting gpt-oss-lb"
     );
 
+    let metrics = Metrics::default();
+    // the store answered at start
+    metrics
+        .state_store_up
+        .store(1, std::sync::atomic::Ordering::Relaxed);
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
         registry: tokio::sync::Mutex::new(registry),
         store,
-        metrics: Metrics::default(),
+        metrics,
         health_wake: tokio::sync::Notify::new(),
         config_path: args.config.clone(),
         admin_token_override,

@@ -26,6 +26,15 @@ pub struct Metrics {
     pub streams_broken: AtomicU64,
     pub config_reloads: AtomicU64,
     pub config_reload_failures: AtomicU64,
+    /// Control-plane operations on the state store that failed (lease expiry, resync,
+    /// reading a change).
+    pub state_store_failures: AtomicU64,
+    /// Registry changes made through other replicas and applied here.
+    pub replica_changes: AtomicU64,
+    /// Full reloads of the registry from the state store.
+    pub state_store_resyncs: AtomicU64,
+    /// 1 while the control plane's last state store operation succeeded, else 0.
+    pub state_store_up: AtomicU64,
 }
 
 impl Metrics {
@@ -116,6 +125,21 @@ impl Metrics {
                 "Config reloads rejected by validation.",
                 &self.config_reload_failures,
             ),
+            (
+                "gpt_oss_lb_state_store_failures_total",
+                "Control-plane operations on the state store that failed.",
+                &self.state_store_failures,
+            ),
+            (
+                "gpt_oss_lb_replica_changes_total",
+                "Registry changes made through other replicas and applied here.",
+                &self.replica_changes,
+            ),
+            (
+                "gpt_oss_lb_state_store_resyncs_total",
+                "Full reloads of the registry from the state store.",
+                &self.state_store_resyncs,
+            ),
         ];
         for (name, help, v) in simple {
             let _ = writeln!(
@@ -124,6 +148,11 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP gpt_oss_lb_state_store_up 1 while the state store answers the control plane, else 0 (routing goes on from the last snapshot).\n# TYPE gpt_oss_lb_state_store_up gauge\ngpt_oss_lb_state_store_up {}",
+            self.state_store_up.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP gpt_oss_lb_upstream_failures_total Failed attempts, by backend."

@@ -109,6 +109,14 @@ def ask(lb):
     return raw.headers.get("x-gpt-oss-lb-backend")
 
 
+def metric(lb, name):
+    with urllib.request.urlopen(lb.url + "/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
 def load_through(lbs, backends):
     """Two client threads per LB asking in a loop until `stop` is set; each result is True
     (answered by one of `backends`) or the failure. Returns (results, stop, threads)."""
@@ -143,6 +151,7 @@ def test_a_registration_through_one_replica_is_routed_by_the_other_within_a_seco
     took = until(lambda: healthy_on(b, "nano-1"), 1.0, "replica B routes a backend registered through A")
     assert ask(b) == "nano-1"
     print(f"registered through A, routed by B after {took * 1000:.0f} ms")
+    assert metric(b, "gpt_oss_lb_replica_changes_total") >= 1
     status, body = admin(a, "DELETE", "/backends/nano-1")
     assert status == 200, body
     took = until(lambda: "nano-1" not in names(b), 1.0, "replica B drops a backend removed through A")
@@ -200,6 +209,7 @@ def test_postgres_down_under_load_fails_no_request_and_admin_writes_are_503(pg, 
         status, body = admin(b, "DELETE", "/backends/nano-1")
         assert status == 503 and body["error"]["code"] == "state_store_unavailable", body
         assert "during-outage" not in names(a) and names(b).keys() == before.keys()
+        assert metric(a, "gpt_oss_lb_state_store_up") == 0
         # a stored conversation cannot be read meanwhile: a clear 503, not a 404
         with pytest.raises(openai.APIStatusError) as e:
             client(a).responses.retrieve("resp_0123456789abcdef0123456789abcdef")
@@ -211,6 +221,8 @@ def test_postgres_down_under_load_fails_no_request_and_admin_writes_are_503(pg, 
                              {"name": "after-outage", "url": server.url, "models": [MODEL]})
         assert status == 201, body
         until(lambda: healthy_on(b, "after-outage"), 3, "B routes a registration made after the outage")
+        until(lambda: metric(b, "gpt_oss_lb_state_store_up") == 1, 2, "B reports the store up")
+        assert metric(b, "gpt_oss_lb_state_store_failures_total") > 0
         time.sleep(1)
     finally:
         stop.set()
