@@ -243,7 +243,9 @@ class Postgres:
     refuses to run as root, so when the tests run as root it runs as the `postgres` user the
     package creates. `stop` and `start` take it down and bring it back on the same port."""
 
-    def __init__(self):
+    def __init__(self, tls=False):
+        """With `tls`, the server has a certificate for 127.0.0.1 signed by a CA of its own
+        (`self.ca`, made with the openssl tool) and refuses connections without TLS."""
         bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
         assert bins, "PostgreSQL is not installed: run scripts/setup"
         self.bin = Path(bins[-1]).parent
@@ -253,14 +255,41 @@ class Postgres:
         self.data = self.dir / "data"
         self.port = free_port()
         self.as_root = os.geteuid() == 0
+        self.tls_options = ""
+        if tls:
+            self._make_certificates()
         if self.as_root:
             subprocess.run(["chown", "-R", "postgres:postgres", str(self.dir)], check=True)
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
                   "-E", "UTF8")
+        if tls:
+            hba = self.data / "pg_hba.conf"
+            hba.write_text("hostnossl all all 0.0.0.0/0 reject\n" + hba.read_text())
         self.start()
         self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q",
                   "-c", "CREATE DATABASE gpt_oss_lb")
         self.url = f"postgres://postgres@127.0.0.1:{self.port}/gpt_oss_lb"
+
+    def _make_certificates(self):
+        d = self.dir
+        self.ca = d / "ca.pem"
+
+        def ssl(*args):
+            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+        ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
+            "-keyout", "ca.key", "-out", "ca.pem", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+            "-out", "server.csr")
+        (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                                   "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+        ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-out", "server.pem", "-extfile", "san.ext")
+        os.chmod(d / "server.key", 0o600)
+        os.chmod(d, 0o755)  # the LB reads ca.pem
+        self.tls_options = (f" -c ssl=on -c ssl_cert_file={d / 'server.pem'}"
+                            f" -c ssl_key_file={d / 'server.key'}")
 
     def _run(self, tool, *args):
         exe = str(self.bin / tool) if (self.bin / tool).exists() else tool
@@ -271,7 +300,8 @@ class Postgres:
 
     def start(self):
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "pg.log"), "-w", "-o",
-                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1", "start")
+                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1{self.tls_options}",
+                  "start")
 
     def stop(self):
         """A fast shutdown: sessions are cut, as when the database goes away."""

@@ -312,6 +312,43 @@ def test_self_registered_servers_leave_every_replica(replicas, cache, tmp_path):
     kept.stop()
 
 
+def test_tls_to_postgres_is_verified_as_configured(tmp_path):
+    """`ssl_mode: verify-full` with the server's CA (`ssl_root_cert`) connects to a PostgreSQL
+    that refuses connections without TLS, and serves; `ssl_mode: disable` is refused there,
+    and so is a CA that did not sign the server's certificate: the LB exits with the error."""
+    import subprocess
+    tls_pg = Postgres(tls=True)
+    other_ca = tmp_path / "other.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=another CA", "-keyout", str(tmp_path / "other.key"),
+                    "-out", str(other_ca)], check=True, capture_output=True)
+
+    def replica(name, settings):
+        (tmp_path / name).mkdir()
+        return Lb(f"state_store:\n  url: \"{tls_pg.url}\"\n{settings}", tmp_path / name,
+                  state_file=False)
+
+    try:
+        ok = replica("ok", f"  ssl_mode: verify-full\n  ssl_root_cert: \"{tls_pg.ca}\"\n")
+        wait_up(ok)
+        status, body = admin(ok, "POST", "/backends/register",
+                             {"name": "over-tls", "url": f"http://127.0.0.1:{free_port()}", "models": ["m"]})
+        assert status == 201, body
+        assert tls_pg.sql("SELECT name FROM gpt_oss_lb_backends").split() == ["over-tls"]
+        ok.stop()
+        for name, settings, why in [
+                ("plain", "  ssl_mode: disable\n", "no encryption"),
+                ("wrong-ca", f"  ssl_mode: verify-full\n  ssl_root_cert: \"{other_ca}\"\n",
+                 "invalid peer certificate")]:
+            lb = replica(name, settings)
+            assert lb.proc.wait(timeout=30) != 0, f"{name}: the LB must not start"
+            lb._log.close()
+            log = lb.log_path.read_text()
+            assert "opening the state store" in log and why in log, log[-2000:]
+    finally:
+        tls_pg.close()
+
+
 def test_the_kubernetes_manifests_hold_together(tmp_path):
     """Kubernetes cannot run here: the example manifests are checked as far as they can be
     without it. Every document parses; Services select the pods of a workload; every Secret
