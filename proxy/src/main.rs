@@ -116,6 +116,16 @@ fn main() -> anyhow::Result<()> {
         if args.test { 1 } else { vms },
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if config.state_store.is_some() {
+        for (flag, set) in [
+            ("--state-file", args.state_file.is_some()),
+            ("--responses-store", args.responses_store.is_some()),
+        ] {
+            if set {
+                anyhow::bail!("{flag} cannot be used with state_store (PostgreSQL keeps the registry and the conversations)");
+            }
+        }
+    }
     if args.test {
         println!("config OK");
         return Ok(());
@@ -141,16 +151,6 @@ fn main() -> anyhow::Result<()> {
         .state_file
         .clone()
         .or_else(|| config.state_file.as_ref().map(PathBuf::from));
-    if config.state_store.is_some() {
-        for (flag, set) in [
-            ("--state-file", args.state_file.is_some()),
-            ("--responses-store", args.responses_store.is_some()),
-        ] {
-            if set {
-                anyhow::bail!("{flag} cannot be used with state_store (PostgreSQL keeps the registry and the conversations)");
-            }
-        }
-    }
     let admin_token_override = std::env::var(ADMIN_TOKEN_ENV)
         .ok()
         .filter(|t| !t.is_empty());
@@ -166,13 +166,10 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_default();
     let identity = SelfIdentity::new(listeners);
     // The state store, and the registrations it holds.
-    let store = rt
+    let (store, registered) = rt
         .block_on(gpt_oss_lb::store::open(&config, state_file.as_deref()))
         .context("opening the state store")?;
-    let registry = Registry::from_entries(
-        rt.block_on(store.load())
-            .context("loading the registered backends")?,
-    );
+    let registry = Registry::from_entries(registered);
     let mut snapshot = rt.block_on(build_snapshot(
         config.clone(),
         &registry,

@@ -5,8 +5,8 @@
 //! since). At start, a `state_file` that holds JSON is migrated once: the state file and its
 //! journal are read (a last journal line torn by a crash was never acknowledged and is
 //! skipped), the registrations are written to a new SQLite database beside it, the JSON is kept
-//! as `STATE.json-migrated` (a hard link, made before anything is replaced), and the database
-//! is renamed over the state file. A crash at any step leaves either the JSON (migrated again
+//! as `STATE.json-migrated` (a hard link, made before anything is replaced; mode 0600), the
+//! database is renamed over the state file, and the journal becomes `STATE.journal-migrated`. A crash at any step leaves either the JSON (migrated again
 //! at the next start) or the database.
 
 use std::collections::BTreeMap;
@@ -150,6 +150,12 @@ pub async fn migrate(path: &Path) -> anyhow::Result<()> {
         if std::fs::hard_link(path, &backup).is_err() {
             std::fs::copy(path, &backup)?;
         }
+        // it holds backend API keys, as the database does
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&backup, std::fs::Permissions::from_mode(0o600))?;
+        }
     }
     std::fs::rename(&tmp, path)?;
     let journal = with_suffix(path, ".journal");
@@ -206,7 +212,16 @@ mod tests {
         assert_eq!(got[2].lease, Some(Duration::from_secs(15)));
         assert_eq!(got[0].def, def("a"), "API keys are kept");
         assert!(!is_json_state_file(&path).expect("read"), "now SQLite");
-        assert!(with_suffix(&path, ".json-migrated").exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let backup = std::fs::metadata(with_suffix(&path, ".json-migrated")).expect("kept");
+            assert_eq!(
+                backup.permissions().mode() & 0o077,
+                0,
+                "the JSON backup is 0600 too"
+            );
+        }
         assert!(!journal.exists() && with_suffix(&path, ".journal-migrated").exists());
         #[cfg(unix)]
         {

@@ -117,16 +117,25 @@ async fn no_lease_or_not_found(store: &dyn StateStore, name: &str) -> Result<Ren
     })
 }
 
-/// Opens the store the configuration names: PostgreSQL for `state_store`, else SQLite at
-/// `state_file` (in memory without one; a JSON state file there is migrated first).
+/// Opens the store the configuration names, and reads the registrations it holds:
+/// PostgreSQL for `state_store`, else SQLite at `state_file` (in memory without one; a JSON
+/// state file there is migrated first). Meant for the LB's start-up runtime: nothing it opens
+/// outlives that runtime's use.
 ///
 /// Errors: the database cannot be reached or created, or a state file cannot be migrated.
 pub async fn open(
     config: &config::Config,
     state_file: Option<&std::path::Path>,
-) -> anyhow::Result<Arc<dyn StateStore>> {
+) -> anyhow::Result<(Arc<dyn StateStore>, Vec<Registered>)> {
     match &config.state_store {
-        Some(pg) => Ok(Arc::new(PgStore::connect(pg).await?)),
-        None => Ok(Arc::new(SqliteStore::open(state_file).await?)),
+        Some(pg) => {
+            let (store, registered) = PgStore::connect(pg).await?;
+            Ok((Arc::new(store), registered))
+        }
+        None => {
+            let store = SqliteStore::open(state_file).await?;
+            let registered = store.load().await?;
+            Ok((Arc::new(store), registered))
+        }
     }
 }

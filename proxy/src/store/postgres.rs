@@ -4,8 +4,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgSslMode};
-use sqlx::Row;
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgSslMode,
+};
+use sqlx::{Connection, Row};
 
 use super::{ChangeFeed, PutOutcome, Renewal, StateStore, StoreError, CHANNEL};
 use crate::registry::Registered;
@@ -32,6 +34,11 @@ pub struct PgStore {
 
 /// Sort a PostgreSQL error: the database out of reach (503) or any other failure (500).
 fn pg_error(e: sqlx::Error) -> StoreError {
+    if matches!(e, sqlx::Error::PoolTimedOut) {
+        return StoreError::Unavailable(format!(
+            "{e}: no connection to PostgreSQL within state_store.acquire_timeout (down or unreachable?)"
+        ));
+    }
     if responses_store::is_unreachable(&e) || matches!(e, sqlx::Error::Protocol(_)) {
         StoreError::Unavailable(e.to_string())
     } else {
@@ -40,18 +47,27 @@ fn pg_error(e: sqlx::Error) -> StoreError {
 }
 
 impl PgStore {
-    /// Connects (within `connect_timeout`) and creates the tables if missing.
+    /// Connects (within `connect_timeout`), creates the tables if missing and reads the
+    /// registrations, on one connection that is closed before this returns: it is opened on
+    /// the LB's start-up runtime, which ends before serving. The pool that serves afterwards
+    /// opens its connections when first used, on the runtime that uses them, and runs no
+    /// background task of its own (no idle reaping, no maximum lifetime: a connection is
+    /// pinged before each use and replaced when dead).
     ///
-    /// Errors: the URL or the TLS settings are not valid, the database cannot be reached, or
-    /// the tables cannot be created.
-    pub async fn connect(cfg: &config::StateStoreConfig) -> anyhow::Result<PgStore> {
+    /// Errors: the URL or the TLS settings are not valid, the database cannot be reached
+    /// (with the reason: refused, authentication, TLS), or the tables cannot be created.
+    pub async fn connect(
+        cfg: &config::StateStoreConfig,
+    ) -> anyhow::Result<(PgStore, Vec<Registered>)> {
         let mut options = PgConnectOptions::from_str(&cfg.url)
             .map_err(|e| anyhow::anyhow!("state_store.url: {e}"))?
             .ssl_mode(
                 PgSslMode::from_str(&cfg.ssl_mode)
                     .map_err(|e| anyhow::anyhow!("state_store.ssl_mode: {e}"))?,
             )
-            .application_name("gpt-oss-lb");
+            .application_name("gpt-oss-lb")
+            // no NOTICE for `CREATE TABLE IF NOT EXISTS` of a table that exists
+            .options([("client_min_messages", "warning")]);
         if let Some(ca) = &cfg.ssl_root_cert {
             options = options.ssl_root_cert(ca.as_str());
         }
@@ -61,36 +77,54 @@ impl PgStore {
             options.get_port(),
             options.get_database().unwrap_or_default()
         );
-        let pool = PgPoolOptions::new()
-            .max_connections(cfg.pool_size)
-            .acquire_timeout(cfg.acquire_timeout)
-            .connect_lazy_with(options);
-        let setup = async {
-            let mut tx = pool.begin().await?;
+        let startup = async {
+            let mut conn = PgConnection::connect_with(&options).await?;
+            let mut tx = conn.begin().await?;
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(SCHEMA_LOCK)
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(SCHEMA).execute(&mut *tx).await?;
-            tx.commit().await
+            responses_store::ResponseStore::create_postgres_table(&mut tx).await?;
+            tx.commit().await?;
+            let rows = sqlx::query(
+                "SELECT definition, lease_seconds FROM gpt_oss_lb_backends ORDER BY name",
+            )
+            .fetch_all(&mut conn)
+            .await?;
+            conn.close().await?;
+            Ok::<_, sqlx::Error>(rows)
         };
-        match tokio::time::timeout(cfg.connect_timeout, setup).await {
-            Ok(Ok(())) => {}
+        let rows = match tokio::time::timeout(cfg.connect_timeout, startup).await {
+            Ok(Ok(rows)) => rows,
             Ok(Err(e)) => anyhow::bail!("state store {describe}: {e}"),
             Err(_) => anyhow::bail!(
                 "state store {describe}: no connection within {:?} (state_store.connect_timeout)",
                 cfg.connect_timeout
             ),
-        }
-        let responses = responses_store::ResponseStore::postgres(pool.clone())
-            .await
+        };
+        let registered = rows
+            .iter()
+            .map(registered)
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("state store {describe}: {e}"))?;
-        Ok(PgStore {
-            pool,
-            responses,
-            connect_timeout: cfg.connect_timeout,
-            describe,
-        })
+        let pool = PgPoolOptions::new()
+            .max_connections(cfg.pool_size)
+            .acquire_timeout(cfg.acquire_timeout)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .min_connections(0)
+            .connect_lazy_with(options);
+        let responses = responses_store::ResponseStore::postgres_ready(pool.clone());
+        Ok((
+            PgStore {
+                pool,
+                responses,
+                connect_timeout: cfg.connect_timeout,
+                describe,
+            },
+            registered,
+        ))
     }
 }
 

@@ -144,8 +144,12 @@ pub(super) async fn connect(
         // a write is acknowledged once it is on disk
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(5));
+    // Opened on the LB's start-up runtime and used on Pingora's: no background task of the
+    // pool's own (it would end with the start-up runtime); SQLite's connections are threads.
     let pool = SqlitePoolOptions::new()
         .max_connections(2)
+        .idle_timeout(None)
+        .max_lifetime(None)
         .connect_with(options)
         .await?;
     sqlx::query(SCHEMA).execute(&pool).await?;

@@ -147,20 +147,32 @@ impl ResponseStore {
     /// Errors: the table cannot be created (the database is unreachable, or the role may not
     /// create tables).
     pub async fn postgres(pool: PgPool) -> Result<ResponseStore, StoreError> {
-        // replicas that start together: one creates the table, the others wait for it
-        let mut tx = pool.begin().await.map_err(StoreError::of)?;
+        let mut tx = pool.begin().await.map_err(StoreError::db)?;
+        Self::create_postgres_table(&mut tx)
+            .await
+            .map_err(StoreError::db)?;
+        tx.commit().await.map_err(StoreError::db)?;
+        Ok(Self::postgres_ready(pool))
+    }
+
+    /// Creates the `responses` table in PostgreSQL if missing, in transaction `tx` (under an
+    /// advisory lock, so that replicas starting together do not race).
+    pub async fn create_postgres_table(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT pg_advisory_xact_lock(7521419766434263906)")
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::of)?;
-        sqlx::query(CREATE_TABLE)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::of)?;
-        tx.commit().await.map_err(StoreError::of)?;
-        Ok(ResponseStore {
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(CREATE_TABLE).execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    /// The store on `pool`, whose database has the table already
+    /// ([`ResponseStore::create_postgres_table`]). Opens nothing.
+    pub fn postgres_ready(pool: PgPool) -> ResponseStore {
+        ResponseStore {
             pool: Pool::Postgres(pool),
-        })
+        }
     }
 
     /// The default file of application `app` (`gpt-oss-server`, `gpt-oss-lb`):
