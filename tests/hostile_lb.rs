@@ -377,7 +377,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// the SQLite state store). Reports the time per registration of the first 100 and of the last 100, the
 /// `/status` time and the idle CPU with every backend health-checked (over 5 s × FAULT_SCALE,
 /// at most 30 s); checks that the cost of a registration does not grow with the registry: the
-/// last 100 cost at most 3 times the first 100.
+/// median of the last 100 is at most 3 times the median of the first 100.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_scale_registration_cost_does_not_grow_with_the_registry() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -405,7 +405,13 @@ async fn registry_scale_registration_cost_does_not_grow_with_the_registry() {
     }
     let window = 100;
     let mean = |s: &[Duration]| s.iter().sum::<Duration>() / s.len() as u32;
+    let median = |s: &[Duration]| {
+        let mut v = s.to_vec();
+        v.sort();
+        v[v.len() / 2]
+    };
     let (first, last) = (mean(&times[..window]), mean(&times[n - window..]));
+    let (first_median, last_median) = (median(&times[..window]), median(&times[n - window..]));
     let t = Instant::now();
     let status = lb.status();
     let status_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -424,15 +430,19 @@ async fn registry_scale_registration_cost_does_not_grow_with_the_registry() {
         0,
         times.iter().max().map_or(0.0, |d| d.as_secs_f64() * 1e3),
         format!(
-            "first 100 {:.2} ms, last 100 {:.2} ms per registration; GET /status {status_ms:.0} ms at {n} backends; idle CPU {idle_cpu:.1}% of a core over {} s (health checks every 5 s, spread)",
+            "per registration: first 100 {:.2} ms (median {:.2}), last 100 {:.2} ms (median {:.2}); GET /status {status_ms:.0} ms at {n} backends; idle CPU {idle_cpu:.1}% of a core over {} s (health checks every 5 s, spread)",
             first.as_secs_f64() * 1e3,
+            first_median.as_secs_f64() * 1e3,
             last.as_secs_f64() * 1e3,
+            last_median.as_secs_f64() * 1e3,
             idle_window.as_secs()
         ),
     );
+    // Medians: the other tests of this binary run alongside on the same 2 cores, and a few
+    // registrations that waited for a core must not read as growth.
     assert!(
-        last <= first * 3,
-        "a registration must not cost more as the registry grows: {first:?} for the first 100, {last:?} for the last 100 of {n}"
+        last_median <= first_median * 3,
+        "a registration must not cost more as the registry grows: median {first_median:?} for the first 100, {last_median:?} for the last 100 of {n}"
     );
 }
 

@@ -119,22 +119,30 @@ async fn health_round(
 
 async fn health_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
     let connector = Arc::new(health_connector(&shared));
-    let mut last_full: Option<tokio::time::Instant> = None;
+    // The full round in flight (or last finished), and when it started.
+    let mut full: Option<(tokio::time::Instant, tokio::task::JoinHandle<()>)> = None;
     loop {
         let snap = shared.load();
         let started = tokio::time::Instant::now();
         let interval = snap.config.health_check.interval;
         let delay = crate::health_check::next_delay(&snap.backends, &snap.config.health_check);
-        // Every backend is checked once per interval, the checks spread over most of it. While
-        // some backends wait for a verdict (pending, half-open: short delay), the rounds in
-        // between probe only those, at once, so a stream of registrations does not probe the
-        // whole registry every half second.
-        let full = delay == interval || last_full.is_none_or(|t| t.elapsed() >= interval);
-        let spread = (delay == interval && snap.backends.len() > 1).then(|| delay.mul_f32(0.8));
-        if full {
-            last_full = Some(started);
+        // Every backend is checked once per interval, the checks spread over most of it, on a
+        // task of their own: a full round never probes the whole registry at once, even while
+        // registrations stream in. While some backends wait for a verdict (pending, half-open:
+        // short delay), the rounds in between probe only those, at once.
+        let full_due = full
+            .as_ref()
+            .is_none_or(|(at, round)| round.is_finished() && at.elapsed() >= interval);
+        if full_due {
+            let spread = (snap.backends.len() > 1).then(|| interval.mul_f32(0.8));
+            let (connector, snap) = (connector.clone(), snap.clone());
+            let round =
+                tokio::spawn(async move { health_round(&connector, &snap, spread, false).await });
+            full = Some((started, round));
         }
-        health_round(&connector, &snap, spread, !full).await;
+        if delay < interval {
+            health_round(&connector, &snap, None, true).await;
+        }
         let delay = delay.saturating_sub(started.elapsed());
         drop(snap);
         tokio::select! {
@@ -144,7 +152,12 @@ async fn health_loop(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
                 // round (each round looks at every backend) instead of one round each.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                if let Some((_, round)) = full {
+                    round.abort();
+                }
+                return;
+            }
         }
     }
 }
