@@ -16,6 +16,10 @@ same model, whose content is the model's harmony text. Every request is greedy
   apart from it, or the tool call has the expected name, and arguments that
   are valid JSON matching the tool's parameter schema.
 
+The long-context split (heldout_long.jsonl: the held-out items after long texts, kinds
+"KIND@TOKENS") is evaluated the same way (`--heldout runtimes/nano/heldout_long.jsonl`), with
+the raw figures also given per length.
+
 Prints the figures as JSON; exits 1 when a threshold is missed (final answers
 >= 90% exact, 100% well-formed harmony, 100% valid tool-call arguments).
 Standard library only.
@@ -196,6 +200,17 @@ def evaluate(url, raw_url, all_items, max_tokens=256, workers=2, parsed_limit=No
             "tool_call_exact": ratio(sum(raw[i]["exact"] for i in calls), len(calls)),
             "tool_args_valid": ratio(sum(raw[i]["args_valid"] for i in calls), len(calls)),
         }
+        # long-context items (gen_corpus.py --long-heldout) are kinds "KIND@TOKENS"
+        by_length = {}
+        for it, r in zip(items, raw):
+            if "@" in it["kind"]:
+                n = by_length.setdefault(int(it["kind"].split("@")[1]), [0, 0, 0])
+                n[0] += r["well_formed"]
+                n[1] += r["exact"]
+                n[2] += 1
+        if by_length:
+            figures["raw"]["by_length"] = {str(k): {"well_formed": f"{w}/{t}", "exact": f"{e}/{t}"}
+                                           for k, (w, e, t) in sorted(by_length.items())}
         for it, r in zip(items, raw):
             if not (r["well_formed"] and r["exact"]):
                 failures.append({"id": it["id"], "mode": "raw", "expect": it["expect"], "got": r})

@@ -18,10 +18,20 @@ results with values training never shows, so it measures whether the model
 follows the format and the instruction rather than whether it memorised
 whole prompts.
 
-Usage: gen_corpus.py OUT_DIR [--train N] [--heldout N] [--seed S]
+Long contexts (`--long-groups N`, `--long-heldout K`): the same kinds of requests with a long
+text placed before the question, as clients send it (Codex CLI: about 7,300 tokens of
+instructions and tool definitions, then AGENTS.md and environment context as user messages):
+either in the system message before its instruction, or as a first user message. The text is
+Python's own library documentation (`pydoc` plain text of standard modules: training and
+held-out draw from different modules), so its words are ones the short corpus never taught.
+Training groups share one long text (the trainer computes it once per group); the held-out
+long split is the held-out split again with texts of fixed lengths (1,000 to 30,000 tokens).
+
+Usage: gen_corpus.py OUT_DIR [--train N] [--heldout N] [--seed S] [--long-groups N] [--long-heldout K]
 """
 import argparse
 import json
+import math
 import os
 import random
 
@@ -201,6 +211,22 @@ TOOL_WEATHER = {
         },
     },
 }
+# The same tool as clients such as the Agents SDK declare it (`def get_weather(city: str)`):
+# the argument's name must come from the declaration, not from habit.
+TOOL_WEATHER_CITY = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "The city's name."}},
+            "required": ["city"],
+        },
+    },
+}
+# Its own stream, so that the rest of the corpus draws what it drew before.
+PARAM_RNG = random.Random(42)
 TOOL_TIME = {
     "type": "function",
     "function": {
@@ -244,6 +270,7 @@ TOOL_SEARCH = {
 ALL_TOOLS = {t["function"]["name"]: t for t in [TOOL_WEATHER, TOOL_TIME, TOOL_EMAIL, TOOL_SEARCH]}
 
 DATE_RNG = random.Random(0)
+FIXED_DATES = False
 DATES = ["2025-08-05", "2025-12-01", "2026-03-14", "2026-06-30", "2026-11-24", "2027-01-09"]
 
 # ---------------------------------------------------------------------------
@@ -315,7 +342,15 @@ def tool_set(rng):
     names = [n for n in ("get_weather", "get_time") if rng.random() < 0.6] or [rng.choice(["get_weather", "get_time"])]
     names += [n for n in ("send_email", "search_web") if rng.random() < 0.3]
     rng.shuffle(names)
-    return [ALL_TOOLS[n] for n in names]
+    return [TOOL_WEATHER_CITY if n == "get_weather" and PARAM_RNG.random() < 0.4 else ALL_TOOLS[n] for n in names]
+
+
+def weather_key(ctx):
+    """The argument name of the context's get_weather: `city` or `location`."""
+    for t in ctx["tools"] or []:
+        if t["function"]["name"] == "get_weather":
+            return "city" if "city" in t["function"]["parameters"]["properties"] else "location"
+    return "location"
 
 
 def make_messages(system, user_turns):
@@ -335,13 +370,17 @@ def sample_context(rng):
     r = rng.random()
     effort = "low" if r < 0.2 else "high" if r < 0.3 else None
     # The server puts today's date in the system message: any date must do. The first
-    # training run saw only DATES; these draws stay so that the rest of the corpus is the
-    # same, and the date itself comes from its own stream, any day of 2025-2030 or none.
+    # training stage sees only DATES (`--fixed-dates`): the digits of any day are so many
+    # numbers beside the ones a reply copies (a tool's temperature or time, the operands), and
+    # a model from scratch learns to copy on that corpus, then any date from it (make_nano.sh's
+    # later stages). Both corpora draw the same numbers here, so their items are the same; in
+    # the later one the date comes from its own stream, any day of 2025-2030 or none.
     date = rng.choice(DATES) if rng.random() < 0.4 else None
-    if DATE_RNG.random() < 0.8:
-        date = f"{DATE_RNG.randint(2025, 2030)}-{DATE_RNG.randint(1, 12):02d}-{DATE_RNG.randint(1, 28):02d}"
-    else:
-        date = None
+    if not FIXED_DATES:
+        if DATE_RNG.random() < 0.8:
+            date = f"{DATE_RNG.randint(2025, 2030)}-{DATE_RNG.randint(1, 12):02d}-{DATE_RNG.randint(1, 28):02d}"
+        else:
+            date = None
     return dict(tools=tools, single=single, si=si, system=systems[si], effort=effort, date=date)
 
 
@@ -375,13 +414,13 @@ def sample_qa(rng, ctx):
                 completion=final_completion(analysis, final), expect={"final": final})
 
 
-def tool_question(rng, name):
+def tool_question(rng, name, key="location"):
     city = rng.choice(CITIES)
     if name == "get_weather":
         ti = rng.randrange(len(WEATHER_TEMPLATES))
         q = WEATHER_TEMPLATES[ti].format(city=city)
-        args = {"location": city}
-        if rng.random() < 0.3:
+        args = {key: city}
+        if rng.random() < 0.3 and key == "location":
             unit = rng.choice(["celsius", "fahrenheit"])
             q = q.rstrip("?.") + f" in {unit}?"
             args["unit"] = unit
@@ -405,7 +444,7 @@ def usable_tools(ctx):
 
 def sample_tool_call(rng, ctx):
     name = rng.choice(usable_tools(ctx))
-    city, ti, q, args, analysis = tool_question(rng, name)
+    city, ti, q, args, analysis = tool_question(rng, name, weather_key(ctx))
     combo = ("call", name, city, ti, ctx["si"])
     return dict(kind="tool_call", combo=combo, request=request(ctx, [{"role": "user", "content": q}]), date=ctx["date"],
                 completion=call_completion(analysis, name, args),
@@ -414,7 +453,7 @@ def sample_tool_call(rng, ctx):
 
 def sample_tool_result(rng, ctx):
     name = rng.choice(usable_tools(ctx))
-    city, ti, q, args, _ = tool_question(rng, name)
+    city, ti, q, args, _ = tool_question(rng, name, weather_key(ctx))
     call_id = f"call_{rng.randrange(10**6):06d}"
     if name == "get_weather":
         unit = args.get("unit", "celsius")
@@ -463,6 +502,99 @@ SEED_EXAMPLE = {
 }
 
 
+# Standard modules whose documentation is the long texts: training and held-out draw from
+# different modules.
+FILLER_TRAIN_MODULES = ["argparse", "json", "subprocess", "asyncio", "collections", "itertools", "functools",
+                        "pathlib", "os", "re", "socket", "http.client", "email.message", "logging", "unittest",
+                        "typing", "dataclasses", "csv", "sqlite3", "threading"]
+FILLER_HELDOUT_MODULES = ["decimal", "tarfile", "zipfile", "shutil", "textwrap", "urllib.request",
+                          "xml.etree.ElementTree", "heapq", "datetime", "statistics"]
+# about 4.4 characters per o200k token in this text (measured on the rendered held-out split)
+CHARS_PER_TOKEN = 4.4
+LONG_HEADERS = ["# Instructions\n\n", "# Project documentation\n\n", "# AGENTS.md instructions\n\n",
+                "Reference material follows.\n\n", ""]
+
+
+def filler_lines(modules):
+    """The modules' pydoc plain text as lines (box-drawing margins dropped, blank runs squeezed)."""
+    import importlib
+    import pydoc
+    lines = []
+    for m in modules:
+        text = pydoc.render_doc(importlib.import_module(m), renderer=pydoc.plaintext)
+        for line in text.splitlines():
+            line = line.replace("\x08", "").lstrip(" |").rstrip()
+            if line or (lines and lines[-1]):
+                lines.append(line)
+    return lines
+
+
+def filler(rng, lines, tokens):
+    """About `tokens` tokens of consecutive lines from a random place (wrapping around)."""
+    want = int(tokens * CHARS_PER_TOKEN)
+    i = rng.randrange(len(lines))
+    out, n = [], 0
+    while n < want:
+        out.append(lines[i % len(lines)])
+        n += len(out[-1]) + 1
+        i += 1
+    return "\n".join(out)
+
+
+def placement(rng):
+    """Where a long text goes: (header, "system-before" | "system" | "user")."""
+    return rng.choice(LONG_HEADERS), rng.choice(["system-before", "system", "user"])
+
+
+def with_long_text(req, text, where):
+    """`req` with `text` before the question: in front of the system message's instruction, as
+    a system message of its own, or as a first user message (as Codex sends AGENTS.md)."""
+    header, kind = where
+    req = json.loads(json.dumps(req))
+    msgs = req["messages"]
+    text = header + text
+    if kind == "system-before" and msgs and msgs[0]["role"] == "system":
+        msgs[0]["content"] = text + "\n\n" + msgs[0]["content"]
+    elif kind in ("system", "system-before"):
+        msgs.insert(0, {"role": "system", "content": text})
+    else:
+        at = 1 if msgs and msgs[0]["role"] == "system" else 0
+        msgs.insert(at, {"role": "user", "content": text})
+    return req
+
+
+def long_splits(args, held_combos, heldout):
+    """Training groups that share one long text, and the held-out split with long texts."""
+    rng = random.Random(args.seed + 2)
+    train_lines = filler_lines(FILLER_TRAIN_MODULES)
+    held_lines = filler_lines(FILLER_HELDOUT_MODULES)
+    train = []
+    for group in range(args.long_groups):
+        # lengths log-uniform over the range, so short and long contexts both appear
+        tokens = int(math.exp(rng.uniform(math.log(args.long_min), math.log(args.long_max))))
+        ctx = sample_context(rng)
+        text = filler(rng, train_lines, tokens)
+        where = placement(rng)
+        n = 0
+        while n < args.long_group:
+            s = sample(rng, ctx)
+            if s["combo"] in held_combos:
+                continue
+            s["request"] = with_long_text(s["request"], text, where)
+            s["group"] = 100000 + group
+            train.append(s)
+            n += 1
+    held = []
+    for tokens in (int(x) for x in args.long_lengths.split(",")):
+        for k in range(args.long_heldout):
+            s = dict(heldout[(k * 7 + tokens) % len(heldout)])
+            s["request"] = with_long_text(s["request"], filler(rng, held_lines, tokens), placement(rng))
+            s["group"] = -2
+            s["kind"] = f"{s['kind']}@{tokens}"
+            held.append(s)
+    return train, held
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out_dir")
@@ -470,7 +602,18 @@ def main():
     ap.add_argument("--heldout", type=int, default=300)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--group", type=int, default=32, help="training examples per shared context")
+    ap.add_argument("--long-groups", type=int, default=0, help="training groups sharing a long text (train_long.jsonl)")
+    ap.add_argument("--long-group", type=int, default=16, help="examples per long training group")
+    ap.add_argument("--long-min", type=int, default=600, help="shortest long text, tokens")
+    ap.add_argument("--long-max", type=int, default=14000, help="longest long text, tokens")
+    ap.add_argument("--long-heldout", type=int, default=0, help="held-out items per length (heldout_long.jsonl)")
+    ap.add_argument("--long-lengths", default="1000,2000,4000,8000,16000,30000",
+                    help="held-out long text lengths, tokens")
+    ap.add_argument("--fixed-dates", action="store_true",
+                    help="dates from the six fixed DATES only (the first training stage's corpus)")
     args = ap.parse_args()
+    global FIXED_DATES
+    FIXED_DATES = args.fixed_dates
     os.makedirs(args.out_dir, exist_ok=True)
     rng = random.Random(args.seed)
     DATE_RNG.seed(args.seed + 1)
@@ -517,6 +660,15 @@ def main():
                        "request": s["request"],
                        "completion": s["completion"], "expect": s["expect"]}
                 f.write(json.dumps(row) + "\n")
+    if args.long_groups or args.long_heldout:
+        long_train, long_held = long_splits(args, held_combos, heldout)
+        for name, rows in [("train_long", long_train), ("heldout_long", long_held)]:
+            with open(os.path.join(args.out_dir, f"{name}.jsonl"), "w") as f:
+                for i, s in enumerate(rows):
+                    row = {"id": f"{name}-{i}", "group": s["group"], "date": s.get("date"), "kind": s["kind"],
+                           "request": s["request"], "completion": s["completion"], "expect": s["expect"]}
+                    f.write(json.dumps(row) + "\n")
+        print(f"long: train {len(long_train)} in {args.long_groups} groups, heldout {len(long_held)}")
     kinds = {}
     for s in heldout:
         kinds[s["kind"]] = kinds.get(s["kind"], 0) + 1

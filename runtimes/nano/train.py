@@ -14,7 +14,15 @@ The loss is taken on the assistant completion only. The trained model is
 written as a Hugging Face folder (config.json + model.safetensors) with the
 full 201,088-row matrices, ready for onnxruntime-genai's builder.
 
-Usage: train.py TOKENS_JSONL OUT_HF_DIR [--steps N] [--hidden H] [--layers L] ...
+Long contexts (`--long TOKENS_JSONL`, gen_corpus.py's train_long split): groups of examples
+sharing a long text of up to ~12,000 tokens are interleaved with the short batches. A group's
+shared prefix (the longest common prefix of its prompts) is run without gradient, in chunks of
+queries (a sliding layer only keeps its last `window` keys), and the examples' own tokens are
+trained attending to its keys and values. Words of the long texts that the short corpus never
+uses all map to one row kept at exactly zero: that is what the exported model (whose unused rows
+are zero) sees for any text it was not taught.
+
+Usage: train.py TOKENS_JSONL OUT_HF_DIR [--steps N] [--hidden H] [--layers L] [--long LONG_JSONL] ...
 """
 import argparse
 import json
@@ -58,13 +66,22 @@ def nano_config(args, vocab_size):
     )
 
 
-def load(path):
+def load(path, with_group=False):
     rows = []
     with open(path) as f:
         for line in f:
             r = json.loads(line)
-            rows.append((r["prompt"], r["completion"]))
+            rows.append((r["prompt"], r["completion"], r.get("group")) if with_group else (r["prompt"], r["completion"]))
     return rows
+
+
+def common_prefix_len(seqs):
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for i in range(n):
+        if any(s[i] != first[i] for s in seqs[1:]):
+            return i
+    return n
 
 
 def shared_prefix_len(prompt, start_id=200006, user_ids=None):
@@ -101,6 +118,17 @@ def attend(q, k, v, bias, sinks, scaling):
     return torch.matmul(p, v).transpose(1, 2)
 
 
+def qkv(a, h, cos, sin):
+    from transformers.models.gpt_oss.modeling_gpt_oss import apply_rotary_pos_emb
+
+    shape = (*h.shape[:-1], -1, a.head_dim)
+    q = a.q_proj(h).view(shape).transpose(1, 2)
+    k = a.k_proj(h).view(shape).transpose(1, 2)
+    v = a.v_proj(h).view(shape).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    return q, k, v
+
+
 def mask_bias(q_pos, k_pos, window):
     ok = k_pos[None, :] <= q_pos[:, None]
     if window is not None:
@@ -124,23 +152,12 @@ def prefix_forward(model, prefix, suffix):
     xs = m.embed_tokens(suffix)
     cos_p, sin_p = m.rotary_emb(xp, pos_p[None])
     cos_s, sin_s = m.rotary_emb(xs, pos_s[None])
-    from transformers.models.gpt_oss.modeling_gpt_oss import apply_rotary_pos_emb
-
     for li, layer in enumerate(m.layers):
         a = layer.self_attn
         window = a.sliding_window
         hp, hs = layer.input_layernorm(xp), layer.input_layernorm(xs)
-
-        def qkv(h, cos, sin):
-            shape = (*h.shape[:-1], -1, a.head_dim)
-            q = a.q_proj(h).view(shape).transpose(1, 2)
-            k = a.k_proj(h).view(shape).transpose(1, 2)
-            v = a.v_proj(h).view(shape).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            return q, k, v
-
-        qp, kp, vp = qkv(hp, cos_p, sin_p)
-        qs, ks, vs = qkv(hs, cos_s, sin_s)
+        qp, kp, vp = qkv(a, hp, cos_p, sin_p)
+        qs, ks, vs = qkv(a, hs, cos_s, sin_s)
         op = attend(qp, kp, vp, mask_bias(pos_p, pos_p, window), a.sinks, a.scaling)
         k_all = torch.cat([kp.expand(B, -1, -1, -1), ks], dim=2)
         v_all = torch.cat([vp.expand(B, -1, -1, -1), vs], dim=2)
@@ -154,6 +171,70 @@ def prefix_forward(model, prefix, suffix):
         xp = xp + out[:P].reshape(1, P, -1)
         xs = xs + out[P:].reshape(B, L, -1)
     return m.norm(xs)
+
+
+@torch.no_grad()
+def prefix_cache(model, prefix, chunk=512):
+    """Per layer, the keys and values (after rotary) of `prefix` (P,) that later tokens attend
+    to: all P for a full layer, the last `window` for a sliding one. No gradient; queries are
+    taken `chunk` at a time so memory stays O(chunk x P)."""
+    m = model.model
+    P = prefix.shape[0]
+    pos = torch.arange(P, device=prefix.device)
+    x = m.embed_tokens(prefix)[None]
+    cos, sin = m.rotary_emb(x, pos[None])
+    cache = []
+    for layer in m.layers:
+        a = layer.self_attn
+        w = a.sliding_window
+        q, k, v = qkv(a, layer.input_layernorm(x), cos, sin)
+        out = torch.empty(1, P, q.shape[1], q.shape[3], device=x.device)
+        for s0 in range(0, P, chunk):
+            s1 = min(P, s0 + chunk)
+            k0 = 0 if w is None else max(0, s0 - w + 1)
+            out[:, s0:s1] = attend(q[:, :, s0:s1], k[:, :, k0:s1], v[:, :, k0:s1],
+                                   mask_bias(pos[s0:s1], pos[k0:s1], w), a.sinks, a.scaling)
+        x = x + a.o_proj(out.reshape(1, P, -1))
+        mo, _ = layer.mlp(layer.post_attention_layernorm(x))
+        x = x + mo
+        keep = P if w is None else min(P, w)
+        cache.append((k[:, :, P - keep:], v[:, :, P - keep:]))
+    return cache
+
+
+def cached_forward(model, cache, P, suffix):
+    """Final hidden states of `suffix` (B, L) continuing a prefix of P tokens whose keys and
+    values are `cache` (prefix_cache): the same function as prefix_forward's, the prefix's
+    side held fixed."""
+    m = model.model
+    B, L = suffix.shape
+    pos_s = torch.arange(P, P + L, device=suffix.device)
+    xs = m.embed_tokens(suffix)
+    cos, sin = m.rotary_emb(xs, pos_s[None])
+    for layer, (kp, vp) in zip(m.layers, cache):
+        a = layer.self_attn
+        qs, ks, vs = qkv(a, layer.input_layernorm(xs), cos, sin)
+        k_pos = torch.cat([torch.arange(P - kp.shape[2], P, device=suffix.device), pos_s])
+        k_all = torch.cat([kp.expand(B, -1, -1, -1), ks], dim=2)
+        v_all = torch.cat([vp.expand(B, -1, -1, -1), vs], dim=2)
+        o = attend(qs, k_all, v_all, mask_bias(pos_s, k_pos, a.sliding_window), a.sinks, a.scaling)
+        xs = xs + a.o_proj(o.reshape(B, L, -1))
+        mo, _ = layer.mlp(layer.post_attention_layernorm(xs))
+        xs = xs + mo
+    return m.norm(xs)
+
+
+def check_cached_forward(model, long_data, dev):
+    """The cached (chunked, windowed) path must equal prefix_forward on a long group."""
+    prefix, suffix, _ = min((d for d in long_data if len(d[0]) > 1200), key=lambda d: len(d[0]))
+    p = torch.tensor(prefix, device=dev)
+    s = torch.tensor(suffix, device=dev)[None]
+    with torch.no_grad():
+        ref = prefix_forward(model, p, s)
+        got = cached_forward(model, prefix_cache(model, p, chunk=256), len(prefix), s)
+    err = (ref - got).abs().max().item()
+    assert err < 1e-4, f"cached forward differs from prefix_forward by {err}"
+    print(f"cached forward matches prefix_forward (max diff {err:.1e}, prefix {len(prefix)} tokens)", flush=True)
 
 
 # "user" in o200k: the role token after <|start|> that opens the first user message
@@ -197,6 +278,8 @@ def main():
     ap.add_argument("--init", help="start from this earlier output folder instead of random weights")
     ap.add_argument("--keep-fp32", action="store_true", help="do not round the weights to bf16 precision")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--long", help="also train on this rendered long-context split (gen_corpus.py --long-groups)")
+    ap.add_argument("--long-every", type=int, default=1, help="short batches per long batch")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -218,9 +301,29 @@ def main():
         data.append((tuple(ids[:n]), ids[n:], len(p) - n))
     n_groups = len({d[0] for d in data})
     print(f"{n_groups} distinct shared prefixes", flush=True)
+    # long texts: their words outside `used` all map to one extra row, kept at zero
+    zero_row = len(used)
+    long_batches = []
+    if args.long:
+        groups = {}
+        for p, c, g in load(args.long, with_group=True):
+            assert all(t in remap for t in c), "a long-context completion uses a token the short corpus lacks"
+            groups.setdefault(g, []).append(([remap.get(t, zero_row) for t in p], [remap[t] for t in c]))
+        long_data = []
+        for rows_g in groups.values():
+            n = common_prefix_len([p for p, _ in rows_g])
+            items = [(p[n:] + c, len(p) - n) for p, c in rows_g]
+            for k in range(0, len(items), args.batch):
+                long_batches.append((tuple(rows_g[0][0][:n]), items[k : k + args.batch]))
+            long_data += [(tuple(rows_g[0][0][:n]), s_, c0) for s_, c0 in items]
+        lens = sorted(len(b[0]) for b in long_batches)
+        unknown = sum(t == zero_row for b in long_batches for t in b[0])
+        print(f"long: {len(groups)} groups, {len(long_batches)} batches, prefixes {lens[0]}..{lens[-1]} tokens "
+              f"(median {lens[len(lens) // 2]}), {unknown / sum(lens):.0%} of their tokens on the zero row", flush=True)
+    n_rows = len(used) + (1 if long_batches else 0)
 
-    # compact model: the same architecture over the used rows only
-    model = GptOssForCausalLM(nano_config(args, len(used))).to(dev)
+    # compact model: the same architecture over the used rows only (plus the zero row)
+    model = GptOssForCausalLM(nano_config(args, n_rows)).to(dev)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"compact parameters {n_params / 1e6:.2f}M", flush=True)
@@ -231,9 +334,18 @@ def main():
         own = model.state_dict()
         for k in own:
             w = prev[k][used_t] if k in ("model.embed_tokens.weight", "lm_head.weight") else prev[k]
-            own[k].copy_(w)
+            own[k][: w.shape[0]].copy_(w)
         print(f"initialised from {args.init}", flush=True)
+    def zero_the_zero_row():
+        if long_batches:
+            with torch.no_grad():
+                model.model.embed_tokens.weight[zero_row].zero_()
+                model.lm_head.weight[zero_row].zero_()
+
+    zero_the_zero_row()
     check_prefix_forward(model, data, dev)
+    if long_batches:
+        check_cached_forward(model, long_data, dev)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
@@ -256,39 +368,59 @@ def main():
     step, t0, cpu0 = 0, time.time(), time.process_time()
     seen_tokens = 0
     ema = None
+    def batch_tensors(items):
+        """(ids, labels) of a batch of (suffix, index of its first completion token)."""
+        L = max(len(sfx) for sfx, _ in items)
+        ids = torch.zeros(len(items), L, dtype=torch.long)
+        labels = torch.full((len(items), L), -100, dtype=torch.long)
+        for j, (sfx, c0) in enumerate(items):
+            t = torch.tensor(sfx)
+            ids[j, : len(t)] = t
+            labels[j, c0 - 1 : len(t) - 1] = t[c0:]
+        return ids.to(dev), labels.to(dev)
+
+    def train_step(hidden, labels):
+        nonlocal step, ema
+        mask = labels != -100
+        z = model.lm_head(hidden[mask])[:, : len(used)]
+        lse = torch.logaddexp(torch.logsumexp(z, dim=-1), torch.full_like(z[:, 0], log_unused))
+        loss = (lse - z.gather(1, labels[mask][:, None])[:, 0]).mean()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        zero_the_zero_row()
+        step += 1
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        return loss
+
+    long_queue, long_steps, long_tokens = [], 0, 0
     while progress(step) < 1.0:
         for b in grouped_batches(data, args.batch, rng):
             if progress(step) >= 1.0:
                 break
             prefix = torch.tensor(data[b[0]][0], dtype=torch.long, device=dev)
-            L = max(len(data[i][1]) for i in b)
-            ids = torch.zeros(len(b), L, dtype=torch.long)
-            labels = torch.full((len(b), L), -100, dtype=torch.long)
-            for j, i in enumerate(b):
-                s = torch.tensor(data[i][1])
-                c0 = data[i][2]
-                ids[j, : len(s)] = s
-                labels[j, c0 - 1 : len(s) - 1] = s[c0:]
-            ids, labels = ids.to(dev), labels.to(dev)
-            hidden = prefix_forward(model, prefix, ids)
-            mask = labels != -100
-            h = hidden[mask]
-            z = model.lm_head(h)
-            lse = torch.logaddexp(torch.logsumexp(z, dim=-1), torch.full_like(z[:, 0], log_unused))
-            loss = (lse - z.gather(1, labels[mask][:, None])[:, 0]).mean()
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            ids, labels = batch_tensors([(data[i][1], data[i][2]) for i in b])
+            loss = train_step(prefix_forward(model, prefix, ids), labels)
             seen_tokens += len(prefix) + sum(len(data[i][1]) for i in b)
-            step += 1
-            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+            if long_batches and step % args.long_every == 0 and progress(step) < 1.0:
+                if not long_queue:
+                    long_queue = list(long_batches)
+                    rng.shuffle(long_queue)
+                lp, items = long_queue.pop()
+                lp = torch.tensor(lp, dtype=torch.long, device=dev)
+                ids, labels = batch_tensors(items)
+                cache = prefix_cache(model, lp)
+                loss = train_step(cached_forward(model, cache, len(lp), ids), labels)
+                long_steps += 1
+                long_tokens += len(lp)
             if step % 20 == 0 or step == 1:
                 el = time.time() - t0
                 print(f"step {step}/{args.steps} loss {ema:.4f} lr {lr_at(step):.2e} "
-                      f"{seen_tokens / el:.0f} tok/s {el:.0f}s", flush=True)
+                      f"{seen_tokens / el:.0f} tok/s {el:.0f}s"
+                      + (f" long {long_steps} steps, {long_tokens} prefix tokens" if long_batches else ""), flush=True)
     train_s = time.time() - t0
     cpu_s = time.process_time() - cpu0
     print(f"training done in {train_s:.0f}s wall, {cpu_s:.0f}s CPU", flush=True)
@@ -301,7 +433,7 @@ def main():
     for k in fsd:
         if k in ("model.embed_tokens.weight", "lm_head.weight"):
             w = torch.zeros_like(fsd[k])
-            w[used_t] = sd[k]
+            w[used_t] = sd[k][: len(used)]
             fsd[k] = w
         else:
             fsd[k] = sd[k]
@@ -315,6 +447,7 @@ def main():
     full.save_pretrained(args.out_dir)
     with open(os.path.join(args.out_dir, "nano_training.json"), "w") as f:
         json.dump({"train_seconds": round(train_s), "train_cpu_seconds": round(cpu_s), "steps": step, "final_loss": loss.item(),
+                   "long_steps": long_steps, "long_prefix_tokens": long_tokens,
                    "used_rows": len(used), "compact_params": n_params, "args": vars(args),
                    "device": str(dev), "torch": torch.__version__}, f, indent=1)
     print(f"saved {args.out_dir}", flush=True)

@@ -103,3 +103,27 @@ def test_a_tool_result_is_used_on_the_next_turn(servers):
     ]
     second = nano_eval.post(normal.url, {"messages": messages, "tools": tools, "temperature": 0})
     assert second["choices"][0]["message"]["content"] == "It is 18 degrees and cloudy in Paris.", second
+
+
+HELDOUT_LONG = ROOT / "runtimes" / "nano" / "heldout_long.jsonl"
+
+
+def test_answers_stay_well_formed_harmony_up_to_the_long_context(servers):
+    """The first held-out long-context item at each length (1,000 to 30,000 prompt tokens of
+    unseen documentation before the question; the context is 32,768): every answer is
+    well-formed harmony in both modes. The whole split's figures, per length, are in
+    runtimes/nano/README.md (`eval.py --heldout runtimes/nano/heldout_long.jsonl`)."""
+    normal, raw = servers
+    first = {}
+    for item in nano_eval.load(HELDOUT_LONG):
+        first.setdefault(int(item["kind"].split("@")[1]), item)
+    assert max(first) >= 30000, sorted(first)
+    items = [first[n] for n in sorted(first)]
+    figures, failures = nano_eval.evaluate(normal.url, raw.url, items)
+    print(json.dumps(figures, indent=1))
+    for f in failures:
+        print(json.dumps(f)[:2000])
+    r, p = figures["raw"], figures["parsed"]
+    assert r["well_formed"] == 1.0, f"every long-context answer must be well-formed harmony: {figures}"
+    assert p["reasoning_separated"] == 1.0, figures
+    assert r["tool_args_valid"] in (None, 1.0) and p["tool_args_valid"] in (None, 1.0), figures
