@@ -77,8 +77,7 @@ impl SqliteStore {
                 .max_lifetime(None)
                 .connect_with(options)
                 .await?;
-            sqlx::query(SCHEMA).execute(&pool).await?;
-            sqlx::query(LEASE_INDEX).execute(&pool).await?;
+            create_schema(&pool).await?;
             return Ok(SqliteStore { pool, path: None });
         };
         if super::migrate::is_json_state_file(path)? {
@@ -157,9 +156,15 @@ pub(super) async fn connect(
         .max_lifetime(None)
         .connect_with(options)
         .await?;
-    sqlx::query(SCHEMA).execute(&pool).await?;
-    sqlx::query(LEASE_INDEX).execute(&pool).await?;
+    create_schema(&pool).await?;
     Ok(pool)
+}
+
+/// The table and its index, when missing.
+async fn create_schema(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    sqlx::query(SCHEMA).execute(pool).await?;
+    sqlx::query(LEASE_INDEX).execute(pool).await?;
+    Ok(())
 }
 
 #[async_trait]
